@@ -1,0 +1,146 @@
+"""The bundle: one directory with a manifest naming every file with its SHA-256.
+
+A station loads a bundle only after every hash, the schema version and the shapes check out,
+so an exported model cannot silently differ from what was evaluated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.errors import BundleError
+from device.preprocess import Preprocess
+from device.scoring import Normalization
+
+MANIFEST = "manifest.json"
+SCHEMA = "kenpin.bundle"
+SCHEMA_VERSION = 1
+PRECISIONS = ("int8", "fp32")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision of the anomaly model: embedder, its reference bank, its calibrated threshold."""
+
+    precision: str
+    model: Path
+    bank: Path
+    normalization: Normalization
+    grid: tuple[int, int]
+    dim: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle, ready to load."""
+
+    root: Path
+    manifest: dict[str, Any]
+    preprocess: Preprocess
+    variants: dict[str, Variant]
+
+    @property
+    def bundle_id(self) -> str:
+        return str(self.manifest["bundle_id"])
+
+    @property
+    def heatmap_sigma(self) -> float:
+        return float(self.manifest["scoring"]["heatmap_sigma"])
+
+    def variant(self, precision: str) -> Variant:
+        if precision not in self.variants:
+            raise BundleError(
+                f"{self.root / MANIFEST}: no '{precision}' model in this bundle; it has {sorted(self.variants)}"
+            )
+        return self.variants[precision]
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Parse and schema-check ``manifest.json``; BundleError says what is wrong."""
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle directory does not exist")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; a bundle directory needs its manifest")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("schema") != SCHEMA:
+        raise BundleError(f"{path}: schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: schema_version {version!r} is not a positive integer")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {version} is newer than this runtime supports ({SCHEMA_VERSION}); upgrade kenpin"
+        )
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest names exists and has the recorded SHA-256."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{root / MANIFEST}: 'files' must list every file with its SHA-256")
+    for name, digest in files.items():
+        path = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{root / MANIFEST}: file name {name!r} must be relative to the bundle")
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing from the bundle")
+        if sha256_file(path) != digest:
+            raise BundleError(f"{path}: SHA-256 does not match the manifest; the file was changed or corrupted")
+
+
+def _variant(root: Path, manifest: dict[str, Any], precision: str, spec: dict[str, Any]) -> Variant:
+    where = f"{root / MANIFEST}: variants.{precision}"
+    for key in ("model", "bank"):
+        if spec.get(key) not in manifest["files"]:
+            raise BundleError(f"{where}.{key} = {spec.get(key)!r} is not a file listed in 'files'")
+    bank_path = root / spec["bank"]
+    shape = np.load(bank_path, mmap_mode="r").shape
+    dim = int(spec["output_shape"][1])
+    if len(shape) != 2 or shape[1] != dim:
+        raise BundleError(f"{bank_path}: reference bank shape {shape} does not match the model's {dim} channels")
+    try:
+        norm = Normalization(float(spec["threshold"]), float(spec["scale"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: threshold/scale missing or invalid ({e})") from None
+    grid = (int(spec["output_shape"][2]), int(spec["output_shape"][3]))
+    return Variant(precision, root / spec["model"], bank_path, norm, grid, dim)
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Verify a bundle directory (schema, hashes, shapes) and describe it; raises BundleError."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    verify_files(root, manifest)
+    try:
+        pre = Preprocess.from_dict(manifest["preprocessing"])
+        specs = manifest["variants"]
+    except KeyError as e:
+        raise BundleError(f"{root / MANIFEST}: missing key {e}") from None
+    variants = {p: _variant(root, manifest, p, s) for p, s in specs.items() if p in PRECISIONS}
+    if not variants:
+        raise BundleError(f"{root / MANIFEST}: no model variant among {PRECISIONS}")
+    for v in variants.values():
+        expected = [1, 3, pre.height, pre.width]
+        actual = list(manifest["variants"][v.precision]["input_shape"])
+        if actual[1:] != expected[1:]:
+            raise BundleError(f"{v.model}: input shape {actual} does not match the preprocessing {expected}")
+    return Bundle(root, manifest, pre, variants)

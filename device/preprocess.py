@@ -1,0 +1,66 @@
+"""Preprocessing: the single definition used by training, export, evaluation and the station."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from device.errors import KenpinError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a frame becomes the model's input tensor.
+
+    The frame is resized (squashed, never padded: aspect ratio must not become a signal) to
+    ``width`` x ``height`` with area interpolation, scaled to [0, 1], then normalized per channel.
+    EfficientNet-Lite's TF-trained weights expect (x - 0.5) / 0.5.
+    """
+
+    width: int = 224
+    height: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    colour: str = "rgb"
+    interpolation: str = "area"
+    layout: str = field(default="NCHW", init=False)
+
+    def __post_init__(self) -> None:
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 32 or value % 32:
+                raise KenpinError(f"preprocess.{key} = {value!r}: must be a multiple of 32, at least 32")
+        if self.colour != "rgb":
+            raise KenpinError(f"preprocess.colour = {self.colour!r}: only 'rgb' is supported")
+        if self.interpolation != "area":
+            raise KenpinError(f"preprocess.interpolation = {self.interpolation!r}: only 'area' is supported")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise KenpinError("preprocess.mean/std: need three values each, std > 0")
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB → 1x3xHxW float32, ready for the embedder."""
+        resized = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        x = resized.astype(np.float32) * np.float32(1.0 / 255.0)
+        x -= np.asarray(self.mean, dtype=np.float32)
+        x *= np.asarray([1.0 / s for s in self.std], dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a newer bundle)."""
+        d = dict(d)
+        d.pop("layout", None)
+        known = {"width", "height", "mean", "std", "colour", "interpolation"}
+        unknown = set(d) - known
+        if unknown:
+            raise KenpinError(f"preprocessing: unknown key(s) {sorted(unknown)}; this runtime knows {sorted(known)}")
+        d["mean"], d["std"] = tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std))
+        return cls(**d)

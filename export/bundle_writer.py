@@ -1,0 +1,48 @@
+"""Writing a bundle atomically: build in a temp dir beside the target, verify, then rename."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from device.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, sha256_file
+
+
+def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
+    """Turn the files in ``staged`` (a temp dir next to ``out_dir``) into the bundle ``out_dir``.
+
+    The manifest gets every file's SHA-256 and a bundle id derived from them; the bundle is
+    verified with the station's own loader before it replaces whatever was at ``out_dir``, so a
+    failure at any point leaves no half-written bundle.
+    """
+    files = {p.name: sha256_file(p) for p in sorted(staged.iterdir()) if p.is_file() and p.name != MANIFEST}
+    bundle_id = hashlib.sha256("".join(f"{n}:{d}" for n, d in files.items()).encode()).hexdigest()[:16]
+    manifest = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "bundle_id": bundle_id,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **body,
+        "files": files,
+    }
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    load_bundle(staged)
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staged, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A fresh temp dir on the same filesystem as ``out_dir`` (so the final rename is atomic)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staged = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    return staged

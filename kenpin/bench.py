@@ -1,0 +1,142 @@
+"""``kenpin bench``: train, export, evaluate and time each dataset in one run.
+
+    kenpin bench --data ../shared/datasets/magnetic_tile ../shared/datasets/ball_screw \\
+        --recipe ball_screw=configs/recipe_wide.yaml --markdown bench-run/bench.md
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from device.bundle import load_bundle
+from device.errors import KenpinError
+from device.images import read_rgb
+from device.runtime import Inspector
+from device.scoring import NearestNeighbourScorer, image_score, patches_from_map
+from export.build import build_bundle
+from training.dataset import scan_mvtec
+from training.evaluate import metrics, score_test_set
+from training.features import PatchEmbedder
+from training.recipe import Recipe, load_recipe
+from kenpin.timing import time_side_by_side
+
+
+def _recipes(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for s in specs:
+        name, sep, path = s.partition("=")
+        if not sep:
+            raise KenpinError(f"--recipe {s!r}: expected DATASET_NAME=RECIPE.yaml")
+        out[name] = path
+    return out
+
+
+def global_embedding_auroc(inspector: Inspector, data: Path) -> float:
+    """The whole-image alternative: mean patch embedding, nearest train/good image. For comparison."""
+    from sklearn.metrics import roc_auc_score
+
+    ds = scan_mvtec(data, need_test=True)
+    ref = np.stack([inspector.embed(read_rgb(p)).mean(0) for p in ds.train_good])
+    scorer = NearestNeighbourScorer(ref)
+    test = [t for t in ds.test]
+    q = np.stack([inspector.embed(read_rgb(t.path)).mean(0) for t in test])
+    return float(roc_auc_score([t.is_defective for t in test], scorer.distances(q)))
+
+
+def latency(bundle: Path, recipe: Recipe, frames: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """torch vs ORT fp32 vs ORT int8 (preprocess + model + scoring), and the bare int8 model."""
+    torch.set_num_threads(2)
+    i8, f32 = Inspector.open(bundle, "int8"), Inspector.open(bundle, "fp32")
+    model = PatchEmbedder(recipe.features).eval()
+    pre = i8.preprocess
+
+    def torch_path(rgb: np.ndarray) -> float:
+        with torch.inference_mode():
+            fmap = model(torch.from_numpy(pre(rgb))).numpy()
+        return image_score(f32.scorer.distances(patches_from_map(fmap)))
+
+    x = pre(frames[0])
+    name = i8.session.get_inputs()[0].name
+    patches = i8.embed(frames[0])
+    return time_side_by_side({
+        "torch fp32": torch_path,
+        "ORT fp32": lambda f: f32.inspect(f),
+        "ORT int8": lambda f: i8.inspect(f),
+        "bare ORT int8 model": lambda f: i8.session.run(None, {name: x}),
+        "int8 bank search": lambda f: i8.scorer.distances(patches),
+    }, frames)
+
+
+def peak_memory(bundle: Path, images: list[Path]) -> dict[str, Any]:
+    """Run the station runtime in its own process and read its peak RSS."""
+    out = subprocess.run([sys.executable, "-m", "device.memprobe", str(bundle), "int8", *map(str, images)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_dataset(data: Path, work: Path, recipe: Recipe, n_images: int) -> dict[str, Any]:
+    """All figures for one dataset."""
+    bundle = work / f"{data.name}-bundle"
+    body = build_bundle(data, bundle, recipe)
+    res: dict[str, Any] = {"dataset": data.name, "input": f"{recipe.preprocess.width}x{recipe.preprocess.height}",
+                           "bank_size": body["variants"]["int8"]["bank_size"],
+                           "quant_method": body["parity"]["chosen"]["method"]}
+    for precision in ("int8", "fp32"):
+        m = metrics(score_test_set(Inspector.open(bundle, precision), data))
+        res[precision] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "false_reject_rate", "escape_rate", "per_defect")}
+    res["global_embedding_auroc_fp32"] = global_embedding_auroc(Inspector.open(bundle, "fp32"), data)
+    ds = scan_mvtec(data, need_test=True)
+    paths = [t.path for t in ds.test][:: max(1, len(ds.test) // n_images)][:n_images]
+    frames = [read_rgb(p) for p in paths]
+    res["latency"] = latency(bundle, recipe, frames)
+    b = load_bundle(bundle)
+    sizes = {n: (bundle / n).stat().st_size for n in b.manifest["files"]}
+    res["bundle_mb"] = round(sum(sizes.values()) / 1e6, 2)
+    res["int8_only_mb"] = round((sizes["embedder_int8.onnx"] + sizes["bank_int8.npy"]) / 1e6, 2)
+    res["runtime_memory"] = peak_memory(bundle, paths[:30])
+    return res
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The BENCHMARKS.md table."""
+    lines = ["| dataset | input | image AUROC int8 | fp32 | |Δ| | global-embedding AUROC (fp32) | pixel AUROC int8 | "
+             "FRR / escapes int8 | torch ms | ORT fp32 ms | ORT int8 ms | bare int8 model ms | search ms | "
+             "station ÷ bare int8 | int8 speed-up vs fp32 / torch | bundle MB (int8 part) | runtime peak RSS MB |",
+             "|" + "---|" * 19]
+    for r in results:
+        lat = {k: v["median_ms"] for k, v in r["latency"].items()}
+        a8, a32 = r["int8"]["image_auroc"], r["fp32"]["image_auroc"]
+        lines.append(
+            f"| {r['dataset']} | {r['input']} | {a8:.4f} | {a32:.4f} | {abs(a8 - a32):.4f} | "
+            f"{r['global_embedding_auroc_fp32']:.4f} | {r['int8']['pixel_auroc']:.4f} | "
+            f"{r['int8']['false_reject_rate']:.3f} / {r['int8']['escape_rate']:.3f} | "
+            f"{lat['torch fp32']:.1f} | {lat['ORT fp32']:.1f} | {lat['ORT int8']:.1f} | {lat['bare ORT int8 model']:.1f} | "
+            f"{lat['int8 bank search']:.1f} | {lat['ORT int8'] / lat['bare ORT int8 model']:.2f} | "
+            f"{lat['ORT fp32'] / lat['ORT int8']:.2f}× / {lat['torch fp32'] / lat['ORT int8']:.2f}× | "
+            f"{r['bundle_mb']} ({r['int8_only_mb']}) | {r['runtime_memory']['peak_rss_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path: str | None, n_images: int) -> int:
+    """Bench every dataset, print the table, write JSON (and markdown)."""
+    recipes = _recipes(recipe_specs)
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for data in datasets:
+        recipe = load_recipe(recipes.get(data.name))
+        print(f"== {data.name}: input {recipe.preprocess.width}x{recipe.preprocess.height}, "
+              f"recipe {recipes.get(data.name, 'defaults')}", flush=True)
+        results.append(bench_dataset(data, work, recipe, n_images))
+        (work / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    print(table)
+    if md_path:
+        Path(md_path).write_text(table)
+    print(f"full results: {work / 'bench.json'}")
+    return 0

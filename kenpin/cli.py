@@ -1,0 +1,106 @@
+"""The ``kenpin`` command: one tool, a subcommand per job.
+
+    kenpin demo                                     # synthetic line → train → bundle → inspect
+    kenpin train --data DIR --out BUNDLE [--recipe configs/recipe.yaml]
+    kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
+    kenpin bench --data DIR [DIR ...] [--markdown FILE]
+
+Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
+instant and the station's commands never load torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from device.errors import KenpinError
+
+
+def _threads(n: int) -> None:
+    # BLAS and torch default to every core; the benchmark contract is 2 threads.
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(n))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.recipe import load_recipe
+    from kenpin.pipeline import train_and_report
+
+    train_and_report(Path(args.data), Path(args.out), load_recipe(args.recipe))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kenpin.pipeline import evaluate_and_report
+
+    m = evaluate_and_report(Path(args.bundle), Path(args.data), args.precision,
+                            Path(args.json) if args.json else None, Path(args.report) if args.report else None)
+    return 0 if m["image_auroc"] is not None else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kenpin.demo import run_demo
+
+    return run_demo(Path(args.workdir), args.seed)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kenpin.bench import run_bench
+
+    return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fit on DATA/train/good and write an int8 + fp32 bundle")
+    t.add_argument("--data", required=True, help="dataset folder in the MVTec AD layout")
+    t.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
+    t.add_argument("--recipe", help="recipe YAML (default: built-in defaults, as configs/recipe.yaml)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score DATA/test with a bundle; metrics JSON and plots")
+    e.add_argument("--bundle", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--json", help="write the metrics here")
+    e.add_argument("--report", help="write the plots into this folder")
+    e.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="the whole path on a generated sample line (no camera, no GPU, no data)")
+    d.add_argument("--workdir", default="demo-run", help="where the line, bundle and report go")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="train, export, evaluate and time on each dataset in one run")
+    b.add_argument("--data", nargs="+", required=True, help="MVTec-layout dataset folders")
+    b.add_argument("--recipe", nargs="*", default=[], help="DATASET_NAME=RECIPE.yaml per dataset")
+    b.add_argument("--workdir", default="bench-run")
+    b.add_argument("--markdown", help="also write the results table to this file")
+    b.add_argument("--images", type=int, default=100, help="images timed per precision")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: expected failures print one sentence and exit 2; no traceback."""
+    _threads(2)
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except KenpinError as e:
+        print(f"kenpin: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kenpin: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

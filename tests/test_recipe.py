@@ -1,0 +1,35 @@
+"""Recipes: typos and wrong types are caught with the key named; shipped recipes load."""
+from pathlib import Path
+
+import pytest
+
+from device.errors import KenpinError
+from training.recipe import Recipe, load_recipe
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("recipe*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    assert isinstance(load_recipe(path), Recipe)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("bank:\n  coreset_sise: 100\n")
+    with pytest.raises(KenpinError, match=r"r\.yaml\.bank.*'coreset_sise'"):
+        load_recipe(f)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("preprocess:\n  width: wide\n")
+    with pytest.raises(KenpinError, match="preprocess.width"):
+        load_recipe(f)
+
+
+def test_width_must_suit_the_backbone(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("preprocess:\n  width: 300\n")
+    with pytest.raises(KenpinError, match="multiple of 32"):
+        load_recipe(f)

@@ -1,0 +1,126 @@
+"""``kenpin eval``: score an MVTec ``test/`` folder with a bundle, the way the station would."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from device.errors import ImageError
+from device.images import read_rgb
+from device.runtime import Inspector
+from training.dataset import TestImage, scan_mvtec
+
+log = logging.getLogger(__name__)
+
+# Pixel AUROC is computed on maps shrunk to this longest side: same ranking, far less memory.
+_PIXEL_SIDE = 256
+
+
+@dataclass
+class Scored:
+    """Everything eval keeps about one test image."""
+
+    item: TestImage
+    raw: float
+    score: float
+    verdict: str
+    embedding: np.ndarray
+    heatmap: np.ndarray  # small, for plots and pixel AUROC
+    mask: np.ndarray | None
+
+
+@dataclass
+class Evaluation:
+    """Scored test images plus the bundle's threshold."""
+
+    results: list[Scored]
+    raw_threshold: float
+    precision: str
+    bundle_id: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def _small(a: np.ndarray, interpolation: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    f = min(1.0, _PIXEL_SIDE / max(h, w))
+    return cv2.resize(a, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interpolation)
+
+
+def _read_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    if path is None:
+        return np.zeros(shape, np.uint8)
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ImageError(f"{path}: mask is not a readable image")
+    if m.shape != shape:
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return (m > 127).astype(np.uint8)
+
+
+def score_test_set(inspector: Inspector, data_dir: Path) -> Evaluation:
+    """Run every ``test/`` image through the station path; unreadable ones are skipped and named."""
+    ds = scan_mvtec(data_dir, need_test=True)
+    results, skipped = [], []
+    for item in tqdm(ds.test, desc="scoring test/", unit="img"):
+        try:
+            rgb = read_rgb(item.path)
+        except ImageError as e:
+            skipped.append(str(e))
+            continue
+        patches = inspector.embed(rgb)
+        v = inspector.judge(patches, (rgb.shape[1], rgb.shape[0]), with_heatmap=True)
+        worst = patches[int(np.argmax(inspector.scorer.distances(patches)))]
+        has_mask = item.is_defective and item.mask is not None
+        mask = _small(_read_mask(item.mask, rgb.shape[:2]), cv2.INTER_NEAREST) if has_mask or not item.is_defective else None
+        results.append(Scored(item, v.raw_score, v.score, v.verdict, worst, _small(v.heatmap, cv2.INTER_AREA), mask))
+    if skipped:
+        log.warning("skipped %d unreadable test image(s): %s", len(skipped), "; ".join(skipped[:10]))
+    return Evaluation(results, inspector.variant.normalization.threshold, inspector.variant.precision,
+                      inspector.bundle.bundle_id, skipped)
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
+
+
+def metrics(ev: Evaluation) -> dict[str, Any]:
+    """Image/pixel AUROC, per-defect AUROC, false-reject and escape rates at the bundle's threshold."""
+    y = np.array([r.item.is_defective for r in ev.results])
+    s = np.array([r.raw for r in ev.results])
+    flagged = s > ev.raw_threshold
+    per_defect = {}
+    for d in sorted({r.item.defect for r in ev.results if r.item.is_defective}):
+        sel = np.array([r.item.defect in ("good", d) for r in ev.results])
+        dd = np.array([r.item.defect == d for r in ev.results])
+        per_defect[d] = {"auroc": _auroc(y[sel], s[sel]), "n": int(dd.sum()), "escape_rate": float(np.mean(~flagged[dd]))}
+    with_mask = [r for r in ev.results if r.mask is not None]
+    pixel = None
+    if any(r.item.is_defective for r in with_mask):
+        labels = np.concatenate([r.mask.ravel() for r in with_mask])
+        pixel = _auroc(labels, np.concatenate([r.heatmap.ravel() for r in with_mask]))
+    return {
+        "image_auroc": _auroc(y, s),
+        "pixel_auroc": pixel,
+        "false_reject_rate": float(np.mean(flagged[~y])),
+        "escape_rate": float(np.mean(~flagged[y])),
+        "per_defect": per_defect,
+        "n_good": int((~y).sum()),
+        "n_defective": int(y.sum()),
+        "n_skipped": len(ev.skipped),
+        "raw_threshold": ev.raw_threshold,
+        "precision": ev.precision,
+        "bundle_id": ev.bundle_id,
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write a JSON file, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -1,0 +1,105 @@
+"""Fitting the anomaly model: reference bank from good patches, threshold from held-out good.
+
+Every step takes an ``embed`` function (Nx3xHxW float32 → NxCxhxw), so the same code builds the
+fp32 model from the PyTorch checkpoint and the int8 model from its quantized ONNX graph.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from device.scoring import NearestNeighbourScorer, Normalization, image_score, patches_from_map
+from training.calibrate import calibrate
+from training.defects import paint_random_defect
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+
+def torch_embed_fn(model: torch.nn.Module) -> EmbedFn:
+    """The PyTorch model as an embed function (inference mode, no autograd)."""
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return embed
+
+
+def embed_all(embed: EmbedFn, inputs: np.ndarray, batch: int, desc: str) -> np.ndarray:
+    """Embed Nx3xHxW inputs in batches, with a progress bar."""
+    out = [embed(inputs[i : i + batch]) for i in tqdm(range(0, len(inputs), batch), desc=desc, unit="batch")]
+    return np.concatenate(out, axis=0)
+
+
+def flatten_patches(maps: np.ndarray) -> np.ndarray:
+    """NxCxhxw → (N*h*w)xC, in the order :func:`patches_from_map` uses per image."""
+    n, c = maps.shape[:2]
+    return np.ascontiguousarray(maps.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c), dtype=np.float32)
+
+
+def image_scores(scorer: NearestNeighbourScorer, maps: np.ndarray) -> np.ndarray:
+    """Image score of each feature map, exactly as the station computes it."""
+    return np.array([image_score(scorer.distances(patches_from_map(m))) for m in maps], dtype=np.float64)
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (bank, held-out) of ``n`` good images; at least one image on each side."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = min(max(1, round(n * fraction)), n - 1)
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def synthetic_defects(images: list[np.ndarray], per_image: int, seed: int) -> list[np.ndarray]:
+    """Held-out good images with painted defects: validation negatives that never touch test/."""
+    rng = np.random.default_rng(seed + 7919)
+    return [paint_random_defect(im, rng)[0] for im in images for _ in range(per_image)]
+
+
+@dataclass
+class FittedVariant:
+    """One precision's fitted state and what its calibration measured."""
+
+    bank: np.ndarray
+    normalization: Normalization
+    holdout_scores: np.ndarray
+    synthetic_scores: np.ndarray
+
+    @property
+    def holdout_false_reject_rate(self) -> float:
+        return float(np.mean(self.holdout_scores > self.normalization.threshold))
+
+    @property
+    def synthetic_auroc(self) -> float:
+        y = np.r_[np.zeros(len(self.holdout_scores)), np.ones(len(self.synthetic_scores))]
+        return float(roc_auc_score(y, np.r_[self.holdout_scores, self.synthetic_scores]))
+
+    @property
+    def synthetic_escape_rate(self) -> float:
+        return float(np.mean(self.synthetic_scores <= self.normalization.threshold))
+
+    def normalized(self) -> np.ndarray:
+        """Normalized scores of held-out good then synthetic-defect images (for parity)."""
+        return np.asarray(self.normalization(np.r_[self.holdout_scores, self.synthetic_scores]))
+
+
+def fit_variant(
+    embed: EmbedFn,
+    bank_maps: np.ndarray,
+    coreset: np.ndarray,
+    holdout: np.ndarray,
+    synthetic: np.ndarray,
+    target_frr: float,
+    batch: int,
+) -> FittedVariant:
+    """Bank = the coreset patches of ``bank_maps``; threshold from the held-out good inputs."""
+    bank = flatten_patches(bank_maps)[coreset]
+    scorer = NearestNeighbourScorer(bank)
+    hold = image_scores(scorer, embed_all(embed, holdout, batch, "held-out good"))
+    syn = image_scores(scorer, embed_all(embed, synthetic, batch, "synthetic defects"))
+    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn)
+

@@ -1,0 +1,114 @@
+"""Training recipes: YAML → validated dataclasses, once, at the edge.
+
+Unknown keys and wrong types are errors that name the file and key, so a typo cannot silently
+fall back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from device.errors import KenpinError
+from device.preprocess import Preprocess
+from training.features import FeatureSpec
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """Reference bank: how many patch embeddings the greedy coreset keeps."""
+
+    coreset_size: int = 2000
+    projection_dim: int = 128
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Threshold from good images held out of the bank."""
+
+    holdout_fraction: float = 0.2
+    target_false_reject_rate: float = 0.01
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """int8 quantization and the parity gate between fp32 and int8."""
+
+    quant_images: int = 64
+    quant_methods: tuple[str, ...] = ("MinMax", "Entropy", "Percentile")
+    parity_min_spearman: float = 0.9
+    parity_max_mean_abs_diff: float = 0.08
+    synthetic_defects_per_image: int = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a bundle, saved whole in its manifest."""
+
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    bank: BankSpec = field(default_factory=BankSpec)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    heatmap_sigma: float = 4.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        c = self.calibration
+        if not 0.05 <= c.holdout_fraction <= 0.5:
+            raise KenpinError(f"calibration.holdout_fraction = {c.holdout_fraction}: use 0.05–0.5")
+        if not 0.0 < c.target_false_reject_rate < 0.5:
+            raise KenpinError(f"calibration.target_false_reject_rate = {c.target_false_reject_rate}: use (0, 0.5)")
+        if self.bank.coreset_size < 1:
+            raise KenpinError(f"bank.coreset_size = {self.bank.coreset_size}: must be ≥ 1")
+        bad = set(self.export.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
+        if bad or not self.export.quant_methods:
+            raise KenpinError(f"export.quant_methods: {sorted(bad)} unknown; use MinMax, Entropy, Percentile, Distribution")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for the manifest and checkpoints."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise KenpinError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise KenpinError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(fields)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        key = f"{where}.{name}"
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key)
+        elif isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise KenpinError(f"{key} = {value!r}: expected a list")
+            kwargs[name] = tuple(value)
+        elif isinstance(default, bool) or not isinstance(value, (type(default), int) if isinstance(default, float) else type(default)):
+            raise KenpinError(f"{key} = {value!r}: expected {type(default).__name__}")
+        else:
+            kwargs[name] = type(default)(value)
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """Read a recipe YAML (None → the defaults)."""
+    if path is None:
+        return Recipe()
+    path = Path(path)
+    if not path.is_file():
+        raise KenpinError(f"{path}: recipe file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise KenpinError(f"{path}: not valid YAML ({e})") from None
+    return _build(Recipe, data, str(path))
