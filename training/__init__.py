@@ -1,0 +1,1 @@
+"""The GPU side of kenpin: datasets, embeddings, reference bank, calibration, synthetic data."""
