@@ -23,6 +23,15 @@ SCHEMA_VERSION = 1
 PRECISIONS = ("int8", "fp32")
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own ``manifest_sha256`` field.
+
+    Covers thresholds, preprocessing and file hashes alike, so a hand-edited manifest is refused.
+    """
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, streamed."""
     h = hashlib.sha256()
@@ -89,6 +98,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise BundleError(
             f"{path}: schema_version {version} is newer than this runtime supports ({SCHEMA_VERSION}); upgrade kenpin"
         )
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise BundleError(f"{path}: contents do not match its manifest_sha256; the manifest was edited or corrupted")
     return manifest
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, sha256_file
+from device.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, manifest_digest, sha256_file
 
 
 def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
@@ -29,6 +29,7 @@ def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
         **body,
         "files": files,
     }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     load_bundle(staged)
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -4,6 +4,7 @@
     kenpin train --data DIR --out BUNDLE [--recipe configs/recipe.yaml]
     kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
     kenpin bench --data DIR [DIR ...] [--markdown FILE]
+    kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
 
 Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
 instant and the station's commands never load torch.
@@ -53,6 +54,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from kenpin.tune import run_tune
+
+    return run_tune(Path(args.data), args.recipe)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -84,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--markdown", help="also write the results table to this file")
     b.add_argument("--images", type=int, default=100, help="images timed per precision")
     b.set_defaults(func=cmd_bench)
+    u = sub.add_parser("tune", help="compare recipes on held-out good vs synthetic defects (never test/)")
+    u.add_argument("--data", required=True)
+    u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
+    u.set_defaults(func=cmd_tune)
     return p
 
 

@@ -33,3 +33,7 @@ def test_width_must_suit_the_backbone(tmp_path):
     f.write_text("preprocess:\n  width: 300\n")
     with pytest.raises(KenpinError, match="multiple of 32"):
         load_recipe(f)
+
+
+def test_the_documented_default_recipe_is_the_built_in_default():
+    assert load_recipe(CONFIGS / "recipe.yaml") == Recipe()

@@ -111,6 +111,10 @@ def metrics(ev: Evaluation) -> dict[str, Any]:
         "false_reject_rate": float(np.mean(flagged[~y])),
         "escape_rate": float(np.mean(~flagged[y])),
         "per_defect": per_defect,
+        "verdicts": {
+            "good": {"ok": int((~flagged[~y]).sum()), "defect": int(flagged[~y].sum())},
+            "defective": {"ok": int((~flagged[y]).sum()), "defect": int(flagged[y].sum())},
+        },
         "n_good": int((~y).sum()),
         "n_defective": int(y.sum()),
         "n_skipped": len(ev.skipped),

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny generated line and a bundle trained on it (built once per session)."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def tiny_recipe():
+    """A recipe small enough for tests: 128 px, small bank, one int8 calibrator."""
+    from device.preprocess import Preprocess
+    from training.recipe import BankSpec, ExportSpec, Recipe
+
+    r = Recipe()
+    return replace(r, preprocess=Preprocess(128, 128), bank=BankSpec(coreset_size=300),
+                   export=replace(r.export, quant_methods=("MinMax",), quant_images=8), batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_line(tmp_path_factory) -> Path:
+    from training.synthetic_line import LineSpec, generate_line
+
+    return generate_line(tmp_path_factory.mktemp("line"), LineSpec(seed=3, size=160, n_train=30, n_test_good=8, n_test_per_defect=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_line, tmp_path_factory) -> Path:
+    from export.build import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build_bundle(tiny_line, out, tiny_recipe())
+    return out
+
+
+def dataset(name: str) -> Path:
+    """A real dataset from ../shared, or skip the test where it is absent."""
+    path = SHARED / name
+    if not (path / "train" / "good").is_dir():
+        pytest.skip(f"{path} not present (real-data test)")
+    return path

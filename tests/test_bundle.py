@@ -1,0 +1,89 @@
+"""The bundle: what was evaluated is what the station runs, or it refuses and says why."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from device.bundle import MANIFEST, load_bundle
+from device.errors import BundleError, KenpinError
+from device.images import list_images, read_rgb
+from device.runtime import Inspector
+
+
+@pytest.fixture()
+def copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def test_manifest_carries_preprocessing_thresholds_hashes_and_figures(tiny_bundle):
+    m = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert m["schema_version"] == 1 and m["preprocessing"]["width"] == 128
+    for precision in ("int8", "fp32"):
+        v = m["variants"][precision]
+        assert v["threshold"] > 0 and v["calibration"]["n_images"] >= 5
+        assert 0 <= v["evaluation"]["synthetic_auroc"] <= 1
+    assert set(m["files"]) == {"embedder_fp32.onnx", "embedder_int8.onnx", "bank_fp32.npy", "bank_int8.npy"}
+    assert m["parity"]["chosen"]["method"] == "MinMax"
+    assert m["recipe"]["bank"]["coreset_size"] == 300
+
+
+def test_a_changed_byte_is_refused_naming_the_file(copy):
+    path = copy / "bank_int8.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"bank_int8\.npy.*SHA-256"):
+        load_bundle(copy)
+
+
+def test_a_missing_file_is_refused(copy):
+    (copy / "embedder_int8.onnx").unlink()
+    with pytest.raises(BundleError, match=r"embedder_int8\.onnx.*missing"):
+        Inspector.open(copy)
+
+
+def test_a_newer_schema_is_refused(copy):
+    m = json.loads((copy / MANIFEST).read_text())
+    m["schema_version"] = 99
+    from device.bundle import manifest_digest
+
+    m["manifest_sha256"] = manifest_digest(m)  # a genuine newer bundle, not a corrupted one
+    (copy / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="newer than this runtime"):
+        load_bundle(copy)
+
+
+def test_a_hand_edited_threshold_is_refused(copy):
+    m = json.loads((copy / MANIFEST).read_text())
+    m["variants"]["int8"]["threshold"] = 0.0
+    (copy / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="manifest was edited"):
+        Inspector.open(copy)
+
+
+def test_verdicts_follow_the_normalized_threshold(tiny_bundle, tiny_line):
+    inspector = Inspector.open(tiny_bundle, "int8")
+    for path in list_images(tiny_line / "test" / "good")[:3]:
+        v = inspector.inspect(read_rgb(path), with_heatmap=True)
+        assert v.threshold == 0.5 and 0 <= v.score <= 1
+        assert (v.verdict == "defect") == (v.raw_score > v.raw_threshold)
+        assert v.heatmap.shape == read_rgb(path).shape[:2]
+
+
+def test_failed_training_leaves_the_previous_bundle_untouched(tiny_bundle, tiny_line, tmp_path):
+    from dataclasses import replace
+
+    from export.build import build_bundle
+    from tests.conftest import tiny_recipe
+
+    out = tmp_path / "b"
+    shutil.copytree(tiny_bundle, out)
+    before = (out / MANIFEST).read_bytes()
+    impossible = replace(tiny_recipe(), export=replace(tiny_recipe().export, parity_min_spearman=1.01))
+    with pytest.raises(KenpinError, match="drifts from fp32"):
+        build_bundle(tiny_line, out, impossible)
+    assert (out / MANIFEST).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp dir left behind

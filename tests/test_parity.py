@@ -1,0 +1,30 @@
+"""Train and serve cannot drift: the station's score equals the training side's for the same image."""
+import numpy as np
+import torch
+
+from device.images import list_images, read_rgb
+from device.runtime import Inspector
+from device.scoring import NearestNeighbourScorer, image_score, patches_from_map
+from tests.conftest import tiny_recipe
+from training.features import PatchEmbedder
+
+
+def test_station_fp32_score_matches_the_pytorch_checkpoint(tiny_bundle, tiny_line):
+    station = Inspector.open(tiny_bundle, "fp32")
+    model = PatchEmbedder(tiny_recipe().features).eval()
+    scorer = NearestNeighbourScorer(np.load(tiny_bundle / "bank_fp32.npy"))
+    paths = list_images(tiny_line / "test" / "good")[:3] + list_images(tiny_line / "test" / "scratch")[:2]
+    for p in paths:
+        rgb = read_rgb(p)
+        with torch.inference_mode():
+            fmap = model(torch.from_numpy(station.preprocess(rgb))).numpy()
+        train_side = image_score(scorer.distances(patches_from_map(fmap)))
+        assert abs(station.inspect(rgb).raw_score - train_side) <= 1e-4 * abs(train_side)
+
+
+def test_int8_and_fp32_judge_the_test_parts_alike(tiny_bundle, tiny_line):
+    i8, f32 = Inspector.open(tiny_bundle, "int8"), Inspector.open(tiny_bundle, "fp32")
+    paths = list_images(tiny_line / "test" / "good") + list_images(tiny_line / "test" / "spot")
+    s8 = np.array([i8.inspect(read_rgb(p)).score for p in paths])
+    s32 = np.array([f32.inspect(read_rgb(p)).score for p in paths])
+    assert np.mean(np.abs(s8 - s32)) < 0.15
