@@ -1,6 +1,8 @@
 """int8 static quantization with onnxruntime's own tools, calibrated on good images."""
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -36,19 +38,21 @@ class ArrayReader(CalibrationDataReader):
 
 
 def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, method: str) -> None:
-    """Static QDQ int8 (per-channel weights, signed activations) calibrated with ``method``."""
+    """Static QDQ int8 (per-channel signed weights, unsigned activations) calibrated with ``method``."""
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         # Shape inference and graph fusion first, as onnxruntime's docs recommend for static int8.
         quant_pre_process(str(fp32_model), str(prepped), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepped),
-            str(out_path),
-            ArrayReader(calib_inputs),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod[method],
-            extra_options={"CalibMovingAverage": True} if method == "MinMax" else None,
-        )
+        # The histogram calibrators print their progress to stdout; keep the user's console readable.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepped),
+                str(out_path),
+                ArrayReader(calib_inputs),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod[method],
+                extra_options={"CalibMovingAverage": True} if method == "MinMax" else None,
+            )
