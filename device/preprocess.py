@@ -42,10 +42,12 @@ class Preprocess:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB → 1x3xHxW float32, ready for the embedder."""
         resized = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
-        x = resized.astype(np.float32) * np.float32(1.0 / 255.0)
-        x -= np.asarray(self.mean, dtype=np.float32)
-        x *= np.asarray([1.0 / s for s in self.std], dtype=np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+        # Planes via cv2.split: a strided HWC→CHW float copy costs ~5x more on a small CPU.
+        x = np.stack(cv2.split(resized)).astype(np.float32)
+        x *= np.float32(1.0 / 255.0)
+        x -= np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        x *= np.asarray([1.0 / s for s in self.std], dtype=np.float32).reshape(3, 1, 1)
+        return x[None]
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest form."""

@@ -89,6 +89,15 @@ def test_unreadable_images_are_skipped_and_named(tmp_path, caplog):
     assert "b.png" in caplog.text and "c.jpg" in caplog.text
 
 
+def test_when_no_image_is_readable_the_folder_is_named(tmp_path):
+    from device.errors import KenpinError
+
+    for n in ("a.png", "b.png"):
+        (tmp_path / n).write_bytes(b"")
+    with pytest.raises(KenpinError, match=f"{tmp_path}.*none of the 2 images"):
+        read_many([tmp_path / "a.png", tmp_path / "b.png"])
+
+
 def test_gray_and_colour_frames_of_any_size_preprocess_alike(tmp_path):
     from device.images import read_rgb
     from device.preprocess import Preprocess
