@@ -41,7 +41,7 @@ class MVTecSet:
         return sorted({t.defect for t in self.test if t.is_defective})
 
 
-def _mask_for(root: Path, defect: str, image: Path) -> Path | None:
+def mask_for(root: Path, defect: str, image: Path) -> Path | None:
     for suffix in (".png", image.suffix):
         p = root / "ground_truth" / defect / f"{image.stem}_mask{suffix}"
         if p.is_file():
@@ -65,7 +65,7 @@ def scan_mvtec(root: str | Path, need_test: bool = False) -> MVTecSet:
     test_dir = root / "test"
     for sub in sorted(p for p in test_dir.iterdir() if p.is_dir()) if test_dir.is_dir() else []:
         for img in list_images(sub):
-            mask = None if sub.name == "good" else _mask_for(root, sub.name, img)
+            mask = None if sub.name == "good" else mask_for(root, sub.name, img)
             test.append(TestImage(img, sub.name, mask))
     if need_test and not test:
         raise KenpinError(f"{test_dir}: no test images (expected test/good/ and test/<defect>/)")

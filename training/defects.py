@@ -166,7 +166,7 @@ def _clip_to(alpha: np.ndarray, region: np.ndarray | None) -> np.ndarray:
     return alpha if region is None else alpha * _blur(region.astype(np.float32), 0.7)
 
 
-def _composite(image: np.ndarray, alpha: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def composite(image: np.ndarray, alpha: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Blend ``target`` over ``image`` with opacity ``alpha``; the mask is where the opacity is > 0."""
     # Re-map so opacities under _FLOOR become exactly 0: the edge stays soft, but nothing outside
     # the mask changes at all, which keeps the mask exact.
@@ -196,7 +196,7 @@ def _scratch(image: np.ndarray, rng: np.random.Generator, scale: float, region: 
     along = np.clip(((xx - p0[0]) * d[0] + (yy - p0[1]) * d[1]) / length, 0, 1)
     alpha *= (np.sin(np.pi * along) ** 0.4 * rng.uniform(0.6, 0.95)).astype(np.float32)
     target, _ = _shade(image, _level(image, c, length / 2), rng)
-    return _composite(image, _clip_to(alpha, region), target)
+    return composite(image, _clip_to(alpha, region), target)
 
 
 def _spot(image: np.ndarray, rng: np.random.Generator, scale: float, region: np.ndarray | None):
@@ -209,7 +209,7 @@ def _spot(image: np.ndarray, rng: np.random.Generator, scale: float, region: np.
     target, dark = _shade(image, _level(image, c, radius), rng)
     if dark and rng.random() < 0.4:  # a rust or water stain is brownish rather than a pure shade
         target = target * (_matched_colour(image, np.array([1.1, 0.92, 0.72], np.float32)) / 0.95)
-    return _composite(image, _clip_to(alpha, region), np.clip(target, 0, 255))
+    return composite(image, _clip_to(alpha, region), np.clip(target, 0, 255))
 
 
 def _crack(image: np.ndarray, rng: np.random.Generator, scale: float, region: np.ndarray | None):
@@ -229,7 +229,7 @@ def _crack(image: np.ndarray, rng: np.random.Generator, scale: float, region: np
         alpha = np.maximum(alpha, _draw_path(image.shape[:2], branch, max(1, width - 1)))
     alpha = _blur(alpha, 0.5 * u) * rng.uniform(0.8, 1.0)
     target = image.astype(np.float32) * rng.uniform(0.15, 0.35)  # a fissure is in shadow: always dark
-    return _composite(image, _clip_to(alpha, region), target)
+    return composite(image, _clip_to(alpha, region), target)
 
 
 def _chip(image: np.ndarray, rng: np.random.Generator, scale: float, region: np.ndarray | None):
@@ -255,10 +255,10 @@ def _chip(image: np.ndarray, rng: np.random.Generator, scale: float, region: np.
     # Give the hole the background's own grain so it does not read as a flat sticker.
     texture = _blur(rng.standard_normal((h, w)).astype(np.float32), 0.8) * (grain / 0.35)
     target = np.clip(fill.astype(np.float32) + texture[..., None], 0, 255)
-    out, mask = _composite(image, _blur(bite, 0.6), target)
+    out, mask = composite(image, _blur(bite, 0.6), target)
     # The fresh fracture face catches the light: a thin bright rim along the bite, on the object.
     rim = (_blur(bite, max(1.0, _unit(image))) - bite).clip(0, 1) * body * 1.8
-    out, rim_mask = _composite(out, np.clip(rim, 0, 0.7), 255 - (255 - out.astype(np.float32)) * 0.5)
+    out, rim_mask = composite(out, np.clip(rim, 0, 0.7), 255 - (255 - out.astype(np.float32)) * 0.5)
     return out, np.maximum(mask, rim_mask)
 
 
@@ -282,7 +282,7 @@ def _contamination(image: np.ndarray, rng: np.random.Generator, scale: float, re
     alpha *= rng.uniform(0.8, 0.95)
     noise = _blur(rng.standard_normal((h, w)).astype(np.float32), 1.2 * u)
     target = colour * (1 + grain * noise / max(1e-6, float(noise.std())))[..., None]
-    return _composite(image, _clip_to(alpha, region), np.clip(target, 0, 255))
+    return composite(image, _clip_to(alpha, region), np.clip(target, 0, 255))
 
 
 def _missing_feature(image: np.ndarray, rng: np.random.Generator, scale: float, region: np.ndarray | None):
@@ -300,7 +300,7 @@ def _missing_feature(image: np.ndarray, rng: np.random.Generator, scale: float, 
     # Inpainting is smooth; real surfaces are not: add noise as strong as the image's own fine grain.
     filled += rng.normal(0, _grain(image), (h, w, 1)).astype(np.float32)
     alpha = _blur(blob, max(0.6, 0.8 * _unit(image)))
-    return _composite(image, _clip_to(alpha, region), np.clip(filled, 0, 255))
+    return composite(image, _clip_to(alpha, region), np.clip(filled, 0, 255))
 
 
 _PAINTERS: dict[str, Painter] = {
