@@ -37,8 +37,19 @@ class ArrayReader(CalibrationDataReader):
         self._i = 0
 
 
-def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, method: str) -> None:
-    """Static QDQ int8 (per-channel signed weights, unsigned activations) calibrated with ``method``."""
+def leading_convs(model: Path, n: int) -> list[str]:
+    """Names of the first ``n`` Conv nodes (ONNX graphs are stored in topological order)."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(model)).graph.node if node.op_type == "Conv"][:n]
+
+
+def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, method: str,
+                  fp32_convs: int = 0) -> None:
+    """Static QDQ int8 (per-channel signed weights, unsigned activations) calibrated with ``method``.
+
+    The first ``fp32_convs`` convolutions stay in fp32.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         # Shape inference and graph fusion first, as onnxruntime's docs recommend for static int8.
@@ -54,5 +65,6 @@ def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, me
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod[method],
+                nodes_to_exclude=leading_convs(prepped, fp32_convs),
                 extra_options={"CalibMovingAverage": True} if method == "MinMax" else None,
             )

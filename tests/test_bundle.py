@@ -87,3 +87,14 @@ def test_failed_training_leaves_the_previous_bundle_untouched(tiny_bundle, tiny_
         build_bundle(tiny_line, out, impossible)
     assert (out / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp dir left behind
+
+
+def test_int8_model_keeps_the_stem_in_fp32_and_quantizes_the_rest(tiny_bundle):
+    import onnx
+
+    g = onnx.load(str(tiny_bundle / "embedder_int8.onnx")).graph
+    dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    int8_weights = [c.input[1] in dq_outputs for c in convs]
+    assert int8_weights[:3] == [False, False, False]  # recipe default export.fp32_leading_convs = 3
+    assert all(int8_weights[3:])

@@ -42,6 +42,7 @@ class MVTecSet:
 
 
 def mask_for(root: Path, defect: str, image: Path) -> Path | None:
+    """The ground-truth mask of a defective image (MVTec naming), or None where there is none."""
     for suffix in (".png", image.suffix):
         p = root / "ground_truth" / defect / f"{image.stem}_mask{suffix}"
         if p.is_file():

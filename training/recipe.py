@@ -39,6 +39,7 @@ class ExportSpec:
 
     quant_images: int = 64
     quant_methods: tuple[str, ...] = ("MinMax", "Entropy", "Percentile")
+    fp32_leading_convs: int = 3
     parity_min_spearman: float = 0.9
     parity_max_mean_abs_diff: float = 0.08
     synthetic_defects_per_image: int = 1
@@ -65,6 +66,8 @@ class Recipe:
             raise KenpinError(f"calibration.target_false_reject_rate = {c.target_false_reject_rate}: use (0, 0.5)")
         if self.bank.coreset_size < 1:
             raise KenpinError(f"bank.coreset_size = {self.bank.coreset_size}: must be ≥ 1")
+        if self.export.fp32_leading_convs < 0:
+            raise KenpinError(f"export.fp32_leading_convs = {self.export.fp32_leading_convs}: must be ≥ 0")
         bad = set(self.export.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
         if bad or not self.export.quant_methods:
             raise KenpinError(f"export.quant_methods: {sorted(bad)} unknown; use MinMax, Entropy, Percentile, Distribution")
