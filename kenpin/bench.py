@@ -105,7 +105,7 @@ def bench_dataset(data: Path, work: Path, recipe: Recipe, n_images: int) -> dict
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """The BENCHMARKS.md table."""
-    lines = ["| dataset | input | image AUROC int8 | fp32 | |Δ| | global-embedding AUROC (fp32) | pixel AUROC int8 | "
+    lines = ["| dataset | input | image AUROC int8 | fp32 | abs Δ | global-embedding AUROC (fp32) | pixel AUROC int8 | "
              "FRR / escapes int8 | torch ms | ORT fp32 ms | ORT int8 ms | bare int8 model ms | search ms | "
              "station ÷ bare int8 | int8 speed-up vs fp32 / torch | bundle MB (int8 part) | runtime peak RSS MB |",
              "|" + "---|" * 19]
