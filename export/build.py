@@ -116,22 +116,26 @@ def _quantize_best(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: F
     return path, v, best, [t[2] for t in tried]
 
 
+def fit_fp32(inputs: Inputs, recipe: Recipe) -> tuple[PatchEmbedder, np.ndarray, FittedVariant]:
+    """The PyTorch model, the coreset indices and the calibrated fp32 variant."""
+    model = PatchEmbedder(recipe.features).eval()
+    embed = torch_embed_fn(model)
+    bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, "fp32 bank features")
+    coreset = greedy_coreset(flatten_patches(bank_maps), recipe.bank.coreset_size,
+                             recipe.bank.projection_dim, recipe.seed)
+    fp32 = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
+                       recipe.calibration.target_false_reject_rate, recipe.batch_size)
+    return model, coreset, fp32
+
+
 def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe) -> dict[str, Any]:
     """Train on ``data_dir/train/good`` and write the bundle to ``out_dir``; returns its manifest body."""
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     inputs = prepare_inputs(data_dir, recipe)
     pre = recipe.preprocess
-    model = PatchEmbedder(recipe.features).eval()
-    embed = torch_embed_fn(model)
-    bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, "fp32 bank features")
-    grid = bank_maps.shape[2:]
-    flat = flatten_patches(bank_maps)
-    coreset = greedy_coreset(flat, recipe.bank.coreset_size, recipe.bank.projection_dim, recipe.seed)
-    del flat
-    fp32 = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
-                       recipe.calibration.target_false_reject_rate, recipe.batch_size)
-    del bank_maps
+    model, coreset, fp32 = fit_fp32(inputs, recipe)
+    grid = (pre.height // recipe.features.stride, pre.width // recipe.features.stride)
     staged = staging_dir(out_dir)
     try:
         with tempfile.TemporaryDirectory() as tmp:

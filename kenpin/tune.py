@@ -11,10 +11,7 @@ from pathlib import Path
 
 import torch
 
-from export.build import prepare_inputs
-from training.coreset import greedy_coreset
-from training.features import PatchEmbedder
-from training.fit import embed_all, fit_variant, flatten_patches, torch_embed_fn
+from export.build import fit_fp32, prepare_inputs
 from training.recipe import load_recipe
 
 
@@ -25,11 +22,7 @@ def tune(data: Path, recipe_paths: list[str]) -> list[dict]:
         r = load_recipe(path)
         t0 = time.perf_counter()
         inputs = prepare_inputs(data, r)
-        embed = torch_embed_fn(PatchEmbedder(r.features).eval())
-        maps = embed_all(embed, inputs.bank, r.batch_size, "bank features")
-        core = greedy_coreset(flatten_patches(maps), r.bank.coreset_size, r.bank.projection_dim, r.seed)
-        v = fit_variant(embed, maps, core, inputs.holdout, inputs.synthetic,
-                        r.calibration.target_false_reject_rate, r.batch_size)
+        _, _, v = fit_fp32(inputs, r)
         rows.append({"recipe": path, "input": f"{r.preprocess.width}x{r.preprocess.height}",
                      "blocks": list(r.features.blocks), "bank": int(len(v.bank)),
                      "synthetic_auroc": v.synthetic_auroc, "synthetic_escape_rate": v.synthetic_escape_rate,

@@ -15,7 +15,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def tiny_recipe():
     """A recipe small enough for tests: 128 px, small bank, one int8 calibrator."""
     from device.preprocess import Preprocess
-    from training.recipe import BankSpec, ExportSpec, Recipe
+    from training.recipe import BankSpec, Recipe
 
     r = Recipe()
     return replace(r, preprocess=Preprocess(128, 128), bank=BankSpec(coreset_size=300),

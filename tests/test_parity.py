@@ -1,12 +1,12 @@
 """Train and serve cannot drift: the station's score equals the training side's for the same image."""
 import numpy as np
-import torch
 
 from device.images import list_images, read_rgb
 from device.runtime import Inspector
-from device.scoring import NearestNeighbourScorer, image_score, patches_from_map
+from device.scoring import NearestNeighbourScorer
 from tests.conftest import tiny_recipe
 from training.features import PatchEmbedder
+from training.fit import image_scores, torch_embed_fn
 
 
 def test_station_fp32_score_matches_the_pytorch_checkpoint(tiny_bundle, tiny_line):
@@ -16,9 +16,7 @@ def test_station_fp32_score_matches_the_pytorch_checkpoint(tiny_bundle, tiny_lin
     paths = list_images(tiny_line / "test" / "good")[:3] + list_images(tiny_line / "test" / "scratch")[:2]
     for p in paths:
         rgb = read_rgb(p)
-        with torch.inference_mode():
-            fmap = model(torch.from_numpy(station.preprocess(rgb))).numpy()
-        train_side = image_score(scorer.distances(patches_from_map(fmap)))
+        train_side = image_scores(scorer, torch_embed_fn(model)(station.preprocess(rgb)))[0]
         assert abs(station.inspect(rgb).raw_score - train_side) <= 1e-4 * abs(train_side)
 
 

@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from device.images import read_rgb
 from device.runtime import Inspector
-from device.scoring import NearestNeighbourScorer, image_score, patches_from_map
+from device.scoring import NearestNeighbourScorer
 from tests.conftest import dataset, tiny_recipe
 from training.dataset import scan_mvtec
 from training.features import PatchEmbedder
+from training.fit import image_scores, torch_embed_fn
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -29,9 +29,7 @@ def test_station_scores_real_photos_exactly_as_training_does(name, tiny_bundle):
     scorer = NearestNeighbourScorer(np.load(tiny_bundle / "bank_fp32.npy"))
     for t in ds.test[:: max(1, len(ds.test) // 6)]:
         rgb = read_rgb(t.path)
-        with torch.inference_mode():
-            fmap = model(torch.from_numpy(station.preprocess(rgb))).numpy()
-        train_side = image_score(scorer.distances(patches_from_map(fmap)))
+        train_side = image_scores(scorer, torch_embed_fn(model)(station.preprocess(rgb)))[0]
         assert abs(station.inspect(rgb).raw_score - train_side) <= 1e-4 * abs(train_side), t.path
 
 
