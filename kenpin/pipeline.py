@@ -7,12 +7,28 @@ from typing import Any
 from device.runtime import Inspector
 from export.build import build_bundle
 from training.evaluate import metrics, score_test_set, write_json
-from training.recipe import Recipe
+from device.errors import KenpinError
+from training.recipe import Recipe, load_recipe
 
 
-def train_and_report(data: Path, out: Path, recipe: Recipe) -> dict[str, Any]:
+def recipe_for(path: str | None, embedder: Path | None) -> Recipe:
+    """The recipe file, or (none given, with an embedder) the recipe the embedder was trained with."""
+    if path is not None or embedder is None:
+        return load_recipe(path)
+    import torch
+
+    from training.recipe import recipe_from_dict
+
+    try:
+        saved = torch.load(embedder, map_location="cpu", weights_only=True)["recipe"]
+    except Exception as e:
+        raise KenpinError(f"{embedder}: not a readable kenpin embedder checkpoint ({e})") from None
+    return recipe_from_dict(saved, f"{embedder} (its recipe)")
+
+
+def train_and_report(data: Path, out: Path, recipe: Recipe, embedder: Path | None = None) -> dict[str, Any]:
     """Build the bundle and print what was calibrated and how int8 compares."""
-    body = build_bundle(data, out, recipe)
+    body = build_bundle(data, out, recipe, embedder)
     v8, v32 = body["variants"]["int8"], body["variants"]["fp32"]
     par = body["parity"]["chosen"]
     print(f"bundle written: {out}")
@@ -25,6 +41,21 @@ def train_and_report(data: Path, out: Path, recipe: Recipe) -> dict[str, Any]:
     print(f"  int8 parity ({par['method']}): spearman {par['spearman']:.4f}, mean |Δscore| {par['mean_abs_diff']:.4f}")
     print(f"next: kenpin eval --bundle {out} --data {data} --json {out}-eval.json --report {out}-report")
     return body
+
+
+def train_embedding_and_report(data: Path, out: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
+    """Metric-learn the embedder; print what validation chose and the next command."""
+    from training.metric_train import train_embedding
+
+    s = train_embedding(data, out, recipe, resume)
+    if s["best_step"] == 0:
+        print(f"training did not beat the frozen embedder on validation (AUROC {s['frozen_val_auroc']:.4f}); "
+              f"{s['embedder']} is the frozen embedder")
+    else:
+        print(f"selected step {s['best_step']}: validation AUROC {s['best_val_auroc']:.4f} "
+              f"(frozen {s['frozen_val_auroc']:.4f}); {s['steps']} steps in {s['seconds']:.0f} s on {s['device']}")
+    print(f"next: kenpin train --data {data} --embedder {s['embedder']} --out BUNDLE")
+    return s
 
 
 def evaluate_and_report(bundle: Path, data: Path, precision: str, json_path: Path | None,

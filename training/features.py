@@ -55,6 +55,10 @@ class PatchEmbedder(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
 
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Output grid for an input of ``height`` x ``width``."""
+        return height // self.spec.stride, width // self.spec.stride
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.backbone.forward_blocks(x, set(self.spec.blocks))
         size = maps[min(self.spec.blocks, key=lambda b: BLOCK_STRIDES[b])].shape[-2:]

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from device.errors import KenpinError
 from device.scoring import NearestNeighbourScorer, Normalization, image_score, patches_from_map
 from training.calibrate import calibrate
+from training.dataset import read_many, scan_mvtec
 from training.defects import paint_random_defect
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
@@ -52,6 +55,31 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     order = np.random.default_rng(seed).permutation(n)
     n_hold = min(max(1, round(n * fraction)), n - 1)
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+@dataclass
+class GoodSplit:
+    """train/good as read once: images for the bank (and for metric learning) and the hold-out
+    that sets the threshold and validates, which no training step ever sees."""
+
+    bank: list[np.ndarray]
+    holdout: list[np.ndarray]
+    n_skipped: int
+
+
+def read_good_split(data_dir: Path, train_images: int, holdout_fraction: float, seed: int) -> GoodSplit:
+    """Read ``data_dir/train/good`` (a seeded pick of ``train_images`` of them when > 0) and split it."""
+    ds = scan_mvtec(data_dir)
+    images, kept = read_many(ds.train_good, desc="reading train/good")
+    if train_images:
+        if train_images > len(images):
+            raise KenpinError(f"train_images = {train_images}: {data_dir / 'train' / 'good'} has only {len(images)} readable images")
+        pick = np.sort(np.random.default_rng(seed + 1).permutation(len(images))[:train_images])
+        images = [images[i] for i in pick]
+    if len(images) < 4:
+        raise KenpinError(f"{data_dir / 'train' / 'good'}: {len(images)} readable image(s); need at least 4 good images")
+    bank_idx, hold_idx = split_holdout(len(images), holdout_fraction, seed)
+    return GoodSplit([images[i] for i in bank_idx], [images[i] for i in hold_idx], len(ds.train_good) - len(kept))
 
 
 def synthetic_defects(images: list[np.ndarray], per_image: int, seed: int) -> list[np.ndarray]:

@@ -45,7 +45,7 @@ class Reduced(NamedTuple):
     active: int
 
 
-Miner = Callable[[Tensor, Tensor, float, Distance], Triplets]
+Miner = Callable[..., Triplets]  # (emb, labels, margin, distance, negatives=None) -> Triplets
 Reducer = Callable[[Tensor], Reduced]
 
 
@@ -71,14 +71,23 @@ def pairwise_distances(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
 # ---- miners ---------------------------------------------------------------------------------
 
 
-def _pair_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """NxN bool masks of positive pairs (same label, i != j) and negative pairs (labels differ)."""
+def _pair_masks(labels: Tensor, negatives: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """NxN bool masks of positive pairs (same label, i != j) and negative pairs (labels differ).
+
+    With ``negatives`` (N bools: "this row is a defect"), a negative pair must join a defect and a
+    non-defect: two good patches of different places are then neither pulled nor pushed, which is
+    what nearest-neighbour scoring wants (good texture keeps its spread; only defects move away).
+    """
     labels = labels.reshape(-1)
     valid = labels != IGNORE
     both = valid[:, None] & valid[None, :]
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return same & both & ~eye, ~same & both
+    neg = ~same & both
+    if negatives is not None:
+        negatives = negatives.reshape(-1).to(device=labels.device, dtype=torch.bool)
+        neg = neg & (negatives[:, None] ^ negatives[None, :])
+    return same & both & ~eye, neg
 
 
 def _check(emb: Tensor, labels: Tensor) -> None:
@@ -87,26 +96,26 @@ def _check(emb: Tensor, labels: Tensor) -> None:
 
 
 def mine_all(emb: Tensor, labels: Tensor, margin: float = 0.0,
-             distance: Distance = pairwise_distances) -> Triplets:
+             distance: Distance = pairwise_distances, negatives: Tensor | None = None) -> Triplets:
     """Every valid (anchor, positive, negative): N³ memory, so for small batches only.
 
     ``margin`` and ``distance`` are unused; they keep the signature every miner shares.
     """
     _check(emb, labels)
-    pos, neg = _pair_masks(labels)
+    pos, neg = _pair_masks(labels, negatives)
     a, p, n = torch.nonzero(pos[:, :, None] & neg[:, None, :], as_tuple=True)
     return Triplets(a, p, n)
 
 
 @torch.no_grad()
 def mine_hard(emb: Tensor, labels: Tensor, margin: float = 0.0,
-              distance: Distance = pairwise_distances) -> Triplets:
+              distance: Distance = pairwise_distances, negatives: Tensor | None = None) -> Triplets:
     """Per anchor: its farthest positive and its nearest negative (one triplet per anchor).
 
     Anchors without a positive or without a negative are skipped. ``margin`` is unused.
     """
     _check(emb, labels)
-    pos, neg = _pair_masks(labels)
+    pos, neg = _pair_masks(labels, negatives)
     d = distance(emb, emb)
     inf = torch.tensor(float("inf"), device=d.device, dtype=d.dtype)
     p = torch.where(pos, d, -inf).argmax(1)
@@ -117,14 +126,14 @@ def mine_hard(emb: Tensor, labels: Tensor, margin: float = 0.0,
 
 @torch.no_grad()
 def mine_semi_hard(emb: Tensor, labels: Tensor, margin: float,
-                   distance: Distance = pairwise_distances) -> Triplets:
+                   distance: Distance = pairwise_distances, negatives: Tensor | None = None) -> Triplets:
     """FaceNet semi-hard: per (anchor, positive) pair, the nearest negative with d_ap < d_an < d_ap + margin.
 
     Where no negative lies in that band, the anchor's hardest (nearest) negative is used. Every
     positive pair gives one triplet; the search is a sort plus a binary search, O(N² log N).
     """
     _check(emb, labels)
-    pos, neg = _pair_masks(labels)
+    pos, neg = _pair_masks(labels, negatives)
     d = distance(emb, emb)
     # Each anchor's negative distances in ascending order (non-negatives pushed to +inf) ...
     neg_sorted, neg_order = torch.where(neg, d, torch.full_like(d, float("inf"))).sort(1)
@@ -152,7 +161,8 @@ def mean_nonzero(terms: Tensor) -> Reduced:
 
 
 def triplet_margin_loss(emb: Tensor, labels: Tensor, margin: float = 0.2, miner: Miner = mine_semi_hard,
-                        distance: Distance = pairwise_distances, reducer: Reducer = mean_nonzero) -> Reduced:
+                        distance: Distance = pairwise_distances, reducer: Reducer = mean_nonzero,
+                        negatives: Tensor | None = None) -> Reduced:
     """max(0, d(a,p) - d(a,n) + margin) over the mined triplets, reduced (default: mean over > 0).
 
     The mean over active triplets (pytorch-metric-learning's AvgNonZeroReducer) keeps the gradient
@@ -161,13 +171,14 @@ def triplet_margin_loss(emb: Tensor, labels: Tensor, margin: float = 0.2, miner:
     _check(emb, labels)
     # Miners take embeddings (as in pytorch-metric-learning) and compute their own, gradient-free
     # distances: one extra NxN matmul, small next to the backbone, for miners usable on their own.
-    a, p, n = miner(emb.detach(), labels, margin, distance)
+    a, p, n = miner(emb.detach(), labels, margin, distance, negatives)
     d = distance(emb, emb)
     return reducer(torch.relu(d[a, p] - d[a, n] + margin))
 
 
 def contrastive_loss(emb: Tensor, labels: Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0,
-                     distance: Distance = pairwise_distances, reducer: Reducer = mean_nonzero) -> Reduced:
+                     distance: Distance = pairwise_distances, reducer: Reducer = mean_nonzero,
+                     negatives: Tensor | None = None) -> Reduced:
     """Siamese contrastive loss (Hadsell, Chopra & LeCun 2006) over all pairs i < j.
 
     Positive pairs cost ½·max(0, d - pos_margin)², negative pairs ½·max(0, neg_margin - d)².
@@ -175,7 +186,7 @@ def contrastive_loss(emb: Tensor, labels: Tensor, pos_margin: float = 0.0, neg_m
     good-defect ones, and pooling them would let the positives drown the negatives.
     """
     _check(emb, labels)
-    pos, neg = _pair_masks(labels)
+    pos, neg = _pair_masks(labels, negatives)
     upper = torch.ones_like(pos).triu(1)
     d = distance(emb, emb)
     on_pos = reducer(0.5 * torch.relu(d[pos & upper] - pos_margin) ** 2)

@@ -15,6 +15,8 @@ import yaml
 from device.errors import KenpinError
 from device.preprocess import Preprocess
 from training.features import FeatureSpec
+from training.metric_model import HeadSpec
+from training.pair_sampling import NuisanceSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,50 @@ class ExportSpec:
 
 
 @dataclass(frozen=True)
+class MetricSpec:
+    """Metric learning of the embedder (``kenpin train-embedding``); unused by the frozen pipeline."""
+
+    loss: str = "triplet"  # "triplet" (margin loss) or "contrastive" (Siamese pairs)
+    miner: str = "semi_hard"  # triplet mining: "semi_hard", "hard" or "all"
+    margin: float = 1.0  # triplet margin, in units of the frozen nuisance distance
+    neg_margin: float = 3.0  # contrastive: defect patches pushed at least this far
+    steps: int = 300
+    batch_images: int = 8  # good images per step (x2 views) per process
+    crop: int = 192  # px square crop trained on (0 = whole input); the model is convolutional
+    lr: float = 1e-3
+    backbone_lr_factor: float = 0.1  # learning-rate multiplier of fine-tuned backbone blocks
+    weight_decay: float = 1e-4
+    drift_weight: float = 0.05  # weight of the pull of good patches back to frozen features
+    defect_fraction: float = 0.5  # share of second views that get a painted defect
+    defect_scale: float = 1.0
+    max_rows: int = 2048  # patch embeddings per step entering the loss (subsampled)
+    val_every: int = 50
+    val_bank_images: int = 48  # train images forming the validation bank
+    val_images: int = 64  # held-out good images (and as many synthetic defects) validated on
+    val_coreset: int = 1000
+    few_shot: bool = True  # also use train/<defect>/ images when the dataset has them
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    nuisance: NuisanceSpec = field(default_factory=NuisanceSpec)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("triplet", "contrastive"):
+            raise KenpinError(f"metric.loss = {self.loss!r}: use 'triplet' or 'contrastive'")
+        if self.miner not in ("semi_hard", "hard", "all"):
+            raise KenpinError(f"metric.miner = {self.miner!r}: use 'semi_hard', 'hard' or 'all'")
+        for key in ("steps", "batch_images", "max_rows", "val_every", "val_bank_images", "val_images", "val_coreset"):
+            if getattr(self, key) < 1:
+                raise KenpinError(f"metric.{key} = {getattr(self, key)}: must be ≥ 1")
+        if self.crop < 0 or self.crop % 32:
+            raise KenpinError(f"metric.crop = {self.crop}: use 0 (whole input) or a multiple of 32")
+        if not 0 < self.defect_fraction < 1:
+            raise KenpinError(f"metric.defect_fraction = {self.defect_fraction}: use (0, 1)")
+        for key in ("margin", "neg_margin", "lr", "defect_scale"):
+            if getattr(self, key) <= 0:
+                raise KenpinError(f"metric.{key} = {getattr(self, key)}: must be > 0")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything that decides a bundle, saved whole in its manifest."""
 
@@ -54,9 +100,11 @@ class Recipe:
     bank: BankSpec = field(default_factory=BankSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    metric: MetricSpec = field(default_factory=MetricSpec)
     heatmap_sigma: float = 4.0
     seed: int = 0
     batch_size: int = 16
+    train_images: int = 0  # use only this many train/good images, a seeded pick (0 = all): few-shot runs
 
     def __post_init__(self) -> None:
         c = self.calibration
@@ -64,6 +112,8 @@ class Recipe:
             raise KenpinError(f"calibration.holdout_fraction = {c.holdout_fraction}: use 0.05–0.5")
         if not 0.0 < c.target_false_reject_rate < 0.5:
             raise KenpinError(f"calibration.target_false_reject_rate = {c.target_false_reject_rate}: use (0, 0.5)")
+        if self.train_images < 0 or 0 < self.train_images < 4:
+            raise KenpinError(f"train_images = {self.train_images}: use 0 (all) or at least 4")
         if self.bank.coreset_size < 1:
             raise KenpinError(f"bank.coreset_size = {self.bank.coreset_size}: must be ≥ 1")
         if self.export.fp32_leading_convs < 0:
@@ -96,11 +146,26 @@ def _build(cls: type, data: Any, where: str) -> Any:
             if not isinstance(value, list):
                 raise KenpinError(f"{key} = {value!r}: expected a list")
             kwargs[name] = tuple(value)
-        elif isinstance(default, bool) or not isinstance(value, (type(default), int) if isinstance(default, float) else type(default)):
+        elif isinstance(default, bool) != isinstance(value, bool) or not isinstance(
+                value, (type(default), int) if isinstance(default, float) else type(default)):
             raise KenpinError(f"{key} = {value!r}: expected {type(default).__name__}")
         else:
             kwargs[name] = type(default)(value)
     return cls(**kwargs)
+
+
+def _lists(data: Any) -> Any:
+    """Tuples → lists, as YAML would have given them (a saved recipe dict reads like a file)."""
+    if isinstance(data, dict):
+        return {k: _lists(v) for k, v in data.items()}
+    return [_lists(v) for v in data] if isinstance(data, (list, tuple)) else data
+
+
+def recipe_from_dict(data: dict[str, Any], where: str) -> Recipe:
+    """A recipe from its ``to_dict`` form (a manifest's or a checkpoint's), validated like a file."""
+    data = _lists(data)
+    data.get("preprocess", {}).pop("layout", None)
+    return _build(Recipe, data, where)
 
 
 def load_recipe(path: str | Path | None) -> Recipe:

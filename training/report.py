@@ -113,3 +113,23 @@ def write_report(ev: Evaluation, m: dict, out: Path) -> dict[str, str]:
     plot_worst(ev, files["worst"])
     plot_embeddings(ev, files["embeddings"])
     return {k: str(v) for k, v in files.items()}
+
+
+def plot_training_curve(history: list[dict], path: Path) -> None:
+    """Metric-learning loss per step and validation AUROC per validation, one figure."""
+    steps = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    vals = [(h["step"], h["val_auroc"]) for h in history if "val_auroc" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if steps:
+        s, loss = np.array(steps).T
+        ax.plot(s, loss, lw=0.6, alpha=0.4, color="tab:blue")
+        k = max(1, len(loss) // 30)  # running mean: single batches are noisy
+        ax.plot(s[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), color="tab:blue", label="loss")
+    ax.set(xlabel="step", ylabel="training loss")
+    ax2 = ax.twinx()
+    if vals:
+        ax2.plot(*np.array(vals).T, "o-", color="tab:red", label="validation AUROC")
+    ax2.set_ylabel("validation AUROC (held-out good vs synthetic defects)")
+    fig.legend(loc="upper center", ncol=2)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
