@@ -5,6 +5,7 @@
     kenpin train-embedding --data DIR --out RUN [--recipe R] [--resume]   # metric learning
     kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
     kenpin bench --data DIR [DIR ...] [--markdown FILE]
+    kenpin compare --data DIR --recipe R [--train-images 16]   # frozen vs trained embedder
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
 
 Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
@@ -51,7 +52,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from kenpin.pipeline import evaluate_and_report
 
     m = evaluate_and_report(Path(args.bundle), Path(args.data), args.precision,
-                            Path(args.json) if args.json else None, Path(args.report) if args.report else None)
+                            Path(args.json) if args.json else None, Path(args.report) if args.report else None,
+                            Path(args.compare) if args.compare else None)
     return 0 if m["image_auroc"] is not None else 1
 
 
@@ -59,6 +61,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kenpin.demo import run_demo
 
     return run_demo(Path(args.workdir), args.seed)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kenpin.compare import run_compare
+
+    return run_compare(Path(args.data), args.recipe, Path(args.workdir), args.train_images, args.resume)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -100,12 +108,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the metrics here")
     e.add_argument("--report", help="write the plots into this folder")
     e.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    e.add_argument("--compare", help="a second bundle (e.g. the frozen one) scored on the same images: "
+                                     "both figures, and the embedding map before and after")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the whole path on a generated sample line (no camera, no GPU, no data)")
     d.add_argument("--workdir", default="demo-run", help="where the line, bundle and report go")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compare", help="frozen vs metric-learned embedder on one dataset, in one run")
+    c.add_argument("--data", required=True)
+    c.add_argument("--recipe", help="recipe YAML (its metric: section drives the training)")
+    c.add_argument("--workdir", default="compare-run")
+    c.add_argument("--train-images", type=int, help="use only this many train/good images (few-shot)")
+    c.add_argument("--resume", action="store_true", help="resume the embedding training in WORKDIR/embedding")
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="train, export, evaluate and time on each dataset in one run")
     b.add_argument("--data", nargs="+", required=True, help="MVTec-layout dataset folders")

@@ -59,21 +59,45 @@ def train_embedding_and_report(data: Path, out: Path, recipe: Recipe, resume: bo
 
 
 def evaluate_and_report(bundle: Path, data: Path, precision: str, json_path: Path | None,
-                        report: Path | None) -> dict[str, Any]:
-    """Score test/, write JSON and plots, print the summary."""
-    inspector = Inspector.open(bundle, precision)
-    ev = score_test_set(inspector, data)
+                        report: Path | None, compare: Path | None = None) -> dict[str, Any]:
+    """Score test/, write JSON and plots, print the summary.
+
+    With ``compare`` (another bundle, e.g. the frozen one), both are scored on the same images, the
+    JSON holds both and the report gains the embedding map before (``compare``) and after (``bundle``).
+    """
+    ev = score_test_set(Inspector.open(bundle, precision), data)
     m = metrics(ev)
+    if compare is not None:
+        ev0 = score_test_set(Inspector.open(compare, precision), data)
+        m["compared_with"] = {"bundle": str(compare), **metrics(ev0)}
     if report is not None:
-        from training.report import write_report
+        from training.report import plot_embeddings_before_after, write_report
 
         m["report"] = write_report(ev, m, report)
+        if compare is not None:
+            path = report / "embeddings_before_after.png"
+            plot_embeddings_before_after(ev0, ev, (compare.name, bundle.name), path)
+            m["report"]["embeddings_before_after"] = str(path)
     if json_path is not None:
         write_json(json_path, m)
+    if compare is not None:
+        print(f"--- {compare} (compared with)")
+        print_summary(m["compared_with"])
+        print(f"--- {bundle}")
     print_summary(m)
+    if compare is not None:
+        print_comparison(m["compared_with"], m, compare.name, bundle.name)
     if report is not None:
         print(f"report: {report}")
     return m
+
+
+def print_comparison(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> None:
+    """Image AUROC of two bundles side by side, overall and per defect type."""
+    print(f"{'':<18} {name_a[:14]:>14} {name_b[:14]:>14}")
+    print(f"{'image AUROC':<18} {_fmt(a['image_auroc']):>14} {_fmt(b['image_auroc']):>14}")
+    for d in b["per_defect"]:
+        print(f"  {d:<16} {_fmt(a['per_defect'][d]['auroc']):>14} {_fmt(b['per_defect'][d]['auroc']):>14}")
 
 
 def _fmt(x: float | None) -> str:

@@ -179,3 +179,26 @@ def test_feature_drift_penalty_is_mean_squared_distance_to_the_frozen_features()
     assert float(feature_drift_penalty(emb, emb)) == 0.0
     penalty.backward()
     assert trained.grad is not None and frozen.grad is None  # the pretrained side stays put
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nearest_good_miner_matches_brute_force(seed):
+    from training.metric_losses import mine_nearest_good
+
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(16, 4, generator=g)
+    images = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, -1, 0, 1, 2])
+    defect = torch.zeros(16, dtype=torch.bool)
+    defect[[2, 5, 13]] = True
+    a, p, n = mine_nearest_good(emb, images, 0.5, negatives=defect)
+    y, bad = images.tolist(), defect.tolist()
+    expected = []
+    for i in range(16):
+        if y[i] == -1 or bad[i]:
+            continue
+        pos = [j for j in range(16) if y[j] not in (-1, y[i]) and not bad[j]]
+        negs = [j for j in range(16) if y[j] != -1 and bad[j]]
+        pj = min(pos, key=lambda j: _d(emb, i, j))
+        farther = [j for j in negs if _d(emb, i, j) > _d(emb, i, pj)]
+        expected.append((i, pj, min(farther or negs, key=lambda j: _d(emb, i, j))))
+    assert list(zip(a.tolist(), p.tolist(), n.tolist())) == expected

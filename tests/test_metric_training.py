@@ -172,3 +172,27 @@ def test_resume_without_a_run_says_so(tiny_line, tmp_path, capsys):
 
     code = main(["train-embedding", "--data", str(tiny_line), "--out", str(tmp_path / "none"), "--resume"])
     assert code == 2 and "nothing to resume" in capsys.readouterr().err
+
+
+TINY_YAML = """\
+preprocess: {width: 128, height: 128}
+bank: {coreset_size: 300}
+export: {quant_images: 8, quant_methods: [MinMax]}
+batch_size: 8
+metric: {steps: 6, batch_images: 4, crop: 96, val_every: 3, val_bank_images: 8, val_images: 6, val_coreset: 150}
+"""
+
+
+def test_compare_scores_frozen_and_trained_bundles_on_the_same_images(tiny_line, tmp_path, capsys):
+    from kenpin.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    code = main(["compare", "--data", str(tiny_line), "--recipe", str(tmp_path / "tiny.yaml"),
+                 "--workdir", str(tmp_path / "w")])
+    out = capsys.readouterr().out
+    assert code == 0
+    m = json.loads((tmp_path / "w" / "compare.json").read_text())
+    assert m["n_defective"] == m["compared_with"]["n_defective"] > 0
+    assert 0 <= m["image_auroc"] <= 1 and 0 <= m["compared_with"]["image_auroc"] <= 1
+    assert (tmp_path / "w" / "report" / "embeddings_before_after.png").stat().st_size > 10_000
+    assert "image AUROC" in out and "frozen" in out and m["training"]["steps"] == 6

@@ -38,6 +38,7 @@ class Batch:
 
     inputs: np.ndarray
     labels: np.ndarray  # (2B * gh * gw,) in the row order of the embeddings, or (2B,) image level
+    images: np.ndarray  # same shape: which image each row shows (both views share it); IGNORE rows too
     negatives: np.ndarray  # bool, same shape: defect rows
     n_defect_views: int
 
@@ -113,5 +114,8 @@ def make_metric_batch(good: list[np.ndarray], few_shot: list[FewShot], rng: np.r
         lab2.append(np.where(pl == 1, own, np.where(pl == IGNORE, IGNORE, place if twin else own)))
         neg2.append(pl == 1)
     labels = np.concatenate(lab1 + lab2).astype(np.int64)
-    negatives = np.concatenate([np.zeros(len(np.concatenate(lab1)), bool), np.concatenate(neg2).astype(bool)])
-    return Batch(normalize(first + second, pre), labels, negatives, int(is_defect.sum()))
+    per = len(lab1[0])
+    images = np.tile(np.repeat(np.arange(n), per), 2)
+    images[labels == IGNORE] = IGNORE
+    negatives = np.concatenate([np.zeros(n * per, bool), np.concatenate(neg2).astype(bool)])
+    return Batch(normalize(first + second, pre), labels, images, negatives, int(is_defect.sum()))

@@ -146,6 +146,36 @@ def mine_semi_hard(emb: Tensor, labels: Tensor, margin: float,
     return Triplets(a, p, n[a, p])
 
 
+@torch.no_grad()
+def mine_nearest_good(emb: Tensor, images: Tensor, margin: float, distance: Distance = pairwise_distances,
+                      negatives: Tensor | None = None) -> Triplets:
+    """Triplets shaped like nearest-neighbour scoring: per good anchor patch, the positive is its
+    nearest good patch *of another image* (what a reference bank offers at inspection: the part
+    itself is never in it; easy-positive mining, Xuan et al. 2020), the negative the nearest defect
+    patch farther than that positive (semi-hard), else the nearest defect patch (hard).
+
+    ``images``: the image each row comes from (both views of one image share it; IGNORE rows take
+    no part); ``negatives``: the defect rows (required).
+    """
+    _check(emb, images)
+    if negatives is None:
+        raise ValueError("mine_nearest_good needs the defect rows (negatives)")
+    images, negatives = images.reshape(-1), negatives.reshape(-1).bool()
+    valid = images != IGNORE
+    good = valid & ~negatives
+    d = distance(emb, emb)
+    inf = torch.full_like(d, float("inf"))
+    other = images[:, None] != images[None, :]
+    d_pos = torch.where(other & good[None, :], d, inf)
+    p = d_pos.argmin(1)
+    dap = d_pos.gather(1, p[:, None])
+    d_neg = torch.where((valid & negatives)[None, :], d, inf)
+    in_band = torch.where(d_neg > dap, d_neg, inf)
+    n = torch.where(torch.isfinite(in_band.min(1).values), in_band.argmin(1), d_neg.argmin(1))
+    a = torch.nonzero(good & torch.isfinite(dap[:, 0]) & torch.isfinite(d_neg.min(1).values), as_tuple=True)[0]
+    return Triplets(a, p[a], n[a])
+
+
 # ---- reducer and losses ---------------------------------------------------------------------
 
 

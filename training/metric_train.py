@@ -37,6 +37,7 @@ from training.metric_losses import (
     feature_drift_penalty,
     mine_all,
     mine_hard,
+    mine_nearest_good,
     mine_semi_hard,
     triplet_margin_loss,
 )
@@ -145,7 +146,10 @@ def loss_on(emb: torch.Tensor, ref: torch.Tensor, batch: Batch, spec: MetricSpec
     labels = torch.from_numpy(batch.labels).to(emb.device)[idx]
     negatives = torch.from_numpy(batch.negatives).to(emb.device)[idx]
     x = rows[idx]
-    if spec.loss == "triplet":
+    if spec.positives == "nearest":
+        images = torch.from_numpy(batch.images).to(emb.device)[idx]
+        metric = triplet_margin_loss(x, images, spec.margin, mine_nearest_good, negatives=negatives)
+    elif spec.loss == "triplet":
         metric = triplet_margin_loss(x, labels, spec.margin, MINERS[spec.miner], negatives=negatives)
     else:
         metric = contrastive_loss(x, labels, 0.0, spec.neg_margin, negatives=negatives)

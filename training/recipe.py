@@ -53,6 +53,8 @@ class MetricSpec:
 
     loss: str = "triplet"  # "triplet" (margin loss) or "contrastive" (Siamese pairs)
     miner: str = "semi_hard"  # triplet mining: "semi_hard", "hard" or "all"
+    positives: str = "twin"  # triplet positive: "twin" (same place, other nuisance view) or "nearest"
+                             # (nearest good patch of another image, as the reference bank scores)
     margin: float = 1.0  # triplet margin, in units of the frozen nuisance distance
     neg_margin: float = 3.0  # contrastive: defect patches pushed at least this far
     steps: int = 300
@@ -77,6 +79,10 @@ class MetricSpec:
     def __post_init__(self) -> None:
         if self.loss not in ("triplet", "contrastive"):
             raise KenpinError(f"metric.loss = {self.loss!r}: use 'triplet' or 'contrastive'")
+        if self.positives not in ("twin", "nearest"):
+            raise KenpinError(f"metric.positives = {self.positives!r}: use 'twin' or 'nearest'")
+        if self.positives == "nearest" and self.loss != "triplet":
+            raise KenpinError("metric.positives = 'nearest' needs metric.loss = 'triplet'")
         if self.miner not in ("semi_hard", "hard", "all"):
             raise KenpinError(f"metric.miner = {self.miner!r}: use 'semi_hard', 'hard' or 'all'")
         for key in ("steps", "batch_images", "max_rows", "val_every", "val_bank_images", "val_images", "val_coreset"):

@@ -85,20 +85,35 @@ def plot_worst(ev: Evaluation, path: Path, n: int = 6) -> None:
     plt.close(fig)
 
 
-def plot_embeddings(ev: Evaluation, path: Path, seed: int = 0) -> None:
-    """PCA and t-SNE of each image's most anomalous patch embedding, good vs defective."""
+def _embedding_panels(ev: Evaluation, axes: list, label: str, seed: int) -> None:
+    """PCA and t-SNE of each image's most anomalous patch embedding on two axes."""
     x = np.stack([r.embedding for r in ev.results])
     kinds = [r.item.defect for r in ev.results]
     pca = PCA(n_components=2, random_state=seed).fit_transform(x)
     x50 = PCA(n_components=min(50, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x)
     tsne = TSNE(n_components=2, perplexity=min(30, max(5, len(x) // 4)), random_state=seed, init="pca").fit_transform(x50)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, pts, name in ((axes[0], pca, "PCA"), (axes[1], tsne, "t-SNE")):
         for d in sorted(set(kinds), key=lambda d: (d != "good", d)):
             sel = np.array([k == d for k in kinds])
             ax.scatter(pts[sel, 0], pts[sel, 1], s=8, alpha=0.7, label=d, c="black" if d == "good" else None)
-        ax.set_title(f"{name} of the most anomalous patch embedding per image")
+        ax.set_title(f"{label}{name} of the most anomalous patch embedding per image", fontsize=9)
     axes[1].legend(markerscale=2, fontsize=8)
+
+
+def plot_embeddings(ev: Evaluation, path: Path, seed: int = 0) -> None:
+    """PCA and t-SNE of each image's most anomalous patch embedding, good vs defective."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    _embedding_panels(ev, list(axes), "", seed)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_embeddings_before_after(before: Evaluation, after: Evaluation, names: tuple[str, str], path: Path,
+                                 seed: int = 0) -> None:
+    """The embedding map of two bundles on the same test images, one row each."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
+    for row, (ev, name) in enumerate(zip((before, after), names)):
+        _embedding_panels(ev, list(axes[row]), f"{name}: ", seed)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
