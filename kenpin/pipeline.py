@@ -48,6 +48,8 @@ def train_embedding_and_report(data: Path, out: Path, recipe: Recipe, resume: bo
     from training.metric_train import train_embedding
 
     s = train_embedding(data, out, recipe, resume)
+    if s["rank"] != 0:  # under torchrun, rank 0 validates and reports
+        return s
     if s["best_step"] == 0:
         print(f"training did not beat the frozen embedder on validation (AUROC {s['frozen_val_auroc']:.4f}); "
               f"{s['embedder']} is the frozen embedder")

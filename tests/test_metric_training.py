@@ -196,3 +196,21 @@ def test_compare_scores_frozen_and_trained_bundles_on_the_same_images(tiny_line,
     assert 0 <= m["image_auroc"] <= 1 and 0 <= m["compared_with"]["image_auroc"] <= 1
     assert (tmp_path / "w" / "report" / "embeddings_before_after.png").stat().st_size > 10_000
     assert "image AUROC" in out and "frozen" in out and m["training"]["steps"] == 6
+
+
+def test_torchrun_trains_with_two_processes_and_one_report(tiny_line, tmp_path):
+    """DistributedDataParallel as torchrun launches it (gloo on the CPU; nccl on GPUs)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "kenpin.cli",
+                          "train-embedding", "--data", str(tiny_line), "--out", str(tmp_path / "ddp"),
+                          "--recipe", str(tmp_path / "tiny.yaml")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 6
+    assert run.stdout.count("next: kenpin train") == 1  # rank 0 alone reports

@@ -315,7 +315,7 @@ def _summary(out: Path, state: RunState, seconds: float, ctx: Dist) -> dict[str,
     s = {"best_step": state.best_step, "best_val_auroc": state.best_auroc, "frozen_val_auroc": state.frozen_auroc,
          "steps": state.step, "seconds": round(seconds, 1), "device": str(ctx.device), "processes": ctx.world,
          "gpu": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None,
-         "embedder": str(out / "embedder.pt")}
+         "embedder": str(out / "embedder.pt"), "rank": ctx.rank}
     if ctx.main:
         (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     return s
