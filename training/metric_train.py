@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -222,8 +223,9 @@ def _few_shot(data_dir: Path, recipe: Recipe) -> list[FewShot]:
         return []
     pre = recipe.preprocess
     found = [d for d in labeled_defects(data_dir) if d.mask is not None]
-    return [FewShot(resize_all([d.image], pre)[0], resize_all([np.repeat(d.mask[..., None], 3, 2)], pre)[0][..., 0])
-            for d in found]
+    # Nearest-neighbour for masks: an area resize would blur them into a halo of "defect" pixels.
+    return [FewShot(resize_all([d.image], pre)[0],
+                    cv2.resize(d.mask, (pre.width, pre.height), interpolation=cv2.INTER_NEAREST)) for d in found]
 
 
 def _record(out: Path, state: RunState, row: dict[str, Any]) -> None:
