@@ -1,0 +1,1 @@
+"""The station daemon: camera → verdict → reject signal → record (no torch)."""

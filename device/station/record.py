@@ -1,0 +1,47 @@
+"""The verdict record (DESIGN.md): one row per inspected part, the contract between the
+pipeline that writes it, the store that keeps it, and the dashboard, metrics and MQTT that read it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+VERDICTS = ("ok", "defect", "retake")
+TRIGGER_SOURCES = ("free-run", "software", "gpio")
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One inspected part.
+
+    ``score``/``threshold`` are the operator-facing normalized values (threshold at 0.5);
+    ``raw_*`` are the bundle's distances, kept for audit. ``frame_ref``/``heatmap_ref`` are paths
+    relative to the station's image folder (None when the image was not kept: sampled-out ok
+    parts, or recording degraded by a full disk). ``id`` is assigned by the store.
+    """
+
+    time: float  # unix seconds (UTC) when the frame was captured
+    station: str
+    bundle_id: str
+    verdict: str  # one of VERDICTS
+    score: float
+    threshold: float
+    raw_score: float
+    raw_threshold: float
+    quality: float | None  # capture-quality score (RankNet gate), None without a quality model
+    latency_ms: float  # capture → verdict
+    trigger_source: str  # one of TRIGGER_SOURCES
+    trigger_id: int | None = None  # the trigger this verdict answers (triggered modes)
+    frame_ref: str | None = None
+    heatmap_ref: str | None = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict {self.verdict!r} is not one of {VERDICTS}")
+        if self.trigger_source not in TRIGGER_SOURCES:
+            raise ValueError(f"trigger_source {self.trigger_source!r} is not one of {TRIGGER_SOURCES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the dashboard API, SSE events and MQTT payloads use this)."""
+        return asdict(self)
