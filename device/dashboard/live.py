@@ -1,0 +1,70 @@
+"""Live view: the camera's latest frame (polled JPEG) and verdicts as they happen (SSE)."""
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from device.dashboard.access import require_view
+from device.dashboard.events import _as_dict
+
+router = APIRouter(prefix="/api", tags=["live"], dependencies=[Depends(require_view)])
+
+PING_S = 15.0  # keeps proxies and the browser from closing an idle stream
+
+
+@router.get("/live.jpg", summary="The camera's latest frame (JPEG)",
+            responses={200: {"content": {"image/jpeg": {}}}, 304: {"description": "unchanged"},
+                       503: {"description": "no frame yet"}})
+def live_frame(request: Request) -> Response:
+    """The latest frame; ``ETag`` lets a page polling faster than the camera skip the bytes."""
+    latest = request.app.state.station.latest_frame()
+    if latest is None:
+        return JSONResponse({"detail": "no frame yet: the camera has not delivered one"}, status_code=503)
+    jpeg, record = latest
+    etag = f'"{zlib.crc32(jpeg):08x}"'
+    headers = {"ETag": etag, "Cache-Control": "no-store"}
+    if record is not None and record.id is not None:
+        headers["X-Verdict-Id"] = str(record.id)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/live", summary="The last verdict shown with the live frame")
+def live_state(request: Request) -> dict:
+    """The verdict belonging to the latest frame (None before the first one) and the threshold."""
+    station = request.app.state.station
+    latest = station.latest_frame()
+    record = latest[1] if latest else None
+    return {"verdict": _as_dict(record) if record is not None else None,
+            "threshold": station.threshold, "server_time": time.time()}
+
+
+@router.get("/events", summary="Verdicts as they happen (Server-Sent Events, event 'verdict')",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def events(request: Request) -> StreamingResponse:
+    """Each verdict as ``event: verdict`` with the record's JSON; a comment line every 15 s."""
+    hub = request.app.state.hub
+    q = hub.connect()
+
+    async def stream():
+        try:
+            yield "retry: 2000\n\n"
+            while True:
+                try:
+                    payload = await asyncio.wait_for(q.get(), timeout=PING_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        break
+                    yield ": ping\n\n"
+                    continue
+                yield f"event: verdict\ndata: {payload}\n\n"
+        finally:
+            hub.disconnect(q)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
