@@ -1,0 +1,98 @@
+"""The reject (and optional ok) output: a pulse on a GPIO line via gpiozero, or nothing.
+
+Parts travel from the camera to the ejector, so a pulse starts ``delay_ms`` after the verdict
+and lasts ``pulse_ms``. Pulses are scheduled on one timer thread in order, so a slow pulse never
+holds up the recorder.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from typing import Any
+
+from device.errors import KenpinError
+from device.station.config import ActuatorSection
+
+log = logging.getLogger("kenpin.station.actuator")
+
+
+class NullActuator:
+    """No output wired: verdicts are recorded and shown, nothing is signalled."""
+
+    pulses = 0
+
+    def fire(self, verdict: str) -> None:
+        """Ignore the verdict."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class GpioActuator:
+    """Pulses the reject line for ``defect`` and ``retake``, and the ok line (if wired) for ``ok``."""
+
+    def __init__(self, cfg: ActuatorSection, pin_factory: Any = None) -> None:
+        try:
+            from gpiozero import DigitalOutputDevice
+            from gpiozero.exc import GPIOZeroError
+        except ImportError:
+            raise KenpinError("actuator.type = gpio: gpiozero is not installed; pip install 'kenpin[pi]'") from None
+        self.delay_s, self.pulse_s = cfg.delay_ms / 1000.0, cfg.pulse_ms / 1000.0
+        try:
+            self.reject = DigitalOutputDevice(cfg.reject_pin, initial_value=False, pin_factory=pin_factory)
+            self.ok = (DigitalOutputDevice(cfg.ok_pin, initial_value=False, pin_factory=pin_factory)
+                       if cfg.ok_pin else None)
+        except (GPIOZeroError, ValueError) as e:
+            raise KenpinError(f"actuator: pin {cfg.reject_pin!r}/{cfg.ok_pin!r} cannot be used as an output ({e})") from None
+        self.pulses = 0
+        self._events: list[tuple[float, int, Any, bool]] = []  # (when, seq, device, on)
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="actuator", daemon=True)
+        self._thread.start()
+
+    def fire(self, verdict: str) -> None:
+        """Schedule the pulse for this verdict (call after the verdict was recorded)."""
+        device = self.reject if verdict in ("defect", "retake") else self.ok
+        if device is None:
+            return
+        start = time.monotonic() + self.delay_s
+        with self._cond:
+            heapq.heappush(self._events, (start, next(self._seq), device, True))
+            heapq.heappush(self._events, (start + self.pulse_s, next(self._seq), device, False))
+            self.pulses += 1
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed or self._events:
+                if not self._events:
+                    self._cond.wait()
+                    continue
+                when, _, device, on = self._events[0]
+                delay = when - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._events)
+                device.value = on
+
+    def close(self) -> None:
+        """Finish the scheduled pulses, then release the lines (left off)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=self.delay_s + self.pulse_s + 1.0)
+        for device in (self.reject, self.ok):
+            if device is not None:
+                device.off()
+                device.close()
+
+
+def make_actuator(cfg: ActuatorSection, pin_factory: Any = None) -> NullActuator | GpioActuator:
+    """The actuator the ``actuator`` section names."""
+    return GpioActuator(cfg, pin_factory) if cfg.type == "gpio" else NullActuator()

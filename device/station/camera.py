@@ -1,0 +1,204 @@
+"""Camera sources behind one interface: a replay folder, OpenCV VideoCapture, picamera2.
+
+Each source opens, reads HxWx3 uint8 RGB frames and closes; a read that fails raises
+CameraLost and the capture worker reconnects with back-off (counted and logged there).
+picamera2 and OpenCV's devices are only touched when configured.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from device.errors import ImageError, KenpinError
+from device.images import list_images, read_rgb
+from device.station.config import CameraSection
+
+log = logging.getLogger("kenpin.station.camera")
+
+
+class CameraLost(Exception):
+    """The source stopped delivering frames (unplugged, stream dropped); worth reconnecting."""
+
+
+class Camera(Protocol):
+    """What the capture worker needs from a source."""
+
+    description: str
+    paced: bool  # True: frames are produced on demand (replay at fps 0), never skipped
+
+    def open(self) -> None: ...
+    def read(self) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+class ReplayCamera:
+    """Images of a folder, decoded once and replayed in name order (the embedded default).
+
+    Corrupt images are skipped, counted and logged when the folder is opened. ``fps`` 0 means
+    paced by the pipeline: every frame is inspected, as fast as the model goes (tests, benches).
+    """
+
+    def __init__(self, folder: Path, fps: float = 0.0, loop: bool = True) -> None:
+        self.folder, self.fps, self.loop = Path(folder), fps, loop
+        self.description = f"replay:{self.folder}"
+        self.paced = fps == 0
+        self.skipped_images = 0
+        self._frames: list[np.ndarray] = []
+        self._next = 0
+        self._due = 0.0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise KenpinError(f"camera.replay.folder = {self.folder}: folder not found; point it at a folder of images")
+        frames = []
+        for path in list_images(self.folder):
+            try:
+                frames.append(read_rgb(path))
+            except ImageError as e:
+                self.skipped_images += 1
+                log.warning("replay: skipping %s", e)
+        if not frames:
+            raise KenpinError(f"camera.replay.folder = {self.folder}: no readable images "
+                              f"({self.skipped_images} unreadable); it needs PNG/JPEG/BMP/TIFF files")
+        self._frames, self._next, self._due = frames, 0, time.monotonic()
+        log.info("replay: %d frames from %s (%d unreadable skipped)", len(frames), self.folder, self.skipped_images)
+
+    def read(self) -> np.ndarray:
+        if self._next >= len(self._frames):
+            if not self.loop:
+                raise EOFError("replay folder finished")
+            self._next = 0
+        if self.fps > 0:
+            self._due += 1.0 / self.fps
+            delay = self._due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self._due = time.monotonic()  # fell behind: do not burst to catch up
+        frame = self._frames[self._next]
+        self._next += 1
+        return frame
+
+    def close(self) -> None:
+        self._frames = []
+
+
+class OpenCVCamera:
+    """A USB/V4L2 device (an integer index or /dev/videoN), an RTSP URL or a video file."""
+
+    def __init__(self, source: str, width: int = 0, height: int = 0) -> None:
+        self.source = int(source) if source.isdigit() else source
+        self.width, self.height = width, height
+        self.description = f"opencv:{source}"
+        self.paced = False
+        self._cap: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        cap = cv2.VideoCapture(self.source)
+        if not cap.isOpened():
+            cap.release()
+            raise CameraLost(f"camera.opencv.source = {self.source!r}: cannot be opened "
+                             "(no such device, stream unreachable or unsupported file)")
+        if self.width and self.height:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        self._cap = cap
+
+    def read(self) -> np.ndarray:
+        if self._cap is None:
+            raise CameraLost("camera not open")
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            raise CameraLost(f"camera.opencv.source = {self.source!r}: no frame (disconnected or end of stream)")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class PiCamera:
+    """A Raspberry Pi camera through picamera2 (imported only here; apt's python3-picamera2).
+
+    The picamera2 idiom: a video configuration for continuous capture, the small ``lores``
+    stream (YUV420) analysed, fixed exposure and gain so that images are repeatable.
+    """
+
+    def __init__(self, size: tuple[int, int], lores: tuple[int, int], exposure_us: int, gain: float, fps: float) -> None:
+        self.size, self.lores, self.exposure_us, self.gain, self.fps = size, lores, exposure_us, gain, fps
+        self.description = f"picamera2:{lores[0]}x{lores[1]}"
+        self.paced = False
+        self._cam = None
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError:
+            raise KenpinError("camera.type = picamera2: the picamera2 module is not installed; on a Raspberry Pi "
+                              "install python3-picamera2 (apt) and create the venv with --system-site-packages") from None
+        try:
+            cam = Picamera2()
+        except (RuntimeError, IndexError) as e:
+            raise CameraLost(f"camera.type = picamera2: no camera found ({e})") from None
+        controls: dict[str, float] = {"FrameRate": self.fps}
+        if self.exposure_us:
+            controls.update(ExposureTime=self.exposure_us, AeEnable=False)
+        if self.gain:
+            controls.update(AnalogueGain=self.gain)
+        config = cam.create_video_configuration(main={"size": tuple(self.size)},
+                                                lores={"size": tuple(self.lores), "format": "YUV420"},
+                                                controls=controls)
+        cam.configure(config)
+        cam.start()
+        self._cam = cam
+
+    def read(self) -> np.ndarray:
+        if self._cam is None:
+            raise CameraLost("camera not open")
+        try:
+            yuv = self._cam.capture_array("lores")
+        except Exception as e:  # libcamera errors surface as assorted types; all mean "lost"
+            raise CameraLost(f"picamera2: capture failed ({e})") from None
+        return cv2.cvtColor(yuv, cv2.COLOR_YUV420p2RGB)
+
+    def close(self) -> None:
+        if self._cam is not None:
+            try:
+                self._cam.stop()
+                self._cam.close()
+            finally:
+                self._cam = None
+
+
+def make_camera(cfg: CameraSection) -> Camera:
+    """The source the ``camera`` section names (not opened yet)."""
+    if cfg.type == "replay":
+        r = cfg.replay
+        return ReplayCamera(r.folder, r.fps, r.loop)
+    if cfg.type == "opencv":
+        o = cfg.opencv
+        return OpenCVCamera(o.source, o.width, o.height)
+    p = cfg.picamera2
+    return PiCamera(p.size, p.lores, p.exposure_us, p.gain, p.fps)
+
+
+class Backoff:
+    """Reconnect delays: doubling from ``initial`` up to ``maximum``, reset after a success."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum = initial, maximum
+        self.current = initial
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.current * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial

@@ -1,0 +1,315 @@
+"""The three workers of the station: capture → inference → recording, joined by bounded queues.
+
+Capture reads frames, keeps the newest for the live view and hands the frames to inspect to
+inference (free-run skips under load and counts it; triggered modes never skip a trigger).
+Inference judges a frame with the current model (a bundle swap takes effect between two parts).
+The recorder makes the verdict durable, then fires the actuator, logs the verdict line and tells
+subscribers — in that order, so nothing is acknowledged before it is recorded.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from device.bundle import Bundle
+from device.errors import KenpinError
+from device.runtime import Inspector
+from device.scoring import heatmap, image_score
+from device.station.camera import Backoff, Camera, CameraLost
+from device.station.record import VerdictRecord
+from device.station.triggers import FreeRun, TriggerQueue
+
+log = logging.getLogger("kenpin.station")
+
+
+@dataclass
+class Job:
+    """A frame to inspect and what asked for it."""
+
+    frame: np.ndarray
+    captured: float  # unix seconds
+    t0: float  # perf_counter at capture (latency origin)
+    source: str
+    trigger_id: int | None
+
+
+@dataclass
+class Decision:
+    """Inference's output, waiting to be recorded."""
+
+    job: Job
+    record: VerdictRecord
+    heatmap: np.ndarray | None
+
+
+def _load_quality_gate(bundle: Bundle) -> Any:
+    """The bundle's capture-quality gate (issue 4) when that module and model exist, else None."""
+    try:
+        from device.quality import QualityGate  # issue 4: may not have landed
+    except ImportError:
+        return None
+    return QualityGate.from_bundle(bundle, threads=1)
+
+
+def choose_precision(bundle: Bundle, threads: int, frame: np.ndarray, runs: int = 10) -> str:
+    """The faster precision on this CPU (int8 is often not faster on ARM), timed on ``frame``."""
+    if len(bundle.variants) == 1:
+        return next(iter(bundle.variants))
+    best, best_ms = "int8", math.inf
+    for precision in bundle.variants:
+        insp = Inspector(bundle, precision, threads)
+        insp.embed(frame)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            insp.embed(frame)
+        ms = (time.perf_counter() - t0) * 1000 / runs
+        log.info("precision %s: %.2f ms per frame", precision, ms)
+        if ms < best_ms:
+            best, best_ms = precision, ms
+    return best
+
+
+class Model:
+    """One loaded bundle: the anomaly inspector and, when the bundle has one, the quality gate."""
+
+    def __init__(self, bundle: Bundle, precision: str, threads: int) -> None:
+        self.bundle = bundle
+        self.precision = precision
+        self.inspector = Inspector(bundle, precision, threads)
+        self.gate = _load_quality_gate(bundle)
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest facts an operator asks about."""
+        m = self.bundle.manifest
+        v = m["variants"][self.precision]
+        return {"id": self.bundle.bundle_id, "path": str(self.bundle.root), "created": m.get("created_utc"),
+                "dataset": m.get("dataset") or m.get("recipe", {}).get("dataset"), "precision": self.precision,
+                "input": [self.bundle.preprocess.width, self.bundle.preprocess.height],
+                "quality_gate": self.gate is not None,
+                "figures": {"calibration": v.get("calibration"), "evaluation": v.get("evaluation")}}
+
+    def decide(self, job: Job, threshold: float, station: str) -> Decision:
+        """Verdict for one frame: quality gate first, then the anomaly score against ``threshold``."""
+        quality = None
+        if self.gate is not None:
+            quality = float(self.gate.score(job.frame))
+        insp = self.inspector
+        scores = insp.scorer.distances(insp.embed(job.frame))
+        raw = image_score(scores)
+        norm = insp.variant.normalization
+        score = float(norm(raw))
+        if quality is not None and not self.gate.passes(quality):
+            verdict = "retake"
+        else:
+            verdict = "defect" if score > threshold else "ok"
+        hm = None
+        if verdict == "defect":
+            h, w = job.frame.shape[:2]
+            hm = heatmap(scores, insp.variant.grid, (w, h), self.bundle.heatmap_sigma)
+        # The raw distance at which the normalized score equals the station's threshold.
+        raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
+        latency = (time.perf_counter() - job.t0) * 1000.0
+        rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, verdict, score, threshold, float(raw),
+                            float(raw_threshold), quality, latency, job.source, job.trigger_id)
+        return Decision(job, rec, hm)
+
+
+class Counters:
+    """PLC-style counters and the processing-time window, shared by the workers."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.lock = threading.Lock()
+        self.triggers = self.ok = self.defect = self.retake = 0
+        self.trigger_errors = self.skipped_frames = self.frames = 0
+        self._lat: collections.deque[float] = collections.deque(maxlen=window)
+        self._min, self._max, self._sum, self._n = math.inf, 0.0, 0.0, 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def verdict(self, rec: VerdictRecord) -> None:
+        with self.lock:
+            setattr(self, rec.verdict, getattr(self, rec.verdict) + 1)
+            self._lat.append(rec.latency_ms)
+            self._min, self._max = min(self._min, rec.latency_ms), max(self._max, rec.latency_ms)
+            self._sum += rec.latency_ms
+            self._n += 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, float | None]]:
+        """(counters, processing_ms) — processing percentiles over the last ``window`` parts."""
+        with self.lock:
+            counts = {k: getattr(self, k) for k in ("triggers", "ok", "defect", "retake", "trigger_errors", "skipped_frames")}
+            lat = np.asarray(self._lat, dtype=np.float64)
+            if self._n:
+                p50, p99 = (float(x) for x in np.percentile(lat, [50, 99]))
+                ms = {"min": self._min, "avg": self._sum / self._n, "max": self._max, "p50": p50, "p99": p99}
+            else:
+                ms = {k: None for k in ("min", "avg", "max", "p50", "p99")}
+        return counts, {k: (round(v, 2) if v is not None else None) for k, v in ms.items()}
+
+
+class CameraState:
+    """The newest frame and the camera's health, shared with the live view and the watchdog."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.cond = threading.Condition()
+        self.frame: np.ndarray | None = None
+        self.frame_time = 0.0
+        self.last_frame_mono = 0.0
+        self.connected = False
+        self.reconnects = 0
+        self.finished = False  # a non-looping replay reached its end
+        self._fps_window: collections.deque[float] = collections.deque(maxlen=60)
+
+    def publish(self, frame: np.ndarray, when: float) -> None:
+        with self.cond:
+            self.frame, self.frame_time = frame, when
+            self.last_frame_mono = time.monotonic()
+            self._fps_window.append(self.last_frame_mono)
+            self.cond.notify_all()
+
+    @property
+    def fps(self) -> float:
+        with self.cond:
+            w = self._fps_window
+            return (len(w) - 1) / (w[-1] - w[0]) if len(w) > 1 and w[-1] > w[0] else 0.0
+
+
+class CaptureWorker(threading.Thread):
+    """Reads the camera, reconnects with back-off, and feeds the frames to inspect to inference."""
+
+    def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", triggers: TriggerQueue,
+                 freerun: FreeRun | None, counters: Counters, backoff: Backoff, stop: threading.Event) -> None:
+        super().__init__(name="capture", daemon=True)
+        self.camera, self.state, self.inq, self.triggers = camera, state, inq, triggers
+        self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.state.connected and not self._reconnect():
+                continue
+            if self._idle():
+                continue
+            try:
+                frame = self.camera.read()
+            except CameraLost as e:
+                self._lost(str(e))
+                continue
+            except EOFError:
+                log.info("camera %s: replay finished", self.state.description)
+                self.state.finished = True
+                return
+            self._dispatch(frame, time.time(), time.perf_counter())
+
+    def _idle(self) -> bool:
+        """A paced source (replay at fps 0) only produces a frame when one will be inspected."""
+        if not self.camera.paced:
+            return False
+        if self.freerun is not None or (len(self.triggers) and not self.inq.full()):
+            return False
+        self.triggers.wait(0.05)
+        return True
+
+    def _dispatch(self, frame: np.ndarray, now: float, t0: float) -> None:
+        self.state.publish(frame, now)
+        if len(self.triggers) and not self.inq.full():
+            # Only this thread puts into inq, so "not full" here means put_nowait succeeds.
+            trigger = self.triggers.pop()
+            if trigger is not None:
+                self.inq.put_nowait(Job(frame, now, t0, trigger.source, trigger.id))
+                self.counters.add("triggers")
+            return
+        if self.freerun is None or not self.freerun.due(now):
+            return
+        job = Job(frame, now, t0, "free-run", None)
+        if self.camera.paced:
+            while not self.stop_event.is_set():
+                try:
+                    self.inq.put(job, timeout=0.1)
+                    self.counters.add("triggers")
+                    return
+                except queue.Full:
+                    continue
+            return
+        try:
+            self.inq.put_nowait(job)
+            self.counters.add("triggers")
+        except queue.Full:
+            self.counters.add("skipped_frames")
+
+    def _reconnect(self) -> bool:
+        try:
+            self.camera.open()
+        except CameraLost as e:
+            delay = self.backoff.next()
+            log.warning("camera %s: %s; retrying in %.1f s", self.state.description, e, delay)
+            self.stop_event.wait(delay)
+            return False
+        self.state.connected = True
+        self.backoff.reset()
+        log.info("camera %s: connected", self.state.description)
+        return True
+
+    def _lost(self, why: str) -> None:
+        self.state.connected = False
+        self.state.reconnects += 1
+        log.warning("camera %s lost (%s); reconnect #%d", self.state.description, why, self.state.reconnects)
+        try:
+            self.camera.close()
+        except Exception:  # a dead device may fail to close; we reopen it anyway
+            log.debug("camera close failed", exc_info=True)
+        self.stop_event.wait(self.backoff.next())
+
+
+class InferenceWorker(threading.Thread):
+    """Judges queued frames with the current model until it reads the end marker (None)."""
+
+    def __init__(self, inq: "queue.Queue[Job | None]", outq: "queue.Queue[Decision | None]",
+                 model: Callable[[], Model], threshold: Callable[[], float], station: str, counters: Counters) -> None:
+        super().__init__(name="inference", daemon=True)
+        self.inq, self.outq, self.model, self.threshold = inq, outq, model, threshold
+        self.station, self.counters = station, counters
+
+    def run(self) -> None:
+        while (job := self.inq.get()) is not None:
+            try:
+                decision = self.model().decide(job, self.threshold(), self.station)
+            except Exception:  # one bad frame must not stop the line; it is counted and logged
+                self.counters.add("trigger_errors")
+                log.exception("inference failed for trigger %s (%s)", job.trigger_id, job.source)
+                continue
+            self.outq.put(decision)
+        self.outq.put(None)
+
+
+class RecorderWorker(threading.Thread):
+    """Records each decision durably, then acts on it: actuator, verdict log line, subscribers."""
+
+    def __init__(self, outq: "queue.Queue[Decision | None]", store: Any, actuator: Any, counters: Counters,
+                 on_recorded: Callable[[VerdictRecord], None]) -> None:
+        super().__init__(name="recorder", daemon=True)
+        self.outq, self.store, self.actuator, self.counters, self.on_recorded = outq, store, actuator, counters, on_recorded
+
+    def run(self) -> None:
+        while (d := self.outq.get()) is not None:
+            try:
+                rec = self.store.record(d.record, d.job.frame, d.heatmap)
+            except KenpinError as e:  # the store degrades rather than raising; belt and braces
+                log.error("recording failed: %s", e)
+                rec = d.record
+            self.actuator.fire(rec.verdict)
+            self.counters.verdict(rec)
+            log.info("verdict id=%s trigger=%s source=%s verdict=%s score=%.3f quality=%s latency_ms=%.1f",
+                     rec.id, rec.trigger_id, rec.trigger_source, rec.verdict, rec.score,
+                     "-" if rec.quality is None else f"{rec.quality:.3f}", rec.latency_ms)
+            self.on_recorded(rec)

@@ -1,0 +1,111 @@
+"""Triggers: when a frame is inspected.
+
+Free-run inspects every N-th frame and/or at most ``rate_hz``; frames it cannot take because
+inference is busy are skipped and counted. Software and GPIO triggers ("a part is here") go into
+a TriggerQueue; each gets exactly one verdict. The queue is bounded (``max_backlog``): a trigger
+beyond it is refused and counted as a trigger error, never silently dropped.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from device.errors import KenpinError
+from device.station.config import TriggerSection
+
+log = logging.getLogger("kenpin.station.triggers")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One request for a verdict."""
+
+    id: int
+    source: str  # "software" | "gpio" (record.TRIGGER_SOURCES)
+    time: float  # unix seconds
+
+
+class TriggerQueue:
+    """Pending triggers in arrival order; thread-safe; reports its backlog."""
+
+    def __init__(self, max_backlog: int) -> None:
+        self.max_backlog = max_backlog
+        self._pending: collections.deque[Trigger] = collections.deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self.accepted = 0
+        self.refused = 0
+        self.max_seen = 0
+
+    def put(self, source: str) -> int:
+        """Queue a trigger; returns its id. A full queue refuses it (counted, logged, id returned)."""
+        with self._lock:
+            trigger = Trigger(next(self._ids), source, time.time())
+            if len(self._pending) >= self.max_backlog:
+                self.refused += 1
+                log.error("trigger %d (%s) refused: backlog full at %d", trigger.id, source, self.max_backlog)
+                return trigger.id
+            self._pending.append(trigger)
+            self.accepted += 1
+            self.max_seen = max(self.max_seen, len(self._pending))
+            self._lock.notify_all()
+            return trigger.id
+
+    def pop(self) -> Trigger | None:
+        """The oldest pending trigger, or None."""
+        with self._lock:
+            return self._pending.popleft() if self._pending else None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a trigger is pending or ``timeout`` passes; True if one is pending."""
+        with self._lock:
+            return self._lock.wait_for(lambda: bool(self._pending), timeout)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class FreeRun:
+    """Decides which captured frames free-run mode inspects."""
+
+    def __init__(self, every_n: int, rate_hz: float) -> None:
+        self.every_n, self.period = every_n, (1.0 / rate_hz if rate_hz > 0 else 0.0)
+        self._count = 0
+        self._next_due = 0.0
+
+    def due(self, now: float) -> bool:
+        """True for the frames to inspect (call once per captured frame)."""
+        self._count += 1
+        if self._count % self.every_n:
+            return False
+        if self.period:
+            if now < self._next_due:
+                return False
+            self._next_due = max(self._next_due + self.period, now)
+        return True
+
+
+class GpioTrigger:
+    """A part-present sensor on a GPIO input (gpiozero): each activation queues a trigger."""
+
+    def __init__(self, cfg: TriggerSection, queue: TriggerQueue, pin_factory: Any = None) -> None:
+        try:
+            from gpiozero import DigitalInputDevice
+            from gpiozero.exc import GPIOZeroError
+        except ImportError:
+            raise KenpinError("trigger.mode = gpio: gpiozero is not installed; pip install 'kenpin[pi]'") from None
+        try:
+            self.device = DigitalInputDevice(cfg.gpio_pin, pull_up=cfg.gpio_pull_up,
+                                             bounce_time=cfg.gpio_bounce_ms / 1000.0 or None,
+                                             pin_factory=pin_factory)
+        except (GPIOZeroError, ValueError) as e:
+            raise KenpinError(f"trigger.gpio_pin = {cfg.gpio_pin!r}: cannot be used as an input ({e})") from None
+        self.device.when_activated = lambda *_: queue.put("gpio")
+
+    def close(self) -> None:
+        self.device.close()
