@@ -1,0 +1,136 @@
+"""The station's image folder: kept frames and heat-map overlays as JPEGs, within a disk budget.
+
+The verdict log (store.py) is the record; images are evidence attached to it. They are written
+before their row (so a row never names an image that was not written) and deleted only after the
+row's refs were cleared (so a row never names an image that was deleted on purpose). Files left
+without a row by a crash are swept at start-up.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.errors import KenpinError
+
+JPEG_QUALITY = 90
+OVERLAY_ALPHA = 0.45  # heat colour over the frame: enough to see where, still see what
+
+
+def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: float) -> np.ndarray:
+    """BGR image of ``heatmap`` coloured (JET) and blended over the frame when one is given.
+
+    ``full_scale`` is the heat value drawn hottest. A fixed scale (twice the bundle's raw
+    threshold) keeps colours comparable between parts; scaling each map to its own maximum would
+    paint every good part red somewhere.
+    """
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heat map must be 2-D, got shape {heat.shape}")
+    scale = full_scale if full_scale > 0 else float(heat.max()) or 1.0
+    u8 = np.clip(heat / scale * 255.0, 0, 255).astype(np.uint8)
+    colour = cv2.applyColorMap(u8, cv2.COLORMAP_JET)
+    if frame_rgb is None:
+        return colour
+    frame_bgr = cv2.cvtColor(np.ascontiguousarray(frame_rgb), cv2.COLOR_RGB2BGR)
+    if colour.shape[:2] != frame_bgr.shape[:2]:
+        colour = cv2.resize(colour, (frame_bgr.shape[1], frame_bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(colour, OVERLAY_ALPHA, frame_bgr, 1.0 - OVERLAY_ALPHA, 0.0)
+
+
+class ImageFolder:
+    """JPEG files under ``root`` addressed by refs (paths relative to ``root``), with a byte count.
+
+    Not thread-safe on its own: the store calls it under its writer lock.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._resolved_root = self.root.resolve()
+        self.bytes = 0
+        self._seq = 0
+
+    def new_ref(self, t: float, verdict: str, kind: str) -> str:
+        """A unique ref for a frame/heat image of a part captured at ``t`` (one folder per UTC day)."""
+        self._seq += 1
+        tm = time.gmtime(t)
+        ms = int((t % 1.0) * 1000)
+        return (f"{time.strftime('%Y-%m-%d', tm)}/{time.strftime('%H%M%S', tm)}_{ms:03d}_"
+                f"{os.getpid()}_{self._seq:07d}_{verdict}_{kind}.jpg")
+
+    def write_jpeg(self, ref: str, bgr: np.ndarray) -> int:
+        """Encode and write atomically (temp file + rename); returns the bytes written. Raises OSError."""
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise OSError(f"OpenCV could not encode a {bgr.shape} image as JPEG")
+        path = self.root / ref
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(buf.tobytes())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.bytes += len(buf)
+        return len(buf)
+
+    def delete(self, refs: list[str]) -> int:
+        """Remove these files (missing ones are fine); returns the bytes freed."""
+        freed = 0
+        for ref in refs:
+            path = self.root / ref
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+        self.bytes = max(0, self.bytes - freed)
+        return freed
+
+    def size(self, ref: str) -> int:
+        """Bytes of the file of ``ref`` (0 if it is gone)."""
+        try:
+            return (self.root / ref).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def resolve(self, ref: str) -> Path:
+        """The file of ``ref``; KenpinError if it escapes the folder or does not exist."""
+        if not ref or Path(ref).is_absolute():
+            raise KenpinError(f"image ref {ref!r} is not a path relative to {self.root}")
+        path = (self._resolved_root / ref).resolve()
+        if not path.is_relative_to(self._resolved_root):
+            raise KenpinError(f"image ref {ref!r} points outside {self.root}; refs name files inside it")
+        if not path.is_file():
+            raise KenpinError(f"image {ref!r} is not in {self.root} (deleted by retention or never written)")
+        return path
+
+    def sweep(self, referenced: set[str]) -> tuple[int, int]:
+        """Delete files no row refers to (written just before a crash, or half-written ``.part``
+        files); recount the folder's bytes. Returns (files removed, bytes kept)."""
+        removed, kept = 0, 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = Path(dirpath) / name
+                ref = path.relative_to(self.root).as_posix()
+                if ref in referenced:
+                    kept += path.stat().st_size
+                else:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        for child in self.root.iterdir():
+            if child.is_dir() and not any(child.iterdir()):
+                child.rmdir()  # empty day folders after retention
+        self.bytes = kept
+        return removed, kept
+
+    def disk_free(self) -> int:
+        """Free bytes on the file system holding the folder."""
+        return shutil.disk_usage(self.root).free

@@ -1,0 +1,434 @@
+"""The station's record: an SQLite (WAL) verdict log, kept images within a disk budget, an audit trail.
+
+Every ``record()`` commits its row durably (WAL, ``synchronous=FULL``) before it returns, so a
+verdict acknowledged after ``record()`` survives ``kill -9`` and a power cut. A full disk or an I/O
+error never raises out of ``record()``: images are dropped first, then (if the database itself
+fails) the verdict is returned without an id, and ``health()`` says the record is degraded.
+
+One writer connection guarded by a lock (the recorder thread, audit events); readers (dashboard,
+metrics) get one read-only connection per thread, which WAL lets run beside the writer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from device.errors import KenpinError
+from device.station.record import VERDICTS, VerdictRecord
+from device.station.retention import ImageFolder, heat_overlay
+
+SCHEMA_VERSION = 1
+COLUMNS = tuple(f.name for f in fields(VerdictRecord) if f.name != "id")
+SELECT_COLS = "id, " + ", ".join(COLUMNS)
+HIST_BINS = 20  # score histogram over 0..1; scores above 1 count in the last bin
+MAX_BUCKETS = 10_000  # stats/trend refuse finer buckets over a long range
+RETENTION_TARGET = 0.9  # retention frees down to 90 % of the budget, so it runs in batches
+KEPT = "(frame_ref IS NOT NULL OR heatmap_ref IS NOT NULL)"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL, station TEXT NOT NULL, bundle_id TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('ok', 'defect', 'retake')),
+    score REAL NOT NULL, threshold REAL NOT NULL, raw_score REAL NOT NULL, raw_threshold REAL NOT NULL,
+    quality REAL, latency_ms REAL NOT NULL, trigger_source TEXT NOT NULL, trigger_id INTEGER,
+    frame_ref TEXT, heatmap_ref TEXT);
+CREATE INDEX IF NOT EXISTS verdicts_time ON verdicts(time);
+CREATE INDEX IF NOT EXISTS verdicts_verdict ON verdicts(verdict, id);
+CREATE INDEX IF NOT EXISTS verdicts_kept ON verdicts(verdict, id) WHERE {KEPT};
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL, event TEXT NOT NULL, who TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"""
+
+
+class VerdictStore:
+    """The verdict log of one station in ``data_dir`` (verdicts.sqlite3 and images/)."""
+
+    def __init__(self, data_dir: Path, image_budget_mb: float = 1024.0, ok_image_fraction: float = 0.01,
+                 seed: int = 0, reserve_mb: float = 64.0) -> None:
+        """``reserve_mb``: free disk below which images are no longer written, so the verdict log
+        keeps room to grow when something else fills the disk."""
+        if image_budget_mb < 0 or not 0.0 <= ok_image_fraction <= 1.0 or reserve_mb < 0:
+            raise KenpinError(f"record settings out of range: image_budget_mb={image_budget_mb} (≥ 0), "
+                              f"ok_image_fraction={ok_image_fraction} (0..1), reserve_mb={reserve_mb} (≥ 0)")
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / "verdicts.sqlite3"
+        self.budget_bytes = int(image_budget_mb * 1024 * 1024)
+        self.reserve_bytes = int(reserve_mb * 1024 * 1024)
+        self.ok_image_fraction = ok_image_fraction
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._faults: dict[str, str] = {}  # kind → reason, while that kind is failing
+        self.failures = {"db": 0, "images": 0, "retention": 0}
+        self._images = self._open_images()
+        self._db: sqlite3.Connection | None = self._open_writer()
+        self._start_up()
+
+    # ---- opening -------------------------------------------------------------------------------
+
+    def _open_images(self) -> ImageFolder:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            folder = ImageFolder(self.data_dir / "images")
+            probe = self.data_dir / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise KenpinError(f"data directory {self.data_dir} cannot be created or written ({e.strerror or e}); "
+                              f"set record.data_dir to a folder the station's user may write") from e
+        return folder
+
+    def _open_writer(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous=FULL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            raise KenpinError(f"{self.db_path} is not a usable SQLite database ({e}); move it aside and "
+                              f"the station starts a new one") from e
+        if mode != "wal":
+            raise KenpinError(f"{self.db_path}: SQLite refused WAL mode (got {mode!r}); put record.data_dir "
+                              f"on a local file system")
+        if version > SCHEMA_VERSION:
+            raise KenpinError(f"{self.db_path} was written by a newer kenpin (schema {version}, this one "
+                              f"reads {SCHEMA_VERSION}); upgrade kenpin or use another record.data_dir")
+        db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return db
+
+    def _start_up(self) -> None:
+        """Sweep image files no row names (a crash between image and row), then apply the budget."""
+        rows = self._db.execute(f"SELECT frame_ref, heatmap_ref FROM verdicts WHERE {KEPT}").fetchall()
+        self._images.sweep({ref for row in rows for ref in row if ref})
+        if self._images.bytes > self.budget_bytes:
+            self._enforce_budget(keep_id=None)
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def record(self, rec: VerdictRecord, frame_rgb: np.ndarray | None = None,
+               heatmap: np.ndarray | None = None) -> VerdictRecord:
+        """Keep the images this verdict warrants, then insert and commit its row durably.
+
+        Returns the record with ``id`` and image refs; ``id`` is None if the database could not be
+        written (health() then says why). Never raises for disk or database errors.
+        """
+        with self._lock:
+            db = self._writer()
+            frame_ref, heatmap_ref = self._keep_images(rec, frame_rgb, heatmap)
+            rec = replace(rec, id=None, frame_ref=frame_ref, heatmap_ref=heatmap_ref)
+            try:
+                cur = db.execute(f"INSERT INTO verdicts ({', '.join(COLUMNS)}) VALUES "
+                                 f"({', '.join('?' * len(COLUMNS))})", [getattr(rec, c) for c in COLUMNS])
+            except sqlite3.Error as e:
+                self._fail("db", f"verdict not recorded in {self.db_path}: {e}")
+                self._images.delete([r for r in (frame_ref, heatmap_ref) if r])
+                return replace(rec, frame_ref=None, heatmap_ref=None)
+            self._faults.pop("db", None)
+            rec = replace(rec, id=cur.lastrowid)
+            if self._images.bytes > self.budget_bytes:
+                self._enforce_budget(keep_id=rec.id)
+            return rec
+
+    def _wants_images(self, rec: VerdictRecord) -> bool:
+        # Drawn for every ok part, so the sampled set depends only on the seed and the sequence.
+        return rec.verdict != "ok" or self._rng.random() < self.ok_image_fraction
+
+    def _keep_images(self, rec: VerdictRecord, frame_rgb: np.ndarray | None,
+                     heatmap: np.ndarray | None) -> tuple[str | None, str | None]:
+        if not self._wants_images(rec) or (frame_rgb is None and heatmap is None):
+            return None, None
+        try:
+            free = self._images.disk_free()
+        except OSError as e:
+            self._fail("images", f"images folder {self._images.root} unreadable: {e}")
+            return None, None
+        if free < self.reserve_bytes:
+            self._fail("images", f"disk nearly full ({free // 2**20} MiB free, reserve "
+                                 f"{self.reserve_bytes // 2**20} MiB): images not kept, verdicts still recorded")
+            return None, None
+        frame_ref = self._write(rec, "frame", lambda: _rgb_to_bgr(frame_rgb)) if frame_rgb is not None else None
+        heatmap_ref = (self._write(rec, "heat", lambda: heat_overlay(heatmap, frame_rgb, 2.0 * rec.raw_threshold))
+                       if heatmap is not None else None)
+        return frame_ref, heatmap_ref
+
+    def _write(self, rec: VerdictRecord, kind: str, make_bgr) -> str | None:
+        ref = self._images.new_ref(rec.time, rec.verdict, kind)
+        try:
+            self._images.write_jpeg(ref, make_bgr())
+        except (OSError, ValueError) as e:
+            self._fail("images", f"{kind} image not kept in {self._images.root}: {e}")
+            return None
+        self._faults.pop("images", None)
+        return ref
+
+    def _enforce_budget(self, keep_id: int | None) -> None:
+        """Free image bytes: oldest ok images first, then oldest rejects. Rows stay, refs become NULL."""
+        target = int(self.budget_bytes * RETENTION_TARGET)
+        try:
+            for ok_only in (True, False):
+                while self._images.bytes > target and self._drop_oldest(ok_only, keep_id, target):
+                    pass
+            self._faults.pop("retention", None)
+        except (sqlite3.Error, OSError) as e:
+            self._fail("retention", f"image retention failed in {self.data_dir}: {e}")
+
+    def _drop_oldest(self, ok_only: bool, keep_id: int | None, target: int, batch: int = 64) -> bool:
+        which = "verdict = 'ok'" if ok_only else "verdict IN ('ok', 'defect', 'retake')"
+        rows = self._db.execute(f"SELECT id, frame_ref, heatmap_ref FROM verdicts WHERE {which} AND {KEPT} "
+                                f"AND id != ? ORDER BY id LIMIT ?", (keep_id or -1, batch)).fetchall()
+        rows = rows[:self._rows_covering(rows, self._images.bytes - target)]
+        if not rows:
+            return False
+        # Refs cleared (committed) before files go: a row never names a file deleted on purpose.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("UPDATE verdicts SET frame_ref = NULL, heatmap_ref = NULL WHERE id = ?",
+                                 [(r[0],) for r in rows])
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        self._images.delete([ref for r in rows for ref in r[1:] if ref])
+        return True
+
+    def _rows_covering(self, rows: list[tuple], excess: int) -> int:
+        """How many of the oldest ``rows`` free at least ``excess`` bytes (so retention does not overshoot)."""
+        freed = 0
+        for i, row in enumerate(rows):
+            freed += sum(self._images.size(ref) for ref in row[1:] if ref)
+            if freed >= excess:
+                return i + 1
+        return len(rows)
+
+    def audit(self, event: str, detail: dict, who: str = "system") -> None:
+        """Append an event to the audit trail (durable before return; rows cannot be changed)."""
+        payload = json.dumps(detail, sort_keys=True, default=str)
+        with self._lock:
+            try:
+                self._writer().execute("INSERT INTO audit (time, event, who, detail) VALUES (?, ?, ?, ?)",
+                                       (time.time(), event, who, payload))
+            except sqlite3.Error as e:
+                self._fail("db", f"audit event {event!r} not recorded in {self.db_path}: {e}")
+                raise KenpinError(f"audit event {event!r} could not be written to {self.db_path} ({e}); "
+                                  f"free disk space in {self.data_dir}") from e
+
+    def _fail(self, kind: str, reason: str) -> None:
+        self.failures[kind] += 1
+        self._faults[kind] = reason
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise KenpinError(f"the verdict store in {self.data_dir} is closed")
+        return self._db
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._db is None:
+                raise KenpinError(f"the verdict store in {self.data_dir} is closed")
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def get(self, id: int) -> VerdictRecord | None:
+        """The verdict with this id, or None."""
+        row = self._reader().execute(f"SELECT {SELECT_COLS} FROM verdicts WHERE id = ?", (id,)).fetchone()
+        return _to_record(row) if row else None
+
+    def query(self, limit: int = 100, before_id: int | None = None, verdict: str | None = None,
+              since: float | None = None, until: float | None = None,
+              min_score: float | None = None, max_score: float | None = None) -> list[VerdictRecord]:
+        """Verdicts matching every given filter, newest first; page with ``before_id`` (the last id seen).
+
+        ``since`` is inclusive, ``until`` exclusive (unix seconds); scores are inclusive bounds.
+        """
+        if not 1 <= limit <= 10_000:
+            raise KenpinError(f"limit={limit} is out of range; ask for 1 to 10000 verdicts")
+        if verdict is not None and verdict not in VERDICTS:
+            raise KenpinError(f"verdict filter {verdict!r} is not one of {', '.join(VERDICTS)}")
+        where, args = _where(since, until, [("id < ?", before_id), ("verdict = ?", verdict),
+                                            ("score >= ?", min_score), ("score <= ?", max_score)])
+        rows = self._reader().execute(f"SELECT {SELECT_COLS} FROM verdicts {where} ORDER BY id DESC LIMIT ?",
+                                      (*args, limit)).fetchall()
+        return [_to_record(r) for r in rows]
+
+    def export_csv(self, fh: TextIO, since: float | None = None, until: float | None = None) -> int:
+        """Write the verdicts in [since, until) as CSV (oldest first, with a UTC time column); returns rows."""
+        where, args = _where(since, until, [])
+        cur = self._reader().execute(f"SELECT {SELECT_COLS} FROM verdicts {where} ORDER BY id", args)
+        out = csv.writer(fh)
+        out.writerow(["id", "time", "time_utc", *COLUMNS[1:]])
+        n = 0
+        while rows := cur.fetchmany(1000):
+            for r in rows:
+                utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r[1])) + f".{int(r[1] % 1 * 1000):03d}Z"
+                out.writerow([r[0], r[1], utc, *r[2:]])
+            n += len(rows)
+        return n
+
+    def stats(self, since: float, until: float, bucket_s: int = 3600) -> dict[str, Any]:
+        """Counts and yield per bucket (aligned to multiples of ``bucket_s`` in UTC, empty ones filled
+        between the first and last non-empty), overall counts, score histogram per verdict over
+        0..1, latency min/avg/max and the latest threshold. Yield = ok / (ok + defect): a retake is
+        not a judged part."""
+        _check_range(since, until, bucket_s)
+        db = self._reader()
+        per = db.execute("SELECT CAST(time / ? AS INTEGER) AS b, verdict, COUNT(*) FROM verdicts "
+                         "WHERE time >= ? AND time < ? GROUP BY b, verdict", (bucket_s, since, until)).fetchall()
+        buckets = _fill_buckets(per, bucket_s)
+        counts = {v: sum(b[v] for b in buckets) for v in VERDICTS}
+        counts["total"] = sum(counts.values())
+        lat = db.execute("SELECT MIN(latency_ms), AVG(latency_ms), MAX(latency_ms) FROM verdicts "
+                         "WHERE time >= ? AND time < ?", (since, until)).fetchone()
+        last = db.execute("SELECT threshold FROM verdicts WHERE time >= ? AND time < ? ORDER BY time DESC LIMIT 1",
+                          (since, until)).fetchone()
+        return {"since": since, "until": until, "bucket_s": bucket_s, "buckets": buckets, "counts": counts,
+                "yield": _yield(counts), "histogram": self._histogram(since, until),
+                "latency_ms": dict(zip(("min", "avg", "max"), lat)), "threshold": last[0] if last else None}
+
+    def _histogram(self, since: float, until: float) -> dict[str, Any]:
+        rows = self._reader().execute(
+            "SELECT verdict, MIN(MAX(CAST(score * ? AS INTEGER), 0), ?) AS bin, COUNT(*) FROM verdicts "
+            "WHERE time >= ? AND time < ? GROUP BY verdict, bin", (HIST_BINS, HIST_BINS - 1, since, until)).fetchall()
+        counts = {v: [0] * HIST_BINS for v in VERDICTS}
+        for verdict, b, n in rows:
+            counts[verdict][b] = n
+        return {"edges": [round(i / HIST_BINS, 6) for i in range(HIST_BINS + 1)], "counts": counts}
+
+    def trend(self, since: float, until: float, bucket_s: int) -> list[dict[str, Any]]:
+        """Score drift: per non-empty bucket, count, mean, p95 (nearest rank, to 0.001) and max score."""
+        _check_range(since, until, bucket_s)
+        db = self._reader()
+        head = db.execute("SELECT CAST(time / ? AS INTEGER) AS b, COUNT(*), AVG(score), MAX(score) FROM verdicts "
+                          "WHERE time >= ? AND time < ? GROUP BY b ORDER BY b", (bucket_s, since, until)).fetchall()
+        _check_bucket_count([r[0] for r in head])
+        # Per bucket, a histogram of scores rounded to 0.001 gives the p95 without fetching every row.
+        hist: dict[int, list[tuple[float, int]]] = {}
+        for b, s, n in db.execute("SELECT CAST(time / ? AS INTEGER) AS b, ROUND(score, 3) AS s, COUNT(*) "
+                                  "FROM verdicts WHERE time >= ? AND time < ? GROUP BY b, s ORDER BY b, s",
+                                  (bucket_s, since, until)):
+            hist.setdefault(b, []).append((s, n))
+        return [{"start": b * bucket_s, "count": n, "mean": mean, "p95": _nearest_rank(hist[b], n, 0.95),
+                 "max": mx} for b, n, mean, mx in head]
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit events, newest first."""
+        rows = self._reader().execute("SELECT id, time, event, who, detail FROM audit ORDER BY id DESC LIMIT ?",
+                                      (limit,)).fetchall()
+        return [{"id": i, "time": t, "event": e, "who": w, "detail": json.loads(d)} for i, t, e, w, d in rows]
+
+    def image_path(self, ref: str) -> Path:
+        """The file of a frame_ref/heatmap_ref; KenpinError if it escapes images/ or does not exist."""
+        return self._images.resolve(ref)
+
+    def health(self) -> dict[str, Any]:
+        """JSON-ready state of the record: sizes, budget, free disk, degraded and why, failure counts."""
+        db_bytes = sum(p.stat().st_size for p in self.data_dir.glob("verdicts.sqlite3*") if p.exists())
+        try:
+            free = self._images.disk_free()
+        except OSError:
+            free = None
+        faults = dict(self._faults)
+        return {"db_path": str(self.db_path), "db_bytes": db_bytes, "images_dir": str(self._images.root),
+                "images_bytes": self._images.bytes, "image_budget_bytes": self.budget_bytes,
+                "disk_free_bytes": free, "degraded": bool(faults),
+                "reason": "; ".join(faults.values()) or None, "failures": dict(self.failures)}
+
+    def close(self) -> None:
+        """Close every connection (idempotent). WAL content stays valid; the next open replays it."""
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> "VerdictStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rgb_to_bgr(rgb: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"frame must be HxW or HxWx3, got shape {arr.shape}")
+    return np.ascontiguousarray(arr[:, :, ::-1])
+
+
+def _to_record(row: tuple) -> VerdictRecord:
+    return VerdictRecord(id=row[0], **dict(zip(COLUMNS, row[1:])))
+
+
+def _where(since: float | None, until: float | None, extra: list[tuple[str, Any]]) -> tuple[str, list]:
+    terms = [("time >= ?", since), ("time < ?", until), *extra]
+    used = [(sql, v) for sql, v in terms if v is not None]
+    return ("WHERE " + " AND ".join(s for s, _ in used) if used else ""), [v for _, v in used]
+
+
+def _check_range(since: float, until: float, bucket_s: int) -> None:
+    if not bucket_s >= 1:
+        raise KenpinError(f"bucket_s={bucket_s} is too small; use whole seconds ≥ 1 (3600 for hours)")
+    if not until > since:
+        raise KenpinError(f"time range since={since} until={until} is empty; until must be later than since")
+
+
+def _check_bucket_count(indexes: list[int]) -> None:
+    if indexes and max(indexes) - min(indexes) + 1 > MAX_BUCKETS:
+        raise KenpinError(f"{max(indexes) - min(indexes) + 1} buckets over that range; "
+                          f"use a larger bucket_s (at most {MAX_BUCKETS} buckets)")
+
+
+def _fill_buckets(per: list[tuple[int, str, int]], bucket_s: int) -> list[dict[str, Any]]:
+    if not per:
+        return []
+    _check_bucket_count([b for b, _, _ in per])
+    lo, hi = min(b for b, _, _ in per), max(b for b, _, _ in per)
+    out = {b: {"start": b * bucket_s, **{v: 0 for v in VERDICTS}} for b in range(lo, hi + 1)}
+    for b, verdict, n in per:
+        out[b][verdict] = n
+    for row in out.values():
+        row["total"] = sum(row[v] for v in VERDICTS)
+        row["yield"] = _yield(row)
+    return list(out.values())
+
+
+def _yield(counts: dict[str, int]) -> float | None:
+    judged = counts["ok"] + counts["defect"]
+    return counts["ok"] / judged if judged else None
+
+
+def _nearest_rank(hist: list[tuple[float, int]], n: int, q: float) -> float:
+    rank, seen = math.ceil(q * n), 0
+    for value, count in hist:
+        seen += count
+        if seen >= rank:
+            return value
+    return hist[-1][0]
