@@ -7,6 +7,8 @@
     kenpin bench --data DIR [DIR ...] [--markdown FILE]
     kenpin compare --data DIR --recipe R [--train-images 16]   # frozen vs trained embedder
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
+    kenpin run   --config configs/station.yaml     # the station daemon (systemd service)
+    kenpin bench station --bundle B --replay DIR  # station throughput, latency, memory, triggers
 
 Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
 instant and the station's commands never load torch.
@@ -75,6 +77,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from device.station.service import RunOptions, run_service
+
+    return run_service(Path(args.config), RunOptions(args.duration, not args.no_dashboard))
+
+
+def cmd_bench_station(args: argparse.Namespace) -> int:
+    from device.station.bench import StationBenchOptions, run_station_bench
+
+    return run_station_bench(StationBenchOptions(
+        Path(args.bundle), Path(args.replay), Path(args.workdir), args.seconds, args.triggered_seconds,
+        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None))
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from kenpin.tune import run_tune
 
@@ -136,12 +152,35 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--data", required=True)
     u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
     u.set_defaults(func=cmd_tune)
+
+    r = sub.add_parser("run", help="the station daemon: camera → verdict → reject signal → record")
+    r.add_argument("--config", required=True, help="station YAML (every key documented in configs/station.yaml)")
+    r.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
+    r.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard even if configured")
+    r.set_defaults(func=cmd_run)
+
+    # Reached as `kenpin bench station ...` (main() routes it here; `kenpin bench --data` is unchanged).
+    s = sub.add_parser("bench-station", help="kenpin bench station: the daemon's throughput vs bare ONNX Runtime, "
+                                             "p50/p99, memory, triggered mode at 2x the sustainable rate")
+    s.add_argument("--bundle", required=True, help="bundle to run (the issue's figure: int8 at 224 px)")
+    s.add_argument("--replay", required=True, help="folder of images replayed as the camera")
+    s.add_argument("--workdir", default="bench-station-run", help="data dirs and logs of the runs")
+    s.add_argument("--seconds", type=float, default=20.0, help="length of the throughput run")
+    s.add_argument("--triggered-seconds", type=float, default=60.0, help="length of the 2x-rate triggered run")
+    s.add_argument("--memory-minutes", type=float, default=0.0, help="length of the memory-growth run (0: skip)")
+    s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    s.add_argument("--markdown", help="also write the results to this file")
+    s.set_defaults(func=cmd_bench_station)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: expected failures print one sentence and exit 2; no traceback."""
     _threads(2)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if argv[i:i + 2] == ["bench", "station"]:
+        argv[i:i + 2] = ["bench-station"]
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -36,7 +36,7 @@ class BundleSection:
 
 @dataclass(frozen=True)
 class ReplaySection:
-    folder: Path = Path("replay")
+    folder: Path = Path("/var/lib/kenpin/replay")
     fps: float = 0.0
     loop: bool = True
 
@@ -89,7 +89,7 @@ class ActuatorSection:
 
 @dataclass(frozen=True)
 class PipelineSection:
-    inference_queue: int = 4
+    inference_queue: int = 2
     record_queue: int = 64
     live_jpeg_hz: float = 5.0
     watchdog_stall_s: float = 10.0
@@ -121,7 +121,7 @@ class StationConfig:
     record: RecordSection = field(default_factory=RecordSection)
     dashboard: dict[str, Any] = field(default_factory=dict)
     mqtt: dict[str, Any] = field(default_factory=dict)
-    source: Path | None = None  # the file it was read from (for messages)
+    config_file: Path | None = None  # the file it was read from (for messages)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt sections left out)."""
@@ -213,7 +213,7 @@ def _build(cls: type, data: Any, path: tuple[str, ...], where: _Where) -> Any:
     if not isinstance(data, dict):
         raise KenpinError(f"{where(path) if path else where.source}: expected a mapping of keys, got {data!r}")
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.name != "source"}
+    known = {f.name for f in fields(cls) if f.name != "config_file"}
     for key in data:
         if key not in known:
             raise KenpinError(f"{where(path + (str(key),))}: unknown key; expected one of {sorted(known)}")
@@ -290,4 +290,4 @@ def load_config(path: str | Path) -> StationConfig:
     from dataclasses import replace
 
     cfg = parse_config(text, str(path), path.resolve().parent)
-    return replace(cfg, source=path)
+    return replace(cfg, config_file=path)

@@ -1,0 +1,123 @@
+"""``kenpin run``: the station as a systemd service.
+
+Type=notify: READY=1 once the camera and model are up; WATCHDOG=1 only while frames really
+flow (a stalled camera lets systemd restart us); SIGTERM/SIGINT finish the part in flight,
+flush the record and exit 0. The dashboard (issue 6) and the MQTT publisher are started
+in-process when the config enables them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sdnotify
+
+from device.station.config import StationConfig, load_config
+from device.station.station import Station
+
+log = logging.getLogger("kenpin.station.service")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Command-line limits of one run (the config describes the station itself)."""
+
+    duration_s: float | None = None  # stop after this long (demo, benches); None: until SIGTERM
+    with_dashboard: bool = True
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), or None when no watchdog is set."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not usec.isdigit() or int(usec) == 0:
+        return None
+    return int(usec) / 2e6
+
+
+class _Dashboard:
+    """uvicorn serving device.dashboard in a thread of this process."""
+
+    def __init__(self, station: Station, cfg: StationConfig) -> None:
+        import uvicorn
+
+        from device.dashboard import DashboardSettings, create_app
+
+        settings = DashboardSettings.from_dict(cfg.dashboard, str(cfg.config_file or "station config"))
+        self.enabled = settings.enabled
+        if not self.enabled:
+            return
+        config = uvicorn.Config(create_app(station, settings), host=settings.host, port=settings.port,
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
+        self.thread.start()
+        log.info("dashboard on http://%s:%d/", settings.host, settings.port)
+
+    def stop(self) -> None:
+        if self.enabled:
+            self.server.should_exit = True
+            self.thread.join(timeout=5)
+
+
+def _mqtt(station: Station, cfg: StationConfig) -> Any:
+    """The fleet publisher when the config has an ``mqtt`` section (issue 6), else None."""
+    if not cfg.mqtt:
+        return None
+    from device.station.mqtt import start_publisher  # B's module: imported only when configured
+
+    return start_publisher(station, cfg.mqtt)
+
+
+def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
+    """Run a started station until SIGTERM/SIGINT, the duration, or a finished replay; then stop it."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: (log.info("signal %d: stopping", signum), stop.set()))
+    notifier = sdnotify.SystemdNotifier()
+    dashboard = _Dashboard(station, cfg) if options.with_dashboard else None
+    publisher = _mqtt(station, cfg)
+    notifier.notify("READY=1")
+    interval = watchdog_interval()
+    tick = min(interval, 1.0) if interval else 1.0
+    deadline = time.monotonic() + options.duration_s if options.duration_s else None
+    try:
+        while not stop.wait(tick):
+            if station.frames_flowing():
+                notifier.notify("WATCHDOG=1")
+            c = station.counters.snapshot()[0]
+            notifier.notify(f"STATUS=triggers {c['triggers']} ok {c['ok']} defect {c['defect']} retake {c['retake']}")
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("run duration reached: stopping")
+                break
+            if station.camera_state.finished and station.wait_replay_done(0):
+                log.info("replay finished: stopping")
+                break
+    finally:
+        notifier.notify("STOPPING=1")
+        if dashboard is not None:
+            dashboard.stop()
+        if publisher is not None:
+            publisher.stop()
+        station.stop()
+    c = station.counters.snapshot()[0]
+    log.info("stopped: triggers=%d ok=%d defect=%d retake=%d trigger_errors=%d skipped_frames=%d", c["triggers"],
+             c["ok"], c["defect"], c["retake"], c["trigger_errors"], c["skipped_frames"])
+    return 0
+
+
+def run_service(config_path: Path, options: RunOptions = RunOptions()) -> int:
+    """Load the config, start the station, serve until told to stop; exit status 0 on a clean stop."""
+    cfg = load_config(config_path)
+    if options.with_dashboard and cfg.dashboard:
+        from device.dashboard import DashboardSettings
+
+        DashboardSettings.from_dict(cfg.dashboard, str(config_path))  # a bad block fails before the camera opens
+    station = Station(cfg)
+    station.start()
+    return serve(station, cfg, options)
