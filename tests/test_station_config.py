@@ -1,0 +1,61 @@
+"""The station config: every documented key parses; mistakes are one sentence naming key and line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from device.errors import KenpinError
+from device.station.config import StationConfig, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "station.yaml"
+
+
+def test_documented_example_is_the_defaults():
+    cfg = load_config(EXAMPLE)
+    assert cfg.camera == StationConfig().camera
+    assert cfg.trigger == StationConfig().trigger
+    assert cfg.station.data_dir == Path("/var/lib/kenpin")
+
+
+def test_every_key_of_the_example_carries_a_comment():
+    for n, line in enumerate(EXAMPLE.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not stripped.endswith(":"):
+            assert "#" in line, f"line {n} of {EXAMPLE.name} has no comment: {line!r}"
+
+
+def test_unknown_key_is_named_with_its_line():
+    text = "station:\n  name: a\ncamera:\n  type: replay\n  exposure: 3\n"
+    with pytest.raises(KenpinError, match=r"line 5: camera\.exposure: unknown key"):
+        parse_config(text, "st.yaml")
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(KenpinError, match=r"line 2: trigger\.every_n = 'two': expected a whole number"):
+        parse_config("trigger:\n  every_n: two\n", "st.yaml")
+    with pytest.raises(KenpinError, match=r"camera\.replay\.loop = 'yes please': expected true or false"):
+        parse_config("camera:\n  replay:\n    loop: yes please\n", "st.yaml")
+
+
+def test_out_of_range_and_bad_choice_are_named():
+    with pytest.raises(KenpinError, match=r"decision\.threshold = 1\.5: must be strictly between 0 and 1"):
+        parse_config("decision:\n  threshold: 1.5\n", "st.yaml")
+    with pytest.raises(KenpinError, match=r"camera\.type = 'usb'"):
+        parse_config("camera:\n  type: usb\n", "st.yaml")
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    path = tmp_path / "st.yaml"
+    path.write_text("station:\n  data_dir: data\nbundle:\n  path: b\ncamera:\n  replay:\n    folder: imgs\n")
+    cfg = load_config(path)
+    assert cfg.station.data_dir == tmp_path / "data"
+    assert cfg.camera.replay.folder == tmp_path / "imgs"
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(KenpinError, match="station config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("station: [unclosed\n")
+    with pytest.raises(KenpinError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")

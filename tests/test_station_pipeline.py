@@ -1,0 +1,199 @@
+"""The Station end to end on the tiny bundle and a replay folder: verdicts recorded, once each."""
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from device.errors import KenpinError
+from device.station.camera import CameraLost, ReplayCamera
+from device.station.station import Station
+from tests.station_helpers import replay_folder, station_config, wait_for
+
+
+@pytest.fixture()
+def replay(tiny_line, tmp_path):
+    return replay_folder(tiny_line, tmp_path / "replay")
+
+
+def run_replay_once(cfg, camera=None, timeout=30.0) -> Station:
+    st = Station(cfg, camera=camera)
+    st.start()
+    assert st.wait_replay_done(timeout), "the replay was not inspected in time"
+    return st
+
+
+def test_free_run_records_every_frame_once_and_logs_after_recording(tiny_bundle, replay, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kenpin.station")
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
+    sub_status = st.status()
+    st.stop()
+    from device.station.store import VerdictStore
+
+    store = VerdictStore(tmp_path / "data")
+    recs = store.query(limit=100)
+    assert len(recs) == 6 == sub_status["counters"]["triggers"]
+    assert sub_status["counters"]["ok"] + sub_status["counters"]["defect"] == 6
+    assert sub_status["counters"]["skipped_frames"] == 0  # a paced replay is never skipped
+    lines = [m for m in caplog.messages if m.startswith("verdict id=")]
+    logged_ids = {int(re.search(r"id=(\d+)", m).group(1)) for m in lines}
+    assert logged_ids == {r.id for r in recs}
+    for r in recs:
+        assert r.station == "test-line" and r.threshold == 0.5 and r.latency_ms > 0
+        assert r.frame_ref is not None  # ok_image_fraction 1.0: all kept
+        assert (r.heatmap_ref is not None) == (r.verdict == "defect")
+    store.close()
+
+
+def test_threshold_change_takes_effect_and_undo_restores(tiny_bundle, replay, tmp_path):
+    cfg = station_config(tmp_path, tiny_bundle, replay, mode="software")
+    st = Station(cfg)
+    st.start()
+    try:
+        sub = st.subscribe()
+        st.set_threshold(0.999999, who="qe")
+        st.trigger()
+        assert sub.get(timeout=10).verdict == "ok" and st.threshold == 0.999999
+        st.set_threshold(1e-6, who="qe")
+        st.trigger()
+        assert sub.get(timeout=10).verdict == "defect"
+        assert st.undo_threshold("qe") == 0.999999
+        with pytest.raises(KenpinError, match="strictly between 0 and 1"):
+            st.set_threshold(1.0, who="qe")
+        events = [a["event"] for a in st.store.audit_log(20)]
+        assert events.count("threshold") == 2 and "threshold_undo" in events
+    finally:
+        st.stop()
+
+
+def test_software_triggers_each_get_exactly_one_verdict(tiny_bundle, replay, tmp_path):
+    st = Station(station_config(tmp_path, tiny_bundle, replay, mode="software", loop=True))
+    st.start()
+    try:
+        sub = st.subscribe(maxsize=1000)
+        ids = [st.trigger() for _ in range(40)]
+        got = [sub.get(timeout=20).trigger_id for _ in ids]
+        with pytest.raises(queue.Empty):
+            sub.get(timeout=0.3)  # nothing doubled
+        assert got == ids
+        assert st.status()["queues"]["triggers_max_backlog"] >= 1
+    finally:
+        st.stop()
+
+
+def test_slow_subscriber_loses_events_counted_without_stalling(tiny_bundle, replay, tmp_path):
+    st = Station(station_config(tmp_path, tiny_bundle, replay))
+    slow = st.subscribe(maxsize=2)
+    st.start()
+    assert st.wait_replay_done(30)
+    st.stop()
+    assert slow.dropped == 4 and st.counters.snapshot()[0]["triggers"] == 6
+
+
+def test_live_frame_is_a_jpeg_with_the_last_verdict(tiny_bundle, replay, tmp_path):
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
+    try:
+        jpeg, last = st.latest_frame()
+        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (160, 160, 3) and last is not None and last.id is not None
+    finally:
+        st.stop()
+
+
+def test_bundle_swap_verifies_and_rolls_back(tiny_bundle, replay, tmp_path):
+    st = Station(station_config(tmp_path, tiny_bundle, replay, mode="software", loop=True))
+    st.start()
+    try:
+        bad = tmp_path / "bad_bundle"
+        shutil.copytree(tiny_bundle, bad)
+        (bad / "bank_int8.npy").write_bytes(b"tampered")
+        with pytest.raises(KenpinError, match="SHA-256 does not match"):
+            st.activate_bundle(bad, who="qe")
+        assert st.status()["bundle"]["path"] == str(tiny_bundle)
+        good = tmp_path / "new_bundle"
+        shutil.copytree(tiny_bundle, good)
+        assert st.activate_bundle(good, who="qe")["path"] == str(good)
+        sub = st.subscribe()
+        st.trigger()
+        assert sub.get(timeout=10).id is not None  # the swapped-in model judges the next part
+        assert st.rollback_bundle("qe")["path"] == str(tiny_bundle)
+        events = [a["event"] for a in st.store.audit_log(20)]
+        assert {"bundle_refused", "bundle_activated", "bundle_rolled_back"} <= set(events)
+    finally:
+        st.stop()
+
+
+def test_mark_wrong_keeps_feedback_in_mvtec_layout(tiny_bundle, replay, tmp_path):
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
+    try:
+        rec = st.store.query(limit=1)[0]
+        path = st.mark_wrong(rec.id, "good" if rec.verdict == "defect" else "defect", who="qe")
+        assert path.parent.parent.name == "train" and path.is_file()
+        labels = (tmp_path / "data" / "feedback" / "labels.csv").read_text().splitlines()
+        assert labels[0].startswith("image,label") and f",{rec.id}," in labels[1]
+        with pytest.raises(KenpinError, match="no such verdict"):
+            st.mark_wrong(99999, "good", who="qe")
+    finally:
+        st.stop()
+
+
+def test_corrupt_replay_images_are_skipped_and_counted(tiny_bundle, replay, tmp_path, caplog):
+    (replay / "zzz_corrupt.png").write_bytes(b"not a png")
+    cam = ReplayCamera(replay, 0, loop=False)
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay), camera=cam)
+    st.stop()
+    assert cam.skipped_images == 1 and st.counters.snapshot()[0]["triggers"] == 6
+    assert any("zzz_corrupt.png" in m for m in caplog.messages)
+
+
+def test_missing_camera_and_empty_replay_are_one_sentence(tiny_bundle, tmp_path):
+    with pytest.raises(KenpinError, match="folder not found"):
+        Station(station_config(tmp_path, tiny_bundle, tmp_path / "nowhere")).start()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KenpinError, match="no readable images"):
+        Station(station_config(tmp_path, tiny_bundle, empty)).start()
+    cfg = station_config(tmp_path, tiny_bundle, empty, extra="camera: {type: opencv, opencv: {source: /dev/video99}}")
+    with pytest.raises(KenpinError, match="cannot be opened"):
+        Station(cfg).start()
+
+
+class FlakyCamera(ReplayCamera):
+    """Loses the connection after 3 frames, once."""
+
+    def __init__(self, folder):
+        super().__init__(folder, 0, loop=False)
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 4:
+            raise CameraLost("cable pulled")
+        return super().read()
+
+
+def test_camera_loss_reconnects_with_backoff_and_counts(tiny_bundle, replay, tmp_path):
+    cfg = station_config(tmp_path, tiny_bundle, replay, extra="camera: {reconnect_initial_s: 0.05, reconnect_max_s: 0.1}")
+    cam = FlakyCamera(replay)
+    st = Station(cfg, camera=cam)
+    st.start()
+    # ReplayCamera.open() rewinds, so after the reconnect the whole folder is replayed.
+    assert wait_for(lambda: st.camera_state.finished, 30)
+    assert st.wait_replay_done(10)
+    status = st.status()
+    st.stop()
+    assert status["camera"]["reconnects"] == 1 and status["camera"]["connected"]
+    assert status["counters"]["triggers"] == 3 + 6
+
+
+def test_unwritable_data_dir_is_one_sentence(tiny_bundle, replay, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = station_config(tmp_path, tiny_bundle, replay, extra=f"station: {{name: t, data_dir: {blocker / 'data'}}}")
+    with pytest.raises(KenpinError, match=str(blocker)):
+        Station(cfg)
