@@ -275,6 +275,18 @@ class VerdictStore:
                                       (*args, limit)).fetchall()
         return [_to_record(r) for r in rows]
 
+    def first_id_since(self, since: float) -> int | None:
+        """The id of the first verdict captured at or after ``since`` (None if there is none yet)."""
+        row = self._reader().execute("SELECT id FROM verdicts WHERE time >= ? ORDER BY time LIMIT 1",
+                                     (since,)).fetchone()
+        return row[0] if row else None
+
+    def observations_after(self, after_id: int, limit: int = 10_000) -> list[tuple[int, str, float, float]]:
+        """(id, verdict, score, latency_ms) of verdicts with id > ``after_id``, oldest first: lets a
+        reader (metrics) follow the log incrementally without missing a row."""
+        return self._reader().execute("SELECT id, verdict, score, latency_ms FROM verdicts WHERE id > ? "
+                                      "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+
     def export_csv(self, fh: TextIO, since: float | None = None, until: float | None = None) -> int:
         """Write the verdicts in [since, until) as CSV (oldest first, with a UTC time column); returns rows."""
         where, args = _where(since, until, [])

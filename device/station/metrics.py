@@ -1,0 +1,153 @@
+"""Prometheus metrics of one station, read at scrape time (no threads, no global registry).
+
+Counters and gauges come from ``station.status()`` (the pipeline's own exact counters). The score
+and latency histograms follow the verdict log: each scrape reads the rows recorded since the last
+one (by id), so no verdict is missed however slowly Prometheus scrapes, and nothing runs between
+scrapes. Counters restart with the daemon; Prometheus' rate() handles that.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from device.station.record import VERDICTS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Normalized scores: the threshold sits at 0.5, so the buckets are finest around it.
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0)
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+
+
+class _Histogram:
+    """Cumulative bucket counts plus sum, fed with batches of values."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = np.asarray(bounds)
+        self.counts = np.zeros(len(bounds) + 1, np.int64)  # last: above every bound (+Inf only)
+        self.sum = 0.0
+
+    def observe(self, values: np.ndarray) -> None:
+        if values.size:
+            # Prometheus buckets are "≤ le": side="left" puts a value equal to a bound in that bucket.
+            self.counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+            self.sum += float(values.sum())
+
+    def family_buckets(self) -> list[tuple[str, float]]:
+        cum = np.cumsum(self.counts)
+        return [(_le(b), float(c)) for b, c in zip(self.bounds, cum[:-1])] + [("+Inf", float(cum[-1]))]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class StationMetrics:
+    """The registry of one station: ``exposition()`` is what /metrics serves."""
+
+    def __init__(self, station: Any) -> None:
+        self.station = station
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self._lock = threading.Lock()  # concurrent scrapes must not count rows twice
+        self._last_id: int | None = None
+        self._scores = {v: _Histogram(SCORE_BUCKETS) for v in VERDICTS}
+        self._latency = _Histogram(LATENCY_BUCKETS)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition (serve with ``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+    # prometheus_client calls collect() on each scrape.
+    def collect(self) -> Iterator[Metric]:
+        status = self.station.status()
+        yield from _status_metrics(self.station.name, status)
+        with self._lock:
+            self._follow_log()
+            yield from self._histograms()
+
+    def _follow_log(self) -> None:
+        store = self.station.store
+        if self._last_id is None:
+            first = store.first_id_since(self.station.started_at)
+            if first is None:
+                return  # nothing recorded since start yet: begin with the first row that is
+            self._last_id = first - 1
+        while rows := store.observations_after(self._last_id):
+            verdicts = np.array([r[1] for r in rows])
+            scores = np.array([r[2] for r in rows], np.float64)
+            for v, hist in self._scores.items():
+                hist.observe(scores[verdicts == v])
+            self._latency.observe(np.array([r[3] for r in rows], np.float64) / 1000.0)
+            self._last_id = rows[-1][0]
+
+    def _histograms(self) -> Iterator[Metric]:
+        score = HistogramMetricFamily("kenpin_score", "Normalized anomaly score of recorded verdicts "
+                                      "(decision threshold at 0.5 unless changed)", labels=["verdict"])
+        for v, hist in self._scores.items():
+            score.add_metric([v], hist.family_buckets(), hist.sum)
+        yield score
+        lat = HistogramMetricFamily("kenpin_latency_seconds", "Capture-to-verdict latency of recorded verdicts")
+        lat.add_metric([], self._latency.family_buckets(), self._latency.sum)
+        yield lat
+
+
+def _status_metrics(name: str, s: dict[str, Any]) -> Iterator[Metric]:
+    c = s.get("counters", {})
+    verdicts = CounterMetricFamily("kenpin_verdicts", "Verdicts decided, by verdict", labels=["verdict"])
+    for v in VERDICTS:
+        verdicts.add_metric([v], c.get(v, 0))
+    yield verdicts
+    for key, help_ in (("triggers", "Triggers received (parts announced)"),
+                       ("trigger_errors", "Triggers that got no verdict (refused or failed)"),
+                       ("skipped_frames", "Free-run frames skipped under load")):
+        yield CounterMetricFamily(f"kenpin_{key}", help_, value=c.get(key, 0))
+    cam = s.get("camera", {})
+    yield CounterMetricFamily("kenpin_camera_reconnects", "Camera reconnections", value=cam.get("reconnects", 0))
+    yield GaugeMetricFamily("kenpin_camera_connected", "1 while the camera delivers frames",
+                            value=1.0 if cam.get("connected") else 0.0)
+    yield GaugeMetricFamily("kenpin_camera_fps", "Frames per second from the camera", value=cam.get("fps") or 0.0)
+    depth = GaugeMetricFamily("kenpin_queue_depth", "Items waiting in the station's queues", labels=["queue"])
+    for q, n in s.get("queues", {}).items():
+        if q in ("inference", "record", "triggers_pending"):
+            depth.add_metric([q], n)
+    yield depth
+    yield from _record_metrics(s.get("store", {}))
+    yield GaugeMetricFamily("kenpin_threshold", "Decision threshold in use (normalized score)",
+                            value=s.get("threshold") or 0.0)
+    yield GaugeMetricFamily("kenpin_start_time_seconds", "Unix time the station started",
+                            value=s.get("started_at") or 0.0)
+    info = GaugeMetricFamily("kenpin_station_info", "Constant 1: station name, version and bundle in use",
+                             labels=["station", "version", "bundle"])
+    info.add_metric([name, str(s.get("version", "")), str((s.get("bundle") or {}).get("id", ""))], 1.0)
+    yield info
+
+
+def _record_metrics(h: dict[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily("kenpin_record_degraded", "1 while recording is degraded (disk full, I/O errors)",
+                            value=1.0 if h.get("degraded") else 0.0)
+    failures = CounterMetricFamily("kenpin_record_failures", "Recording failures, by what failed", labels=["kind"])
+    for kind, n in h.get("failures", {}).items():
+        failures.add_metric([kind], n)
+    yield failures
+    for key, help_ in (("images_bytes", "Bytes of kept images"), ("image_budget_bytes", "Image disk budget"),
+                       ("db_bytes", "Bytes of the verdict database (with its WAL)"),
+                       ("disk_free_bytes", "Free bytes on the data directory's disk")):
+        if h.get(key) is not None:
+            yield GaugeMetricFamily(f"kenpin_record_{key}", help_, value=h[key])
+
+
+def exposition(station: Any) -> bytes:
+    """Prometheus text for ``station`` (what the dashboard serves at /metrics).
+
+    The histogram state lives with the station (``station.metrics`` when it has one, else created
+    on the first scrape and kept on the station), so there is no process-wide registry.
+    """
+    metrics = getattr(station, "metrics", None)
+    if not isinstance(metrics, StationMetrics):
+        metrics = StationMetrics(station)
+        station.metrics = metrics
+    return metrics.exposition()
