@@ -6,7 +6,7 @@ import time
 import zlib
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from device.dashboard.access import require_view
 from device.dashboard.events import _as_dict
@@ -17,13 +17,13 @@ PING_S = 15.0  # keeps proxies and the browser from closing an idle stream
 
 
 @router.get("/live.jpg", summary="The camera's latest frame (JPEG)",
-            responses={200: {"content": {"image/jpeg": {}}}, 304: {"description": "unchanged"},
-                       503: {"description": "no frame yet"}})
+            responses={200: {"content": {"image/jpeg": {}}}, 204: {"description": "no frame yet"},
+                       304: {"description": "unchanged since the ETag sent in If-None-Match"}})
 def live_frame(request: Request) -> Response:
     """The latest frame; ``ETag`` lets a page polling faster than the camera skip the bytes."""
     latest = request.app.state.station.latest_frame()
-    if latest is None:
-        return JSONResponse({"detail": "no frame yet: the camera has not delivered one"}, status_code=503)
+    if latest is None:  # 204, not an error: a page opened before the first frame stays quiet
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
     jpeg, record = latest
     etag = f'"{zlib.crc32(jpeg):08x}"'
     headers = {"ETag": etag, "Cache-Control": "no-store"}
