@@ -9,6 +9,7 @@
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
     kenpin run   --config configs/station.yaml     # the station daemon (systemd service)
     kenpin bench station --bundle B --replay DIR  # station throughput, latency, memory, triggers
+    kenpin hash-token                              # dashboard.token_hash for the station config
 
 Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
 instant and the station's commands never load torch.
@@ -97,6 +98,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return run_tune(Path(args.data), args.recipe)
 
 
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    from device.dashboard.auth import hash_token
+
+    if args.stdin:
+        token = sys.stdin.readline().rstrip("\n")
+    else:  # prompted, never on the command line (it would sit in the shell history and `ps`)
+        import getpass
+
+        token = getpass.getpass("token: ")
+        if getpass.getpass("again: ") != token:
+            raise KenpinError("the two tokens differ; run `kenpin hash-token` again")
+    print(hash_token(token))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -171,6 +187,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     s.add_argument("--markdown", help="also write the results to this file")
     s.set_defaults(func=cmd_bench_station)
+
+    h = sub.add_parser("hash-token", help="hash a dashboard token for dashboard.token_hash in the station config")
+    h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
+    h.set_defaults(func=cmd_hash_token)
     return p
 
 

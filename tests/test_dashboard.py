@@ -257,3 +257,16 @@ def test_token_protected_viewing(station):
         assert c.get("/api/verdicts").status_code == 200  # the session cookie now lets it look …
         refused = c.post("/api/threshold", json={"threshold": 0.6}, headers={"Authorization": f"Bearer {VIEWER_TOKEN}"})
         assert refused.status_code == 403 and station.threshold == 0.5  # … but not change
+
+
+def test_metrics_and_hash_token_cli(client, capsys, monkeypatch):
+    r = client.get("/metrics")
+    assert r.status_code == 200 and "text/plain" in r.headers["content-type"]
+    assert "# TYPE" in r.text
+    from kenpin.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-enough-token\n"))
+    assert main(["hash-token", "--stdin"]) == 0
+    stored = capsys.readouterr().out.strip()
+    assert verify_token("a-long-enough-token", stored) and "a-long-enough-token" not in stored
+    DashboardSettings.from_dict({"token_hash": stored})  # what it prints is accepted by the config
