@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from device.errors import BundleError
+from device.errors import KenpinError
 from device.preprocess import Preprocess
+from device.quality import ROLES, RankerInput
 from device.scoring import Normalization
 
 MANIFEST = "manifest.json"
@@ -54,6 +56,18 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Ranker:
+    """An optional RankNet scorer (issue 4): role ``quality`` (the capture gate) or ``grade``."""
+
+    role: str
+    model: Path  # int8
+    fp32_model: Path
+    input: RankerInput
+    floor: float | None  # quality only: frames scoring below it are retaken
+    reference_scores: tuple[float, ...] = ()  # grade only: sorted scores of the rated images
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A verified bundle, ready to load."""
 
@@ -61,6 +75,7 @@ class Bundle:
     manifest: dict[str, Any]
     preprocess: Preprocess
     variants: dict[str, Variant]
+    rankers: dict[str, Ranker] = field(default_factory=dict)
 
     @property
     def bundle_id(self) -> str:
@@ -136,6 +151,27 @@ def _variant(root: Path, manifest: dict[str, Any], precision: str, spec: dict[st
     return Variant(precision, root / spec["model"], bank_path, norm, grid, dim)
 
 
+def _ranker(root: Path, manifest: dict[str, Any], role: str, spec: Any) -> Ranker:
+    """Check one ``rankers.<role>`` entry: known role, listed files, input spec and shape, floor."""
+    where = f"{root / MANIFEST}: rankers.{role}"
+    if role not in ROLES or not isinstance(spec, dict):
+        raise BundleError(f"{where}: unknown ranker role or not a mapping; roles are {list(ROLES)}")
+    for key in ("model", "fp32_model"):
+        if spec.get(key) not in manifest["files"]:
+            raise BundleError(f"{where}.{key} = {spec.get(key)!r} is not a file listed in 'files'")
+    try:
+        inp = RankerInput.from_dict(spec["input"])
+        floor = float(spec["floor"]) if role == "quality" else None
+        ref = tuple(float(v) for v in spec.get("reference_scores", ()))
+    except (KeyError, TypeError, ValueError, KenpinError) as e:
+        raise BundleError(f"{where}: input/floor missing or invalid ({e})") from None
+    if list(spec.get("input_shape", [])) != inp.shape:
+        raise BundleError(f"{where}.input_shape = {spec.get('input_shape')} does not match its input {inp.shape}")
+    if floor is not None and not np.isfinite(floor):
+        raise BundleError(f"{where}.floor = {floor}: must be a finite number")
+    return Ranker(role, root / spec["model"], root / spec["fp32_model"], inp, floor, tuple(sorted(ref)))
+
+
 def load_bundle(root: str | Path) -> Bundle:
     """Verify a bundle directory (schema, hashes, shapes) and describe it; raises BundleError."""
     root = Path(root)
@@ -154,4 +190,7 @@ def load_bundle(root: str | Path) -> Bundle:
         actual = list(manifest["variants"][v.precision]["input_shape"])
         if actual[1:] != expected[1:]:
             raise BundleError(f"{v.model}: input shape {actual} does not match the preprocessing {expected}")
-    return Bundle(root, manifest, pre, variants)
+    rankers = manifest.get("rankers", {})  # optional: a bundle without them stays valid
+    if not isinstance(rankers, dict):
+        raise BundleError(f"{root / MANIFEST}: 'rankers' must map a role to its model")
+    return Bundle(root, manifest, pre, variants, {r: _ranker(root, manifest, r, s) for r, s in rankers.items()})

@@ -113,6 +113,47 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    from kenpin.ranker import load_ranker_recipe, train_grade, train_quality
+
+    recipe = load_ranker_recipe(args.recipe)
+    if args.role == "grade":
+        if not args.ratings:
+            raise KenpinError("--role grade needs --ratings FILE (a CSV of image,rating or better,worse)")
+        train_grade(Path(args.ratings), Path(args.bundle), recipe)
+    else:
+        if not args.data:
+            raise KenpinError("--role quality needs --data DIR (good images in DIR/train/good)")
+        train_quality(Path(args.data), Path(args.bundle), recipe)
+    print(f"{args.role} ranker added to {args.bundle}")
+    print(f"next: kenpin eval-ranker --bundle {args.bundle} --role {args.role} "
+          + ("--ratings HELDOUT.csv" if args.role == "grade" else f"--data {args.data} --report {args.bundle}-quality"))
+    return 0
+
+
+def cmd_eval_ranker(args: argparse.Namespace) -> int:
+    from kenpin.ranker import eval_grade, eval_quality
+
+    json_path = Path(args.json) if args.json else None
+    if args.role == "grade":
+        if not args.ratings:
+            raise KenpinError("--role grade needs --ratings FILE (image,rating of images not trained on)")
+        eval_grade(Path(args.bundle), Path(args.ratings), args.precision, args.k, json_path)
+    else:
+        if not args.data:
+            raise KenpinError("--role quality needs --data DIR (held-out good images in DIR/test/good)")
+        eval_quality(Path(args.bundle), Path(args.data), args.precision, args.seed, json_path,
+                     Path(args.report) if args.report else None)
+    return 0
+
+
+def cmd_mask_ratings(args: argparse.Namespace) -> int:
+    from kenpin.ranker import mask_ratings
+
+    mask_ratings(Path(args.data), Path(args.out), args.seed)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -191,6 +232,34 @@ def parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hash-token", help="hash a dashboard token for dashboard.token_hash in the station config")
     h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
     h.set_defaults(func=cmd_hash_token)
+
+    # issue 4: RankNet scorers (capture-quality gate, grade from operator judgements)
+    k = sub.add_parser("train-ranker", help="train a RankNet scorer and add it to a bundle: the capture-quality "
+                                            "gate (from degraded good images) or a grade (from --ratings)")
+    k.add_argument("--bundle", required=True, help="existing bundle (kenpin train) to add the model to, atomically")
+    k.add_argument("--role", default="quality", choices=["quality", "grade"])
+    k.add_argument("--data", help="quality: dataset folder (MVTec layout); good images from DATA/train/good")
+    k.add_argument("--ratings", help="grade: CSV of image,rating or better,worse (paths relative to the CSV)")
+    k.add_argument("--recipe", help="ranker recipe YAML (default: configs/recipe_ranker.yaml's values)")
+    k.set_defaults(func=cmd_train_ranker)
+    ke = sub.add_parser("eval-ranker", help="quality: pairwise accuracy on held-out degradations of DATA/test/good; "
+                                            "grade: Kendall τ and NDCG@k on a held-out ratings file")
+    ke.add_argument("--bundle", required=True)
+    ke.add_argument("--role", default="quality", choices=["quality", "grade"])
+    ke.add_argument("--data", help="quality: dataset folder; DATA/test/good is degraded at held-out strengths")
+    ke.add_argument("--ratings", help="grade: image,rating CSV of images the grade was not trained on")
+    ke.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    ke.add_argument("--seed", type=int, default=1234, help="seed of the evaluation degradations")
+    ke.add_argument("--k", type=int, default=10, help="NDCG@k")
+    ke.add_argument("--json", help="write the figures here")
+    ke.add_argument("--report", help="quality: folder for the score-vs-strength plot")
+    ke.set_defaults(func=cmd_eval_ranker)
+    km = sub.add_parser("mask-ratings", help="rate DATA's defective test images by ground-truth mask area "
+                                             "(severity), split into OUT/train.csv and OUT/heldout.csv")
+    km.add_argument("--data", required=True)
+    km.add_argument("--out", required=True)
+    km.add_argument("--seed", type=int, default=0)
+    km.set_defaults(func=cmd_mask_ratings)
     return p
 
 

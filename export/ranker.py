@@ -1,0 +1,122 @@
+"""A trained RankNet scorer into an existing bundle: ONNX, int8, parity gate, atomic re-write.
+
+The ranker joins the bundle under ``rankers.<role>`` (``quality`` or ``grade``) with both
+precisions; every file is re-hashed and the bundle is verified by the station's own loader before
+it replaces the old one, so a failed export leaves the bundle as it was.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from device.bundle import MANIFEST, load_bundle
+from device.errors import KenpinError
+from device.quality import ROLES, RankerInput
+from device.runtime import make_session
+from export.bundle_writer import staging_dir, write_bundle
+from export.onnx_export import INPUT_NAME
+from export.parity import Parity, compare, pick_best
+from export.quantize import quantize_int8
+
+log = logging.getLogger(__name__)
+OUTPUT_NAME = "score"
+# Keys write_bundle sets itself; everything else of the old manifest is carried over.
+_WRITER_KEYS = ("schema", "schema_version", "bundle_id", "created_utc", "files", "manifest_sha256")
+DESCRIPTION = {
+    "quality": "capture quality: RankNet score, frames below the floor are retaken",
+    "grade": "grade: RankNet score learnt from operator judgements, higher = ranked higher",
+}
+
+
+@dataclass(frozen=True)
+class RankerExportSpec:
+    """int8 quantization of a ranker and the parity it must keep with fp32."""
+
+    quant_images: int = 64  # model inputs (clean and degraded) calibrating int8 activation ranges
+    quant_methods: tuple[str, ...] = ("MinMax", "Percentile")
+    fp32_leading_convs: int = 2  # the fixed high-pass and the first crop convolution stay fp32
+    parity_min_spearman: float = 0.97
+    parity_max_mean_abs_diff: float = 0.25  # in units of the fp32 scores' standard deviation
+
+    def __post_init__(self) -> None:
+        bad = set(self.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
+        if bad or not self.quant_methods:
+            raise KenpinError(f"export.quant_methods: {sorted(bad)} unknown; use MinMax, Entropy, Percentile, Distribution")
+        if self.quant_images < 1 or self.fp32_leading_convs < 0:
+            raise KenpinError("export.quant_images must be ≥ 1 and export.fp32_leading_convs ≥ 0")
+
+
+def export_onnx(model: torch.nn.Module, inp: RankerInput, path: Path) -> None:
+    """``model`` (N x C x S x S → N x 1) to ONNX, dynamic batch, opset 17, checked."""
+    import onnx
+
+    model.eval()
+    torch.onnx.export(model, (torch.zeros(inp.shape),), str(path), input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def ort_scores(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Scores of model inputs with an ONNX model, in the station's session settings."""
+    session = make_session(path, 1)
+    x = inputs.astype(np.float32, copy=False)
+    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0][:, 0] for i in range(0, len(x), batch)])
+
+
+def _parity(method: str, fp32: np.ndarray, int8: np.ndarray) -> Parity:
+    # Raw RankNet scores have no fixed scale: compare them in units of the fp32 spread.
+    mu, sd = float(fp32.mean()), float(fp32.std()) or 1.0
+    return compare(method, (fp32 - mu) / sd, (int8 - mu) / sd)
+
+
+def quantize_ranker(fp32: Path, work: Path, calib: np.ndarray, check: np.ndarray,
+                    spec: RankerExportSpec) -> tuple[Path, Parity, list[Parity]]:
+    """Quantize with each calibrator; the parity gate keeps the int8 model closest to fp32 on ``check``."""
+    ref = ort_scores(fp32, check)
+    tried: dict[str, tuple[Path, Parity]] = {}
+    for method in spec.quant_methods:
+        path = work / f"int8_{method}.onnx"
+        quantize_int8(fp32, path, calib.astype(np.float32), method, spec.fp32_leading_convs)
+        tried[method] = (path, _parity(method, ref, ort_scores(path, check)))
+    best = pick_best([p for _, p in tried.values()], spec.parity_min_spearman, spec.parity_max_mean_abs_diff)
+    return tried[best.method][0], best, [p for _, p in tried.values()]
+
+
+def add_to_bundle(bundle: Path, role: str, fp32: Path, int8: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Copy ``bundle`` with the ranker of ``role`` added (or replaced), re-hash, verify, swap in atomically."""
+    if role not in ROLES:
+        raise KenpinError(f"role {role!r}: use one of {list(ROLES)}")
+    old = load_bundle(bundle)  # refuse to extend a bundle that does not verify
+    body = {k: v for k, v in old.manifest.items() if k not in _WRITER_KEYS}
+    rankers = dict(body.get("rankers", {}))
+    dropped = {rankers[role].get(k) for k in ("model", "fp32_model")} if role in rankers else set()
+    names = {"model": f"{role}_int8.onnx", "fp32_model": f"{role}_fp32.onnx"}
+    rankers[role] = {**names, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, **entry}
+    body["rankers"] = rankers
+    body["roles"] = {**body.get("roles", {}), role: DESCRIPTION[role]}
+    staged = staging_dir(bundle)
+    try:
+        for name in old.manifest["files"]:
+            if name not in dropped:
+                shutil.copy2(bundle / name, staged / name)
+        shutil.copy2(int8, staged / names["model"])
+        shutil.copy2(fp32, staged / names["fp32_model"])
+        write_bundle(bundle, staged, body)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return rankers[role]
+
+
+def parity_entry(best: Parity, tried: list[Parity], spec: RankerExportSpec) -> dict[str, Any]:
+    """The manifest's record of the parity gate."""
+    return {"chosen": best.to_dict(), "tried": [p.to_dict() for p in tried],
+            "scale": "scores in units of the fp32 scores' standard deviation",
+            "tolerance": {"min_spearman": spec.parity_min_spearman, "max_mean_abs_diff": spec.parity_max_mean_abs_diff}}

@@ -1,0 +1,281 @@
+"""The RankNet jobs: ``kenpin train-ranker`` (quality gate or grade into a bundle) and ``kenpin eval-ranker``.
+
+    kenpin train-ranker --data DIR --bundle B                        # quality gate from DIR/train/good
+    kenpin train-ranker --bundle B --role grade --ratings FILE.csv   # grade from operator judgements
+    kenpin eval-ranker  --bundle B --data DIR --json Q.json --report R   # held-out degradations on test/good
+    kenpin eval-ranker  --bundle B --role grade --ratings HELDOUT.csv    # Kendall τ, NDCG@10
+    kenpin mask-ratings --data DIR --out RATINGS                     # severity by mask area, two halves
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from device.bundle import load_bundle
+from device.errors import KenpinError
+from device.images import list_images, read_rgb
+from device.quality import Grader, QualityGate, RankerInput
+from export.ranker import RankerExportSpec, add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
+from training.dataset import mask_for, read_many
+from training.degrade import KINDS, TRAIN_GRID
+from training.fit import split_holdout
+from training.rank_eval import degradation_table, plot_strength, ranking_metrics
+from training.rank_pairs import (
+    QualityPool,
+    build_quality_pool,
+    judged_inputs,
+    judgement_pairs,
+    quality_pairs,
+    read_judgements,
+)
+from training.ranknet import TrainResult, TrainSpec, score_pool, train_ranknet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """The capture-quality gate: what it trains on and how its floor is set."""
+
+    input: RankerInput = field(default_factory=RankerInput)
+    images: int = 300  # train/good images used (a seeded pick; 0 = all)
+    holdout_fraction: float = 0.2  # of those, kept out of training to set the floor
+    kinds: tuple[str, ...] = KINDS
+    levels_per_kind: int = 2
+    uint8_share: float = 0.5
+    cross_share: float = 0.25
+    target_false_retake_rate: float = 0.02
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown or not self.kinds:
+            raise KenpinError(f"quality.kinds: {sorted(unknown)} unknown; use some of {list(KINDS)}")
+        if not 0.05 <= self.holdout_fraction <= 0.5:
+            raise KenpinError(f"quality.holdout_fraction = {self.holdout_fraction}: use 0.05–0.5")
+        if not 0 < self.target_false_retake_rate < 0.5:
+            raise KenpinError(f"quality.target_false_retake_rate = {self.target_false_retake_rate}: use (0, 0.5)")
+        for key in ("uint8_share", "cross_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise KenpinError(f"quality.{key} = {getattr(self, key)}: use 0–1")
+        if self.levels_per_kind < 1 or self.images < 0 or 0 < self.images < 10:
+            raise KenpinError("quality.levels_per_kind must be ≥ 1 and quality.images 0 (all) or ≥ 10")
+
+
+@dataclass(frozen=True)
+class GradeSpec:
+    """The grade ranker learnt from an operator file."""
+
+    input: RankerInput = field(default_factory=lambda: RankerInput(128, 0))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=800))
+
+
+@dataclass(frozen=True)
+class RankerRecipe:
+    """``configs/recipe_ranker.yaml``, validated once."""
+
+    quality: QualitySpec = field(default_factory=QualitySpec)
+    grade: GradeSpec = field(default_factory=GradeSpec)
+    export: RankerExportSpec = field(default_factory=RankerExportSpec)
+    seed: int = 0
+
+
+def load_ranker_recipe(path: str | Path | None) -> RankerRecipe:
+    """Read a ranker recipe YAML (None → defaults); unknown keys and wrong types name the key."""
+    from training.recipe import _build
+
+    if path is None:
+        return RankerRecipe()
+    path = Path(path)
+    if not path.is_file():
+        raise KenpinError(f"{path}: recipe file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise KenpinError(f"{path}: not valid YAML ({e})") from None
+    return _build(RankerRecipe, data, str(path))
+
+
+def _good_split(data: Path, spec: QualitySpec, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    paths = list_images(data / "train" / "good")
+    if len(paths) < 10:
+        raise KenpinError(f"{data / 'train' / 'good'}: {len(paths)} images; the quality gate needs at least 10 good images")
+    rng = np.random.default_rng(seed)
+    if spec.images:
+        paths = sorted(rng.choice(paths, size=min(spec.images, len(paths)), replace=False).tolist())
+    train_i, hold_i = split_holdout(len(paths), spec.holdout_fraction, seed)
+    images, kept = read_many(paths, "reading train/good")
+    pos = {p: i for i, p in enumerate(kept)}
+    pick = lambda idx: [images[pos[paths[i]]] for i in idx if paths[i] in pos]  # noqa: E731
+    return pick(train_i), pick(hold_i)
+
+
+def _pair_accuracy(pool: QualityPool, scores: np.ndarray) -> dict[str, float]:
+    """Per kind: share of (clean, degraded) pairs of one image ordered right."""
+    clean = {int(g): scores[r] for r, g in enumerate(pool.group) if pool.kind[r] < 0}
+    out = {}
+    for k, name in enumerate(pool.kinds):
+        rows = np.flatnonzero(pool.kind == k)
+        out[name] = float(np.mean([clean[int(pool.group[r])] > scores[r] for r in rows]))
+    return out
+
+
+def _floor_entry(pool: QualityPool, scores: np.ndarray, spec: QualitySpec) -> dict[str, Any]:
+    """Floor = the target false-retake quantile of held-out clean frames; what it catches per kind."""
+    clean = scores[pool.kind < 0]
+    floor = float(np.quantile(clean, spec.target_false_retake_rate))
+    caught = {}
+    for k, name in enumerate(pool.kinds):
+        strong = (pool.kind == k) & (pool.level * 2 > len(TRAIN_GRID[name]))
+        caught[name] = float(np.mean(scores[strong] < floor)) if strong.any() else None
+    return {"floor": floor, "calibration": {
+        "method": "quantile of held-out clean train/good frames at the target false-retake rate (int8 scores)",
+        "target_false_retake_rate": spec.target_false_retake_rate, "n_images": int(len(clean)),
+        "holdout_false_retake_rate": float(np.mean(clean < floor)),
+        "retake_rate_upper_half_strengths": caught}}
+
+
+def _export(trained: TrainResult, inp: RankerInput, recipe: RankerRecipe, calib: np.ndarray, check: np.ndarray,
+            bundle: Path, role: str, entry_fn) -> dict[str, Any]:
+    """ONNX, int8 with the parity gate, the role's manifest entry (from int8 scores on ``check``), into the bundle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = work / "fp32.onnx"
+        export_onnx(trained.model, inp, fp32)
+        int8, best, tried = quantize_ranker(fp32, work, calib, check, recipe.export)
+        entry = {"input": inp.to_dict(), "input_shape": inp.shape, **entry_fn(ort_scores(int8, check)),
+                 "parity": parity_entry(best, tried, recipe.export),
+                 "training": {"steps": trained.history[-1]["step"] if trained.history else 0,
+                              "final_loss": trained.history[-1]["loss"] if trained.history else None,
+                              "seconds": round(trained.seconds, 1), "device": trained.device},
+                 "recipe": _plain(asdict(recipe))}
+        return add_to_bundle(bundle, role, fp32, int8, entry)
+
+
+def _plain(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _plain(v) for k, v in d.items()}
+    return [_plain(v) for v in d] if isinstance(d, (list, tuple)) else d
+
+
+def train_quality(data: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, Any]:
+    """Train the capture-quality gate on degraded ``data/train/good`` and add it to ``bundle``."""
+    load_bundle(bundle)  # fail before minutes of training, not after
+    spec = recipe.quality
+    train_imgs, hold_imgs = _good_split(data, spec, recipe.seed)
+    pool = build_quality_pool(train_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed)
+    hold = build_quality_pool(hold_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed + 1)
+    log.info("training the quality ranker on %d inputs from %d images (%d held out)", len(pool.inputs),
+             len(train_imgs), len(hold_imgs))
+    trained = train_ranknet(pool.inputs, quality_pairs(pool, spec.cross_share), spec.input, spec.train, "quality ranknet")
+    calib = pool.inputs[np.random.default_rng(recipe.seed).permutation(len(pool.inputs))[: recipe.export.quant_images]]
+    fp32_val = _pair_accuracy(hold, score_pool(trained.model, hold.inputs))
+
+    def entry(int8_scores: np.ndarray) -> dict[str, Any]:
+        return {**_floor_entry(hold, int8_scores, spec),
+                "validation": {"held_out_images": len(hold_imgs), "pairwise_accuracy_int8": _pair_accuracy(hold, int8_scores),
+                               "pairwise_accuracy_fp32": fp32_val}}
+
+    return _export(trained, spec.input, recipe, calib, hold.inputs, bundle, "quality", entry)
+
+
+def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, Any]:
+    """Train the grade ranker on an operator file and add it to ``bundle``."""
+    load_bundle(bundle)
+    judged = read_judgements(ratings)
+    spec = recipe.grade
+    inputs = judged_inputs(judged.images, spec.input)
+    log.info("training the grade ranker on %d judgements of %d images", len(judged.pairs), len(judged.images))
+    trained = train_ranknet(inputs, judgement_pairs(judged.pairs, 4), spec.input, spec.train, "grade ranknet")
+    plain = inputs[::4]  # unflipped rows: the images as the station sees them
+    calib = inputs[np.random.default_rng(recipe.seed).permutation(len(inputs))[: recipe.export.quant_images]]
+
+    def entry(int8_scores: np.ndarray) -> dict[str, Any]:
+        fit = ranking_metrics(int8_scores, np.asarray(judged.ratings)) if judged.ratings else None
+        return {"reference_scores": sorted(float(s) for s in int8_scores),
+                "training_data": {"file": str(ratings), "n_images": len(judged.images), "n_pairs": len(judged.pairs),
+                                  "fit_on_training_images_int8": fit}}
+
+    return _export(trained, spec.input, recipe, calib, plain, bundle, "grade", entry)
+
+
+def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path: Path | None,
+                 report: Path | None) -> dict[str, Any]:
+    """Held-out degradations (evaluation grid, fresh seeds) of ``data/test/good``, scored by the bundle's gate."""
+    gate = QualityGate.from_bundle(load_bundle(bundle), threads=1, precision=precision)
+    if gate is None:
+        raise KenpinError(f"{bundle}: has no quality model; add one with kenpin train-ranker --bundle {bundle} --data DIR")
+    paths = list_images(data / "test" / "good")
+    if not paths:
+        raise KenpinError(f"{data / 'test' / 'good'}: no held-out good images to evaluate on")
+    images, _ = read_many(paths, "reading test/good")
+    table = degradation_table(gate.score, images, seed)
+    clean = np.asarray(table["clean_scores"])
+    for r in table["rows"]:
+        r["retake_rate"] = float(np.mean(np.asarray(r["scores"]) < gate.floor))
+    out = {"bundle": str(bundle), "precision": precision, "n_images": len(images), "floor": gate.floor,
+           "clean_false_retake_rate": float(np.mean(clean < gate.floor)),
+           "rows": [{k: v for k, v in r.items() if k != "scores"} for r in table["rows"]]}
+    if report is not None:
+        out["plot"] = str(plot_strength(table, report / "quality_vs_strength.png", gate.floor))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"quality gate ({precision}) on {len(images)} held-out good images, floor {gate.floor:.3f}: "
+          f"clean frames retaken {out['clean_false_retake_rate']:.3f}")
+    print(f"  {'kind':<13}{'strength':>9} {'path':<6} {'pair acc':>8} {'retaken':>8}")
+    for r in out["rows"]:
+        print(f"  {r['kind']:<13}{r['param']:>9g} {r['path']:<6} {r['pairwise_accuracy']:>8.4f} {r['retake_rate']:>8.3f}")
+    return out
+
+
+def eval_grade(bundle: Path, ratings: Path, precision: str, k: int, json_path: Path | None) -> dict[str, Any]:
+    """Kendall τ, NDCG@k and pairwise accuracy of the bundle's grade on a rated file (held out from training)."""
+    grader = Grader.from_bundle(load_bundle(bundle), threads=1, precision=precision)
+    if grader is None:
+        raise KenpinError(f"{bundle}: has no grade model; add one with kenpin train-ranker --role grade --ratings FILE")
+    judged = read_judgements(ratings)
+    if judged.ratings is None:
+        raise KenpinError(f"{ratings}: evaluation needs an image,rating file (better,worse pairs have no scale)")
+    scores = np.array([grader.grade(read_rgb(p)) for p in judged.images])
+    m = {"bundle": str(bundle), "ratings": str(ratings), "precision": precision,
+         **ranking_metrics(scores, np.asarray(judged.ratings), k)}
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(m, indent=2) + "\n")
+    print(f"grade ({precision}) on {m['n_images']} rated images: Kendall τ {m['kendall_tau']:.4f}, "
+          f"NDCG@{k} {m[f'ndcg@{k}']:.4f}, pairwise accuracy {m['pairwise_accuracy']:.4f}")
+    return m
+
+
+def mask_ratings(data: Path, out: Path, seed: int) -> tuple[Path, Path]:
+    """Ratings = defect area share of each defective test image's mask; two disjoint halves per defect type."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    halves: list[list[str]] = [["image,rating"], ["image,rating"]]
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(p for p in (data / "test").iterdir() if p.is_dir() and p.name != "good"):
+        rated = []
+        for img in list_images(folder):
+            mask = mask_for(data, folder.name, img)
+            if mask is not None:
+                m = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+                rated.append((img, float(np.mean(m > 127))))
+        for n, i in enumerate(rng.permutation(len(rated))):
+            img, area = rated[i]
+            halves[n % 2].append(f"{img.resolve()},{area:.6f}")
+    paths = (out / "train.csv", out / "heldout.csv")
+    for p, rows in zip(paths, halves):
+        if len(rows) < 3:
+            raise KenpinError(f"{data / 'test'}: no defective images with masks to rate")
+        p.write_text("\n".join(rows) + "\n")
+    print(f"wrote {paths[0]} ({len(halves[0]) - 1} images) and {paths[1]} ({len(halves[1]) - 1} images)")
+    return paths

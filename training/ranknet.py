@@ -1,0 +1,151 @@
+"""RankNet (Burges et al. 2005): a scorer trained so that sigmoid(s_a - s_b) = P(a ranks above b).
+
+The model is a small CNN over :class:`device.quality.RankerInput` (a gray thumbnail of the whole
+frame plus native-resolution crops). The crop branch starts with a fixed high-pass filter and pools
+log-energies, so it sees the per-pixel signal of sensor noise and the loss of fine texture under
+blur whatever the scene; the thumbnail branch sees exposure, glare and occlusion.
+
+Run it with ``kenpin train-ranker`` (see ``configs/recipe_ranker.yaml``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from device.errors import KenpinError
+from device.quality import RankerInput
+
+log = logging.getLogger(__name__)
+
+# (index a, index b, P(a above b)) for one batch; the trainer asks for one per step.
+PairBatch = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU())
+
+
+class RankScorer(nn.Module):
+    """N x (1 + crops) x S x S → N x 1 score (higher = better)."""
+
+    def __init__(self, inp: RankerInput, width: int = 16) -> None:
+        super().__init__()
+        self.crops = inp.crops
+        # Fixed Laplacian high-pass, scaled so texture residuals (~0.02) land near unit range.
+        lap = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]) * 8.0
+        self.highpass = nn.Conv2d(1, 1, 3, 1, 1, bias=False)
+        self.highpass.weight.data.copy_(lap.view(1, 1, 3, 3))
+        self.highpass.weight.requires_grad_(False)
+        self.thumb = nn.Sequential(_conv(1, width // 2, 2), _conv(width // 2, width, 2), _conv(width, 2 * width, 2))
+        self.fine = nn.Sequential(_conv(2, width // 2, 2), _conv(width // 2, width, 2))
+        n_fine = width if inp.crops else 0
+        self.head = nn.Sequential(nn.Linear(4 * width + n_fine, 2 * width), nn.ReLU(), nn.Linear(2 * width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The crop branch comes first so that its high-pass and first convolution are the graph's
+        # leading convolutions, which the int8 export keeps in fp32 (sub-LSB noise survives them).
+        feats = []
+        if self.crops:
+            n, _, s, _ = x.shape
+            c = x[:, 1:].reshape(n * self.crops, 1, s, s)
+            f = self.fine(torch.cat([self.highpass(c), c - 0.5], 1))
+            # log of pooled energy: ratios between filter responses, not the scene's contrast
+            feats.append(torch.log(f.mean((2, 3)) + 1e-3).reshape(n, self.crops, -1).mean(1))
+        t = self.thumb(x[:, :1] - 0.5)
+        return self.head(torch.cat([t.mean((2, 3)), t.amax((2, 3)), *feats], 1))
+
+
+def ranknet_loss(s_a: torch.Tensor, s_b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between P(a above b) = sigmoid(s_a - s_b) and the target (1, 0, or ½ for ties)."""
+    return F.binary_cross_entropy_with_logits((s_a - s_b).reshape(-1), target.reshape(-1))
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimization of a ranker."""
+
+    steps: int = 1500
+    batch_pairs: int = 64
+    lr: float = 0.003
+    weight_decay: float = 0.0001
+    width: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_pairs", "width"):
+            if getattr(self, key) < 1:
+                raise KenpinError(f"train.{key} = {getattr(self, key)}: must be ≥ 1")
+        if self.width % 2:
+            raise KenpinError(f"train.width = {self.width}: must be even")
+        if self.lr <= 0:
+            raise KenpinError(f"train.lr = {self.lr}: must be > 0")
+
+
+@dataclass
+class TrainResult:
+    """The trained scorer and how its loss went."""
+
+    model: RankScorer
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_ranknet(pool: np.ndarray, pairs: Callable[[np.random.Generator, int], PairBatch], inp: RankerInput,
+                  spec: TrainSpec, desc: str = "ranknet") -> TrainResult:
+    """Train on pairs of rows of ``pool`` (N x C x S x S, float16 or float32) drawn by ``pairs``."""
+    torch.manual_seed(spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    device = pick_device()
+    model = RankScorer(inp, spec.width).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec.lr, total_steps=spec.steps, pct_start=0.1)
+    data = torch.from_numpy(pool)
+    result, t0, run = TrainResult(model, device=str(device)), time.perf_counter(), 0.0
+    bar = tqdm(range(1, spec.steps + 1), desc=desc, unit="step", leave=False)
+    model.train()
+    for step in bar:
+        ia, ib, target = pairs(rng, spec.batch_pairs)
+        x = data[np.concatenate([ia, ib])].to(device, torch.float32)
+        s = model(x)
+        loss = ranknet_loss(s[: len(ia)], s[len(ia):], torch.as_tensor(target, dtype=torch.float32, device=device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run = loss.item() if step == 1 else 0.98 * run + 0.02 * loss.item()
+        if step % 50 == 0 or step == spec.steps:
+            bar.set_postfix(loss=f"{run:.4f}")
+            result.history.append({"step": step, "loss": run})
+    model.eval().cpu()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@torch.no_grad()
+def score_pool(model: RankScorer, pool: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Scores of every row of ``pool`` with the PyTorch model (for validation and parity)."""
+    model.eval()
+    out = [model(torch.from_numpy(pool[i:i + batch]).float()).numpy()[:, 0] for i in range(0, len(pool), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def save_checkpoint(path: Path, model: RankScorer, inp: RankerInput, recipe: dict[str, Any], info: dict[str, Any]) -> None:
+    """The weights with everything needed to rebuild the model (input spec, recipe, figures)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "input": inp.to_dict(), "recipe": recipe, "info": info}, path)
