@@ -223,8 +223,8 @@
     tile(tiles, "yield (ok / judged)", s.yield == null ? "–" : `${(s.yield * 100).toFixed(1)} %`);
     tile(tiles, "defects", s.counts.defect, s.counts.defect > 0);
     tile(tiles, "retakes", s.counts.retake);
-    const hours = (until - since) / 3600;
-    tile(tiles, "throughput (parts/h, window)", (s.counts.total / hours).toFixed(1));
+    const c = st.counters || {}, parts = (c.ok || 0) + (c.defect || 0) + (c.retake || 0);
+    tile(tiles, "throughput (parts/min since start)", st.uptime_s ? (parts / st.uptime_s * 60).toFixed(1) : "–");
     const pm = st.processing_ms || {};
     tile(tiles, "processing ms p50 / p99", `${fmt(pm.p50, 1)} / ${fmt(pm.p99, 1)}`);
     tile(tiles, "latency ms min/avg/max", `${fmt(s.latency_ms.min, 0)}/${fmt(s.latency_ms.avg, 0)}/${fmt(s.latency_ms.max, 0)}`);
@@ -250,17 +250,24 @@
     return `${d ? d + " d " : ""}${h} h ${m} min`;
   }
 
+  // Nested status objects as readable "a.b  value" rows (numbers rounded), not JSON blobs.
+  function flatten(obj, prefix = "", out = []) {
+    for (const [k, v] of Object.entries(obj || {})) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);
+      else out.push([key, typeof v === "number" && !Number.isInteger(v) ? Number(v.toFixed(3)) : Array.isArray(v) ? v.join(" × ") : v]);
+    }
+    return out;
+  }
+
   async function loadStation() {
     const [st, audit] = await Promise.all([api("/api/station"), api("/api/audit?limit=100")]);
     $("#threshold-now").textContent = fmt(st.threshold, 3);
     kv($("#station-info"), [["name", st.name], ["version", st.version], ["uptime", duration(st.uptime_s || 0)],
-      ["camera", JSON.stringify(st.camera)], ["counters", JSON.stringify(st.counters)],
-      ["processing ms", JSON.stringify(st.processing_ms)], ["queues", JSON.stringify(st.queues || st.queue_depths)],
-      ["live pages", st.dashboard.live_clients]]);
-    const b = st.bundle || {};
-    kv($("#bundle-info"), Object.entries(b).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : v]));
-    const c = st.config || {};
-    kv($("#config-info"), Object.entries(c).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : v]));
+      ["live pages", st.dashboard.live_clients]].concat(flatten({ camera: st.camera, counters: st.counters,
+      processing_ms: st.processing_ms, queues: st.queues })));
+    kv($("#bundle-info"), flatten(st.bundle).concat([["previous (roll-back)", st.previous_bundle]]));
+    kv($("#config-info"), flatten(st.config));
     const rows = $("#audit-rows");
     rows.replaceChildren();
     for (const a of audit.items) {

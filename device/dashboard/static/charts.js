@@ -47,7 +47,7 @@
     const totals = labels.map((_, i) => series.reduce((s, ser) => s + ser.values[i], 0));
     const max = niceMax(Math.max(...totals));
     const svg = frame(host, max, (v) => Math.round(v), line ? (f) => `${Math.round(f * 100)}%` : null);
-    const bw = Math.max(2, (W - M.l - M.r) / labels.length * 0.7);
+    const bw = Math.min(60, Math.max(2, (W - M.l - M.r) / labels.length * 0.7));
     labels.forEach((lab, i) => {
       let base = 0;
       for (const ser of series) {
