@@ -27,7 +27,7 @@ def _pulses(pin) -> list[float]:
 
 
 def test_actuator_pulses_reject_and_ok_lines_with_delay(factory):
-    act = GpioActuator(ActuatorSection(type="gpio", reject_pin="GPIO27", ok_pin="GPIO22", pulse_ms=30, delay_ms=40),
+    act = GpioActuator(ActuatorSection(type="gpio", reject_pin="GPIO27", ok_pin="GPIO22", pulse_ms=30, delay_ms=150),
                        pin_factory=factory)
     reject, ok = factory.pin(27), factory.pin(22)
     t0 = time.monotonic()
@@ -35,11 +35,12 @@ def test_actuator_pulses_reject_and_ok_lines_with_delay(factory):
     time.sleep(0.02)
     assert not reject.state  # still travelling to the ejector
     assert wait_for(lambda: reject.state, 1.0, 0.001)
-    assert time.monotonic() - t0 >= 0.039
+    assert time.monotonic() - t0 >= 0.149
     act.fire("ok")
     act.fire("retake")
     act.close()  # finishes scheduled pulses first
-    assert [round(p, 2) for p in _pulses(reject)] == [0.03, 0.03]
+    pulses = _pulses(reject)
+    assert len(pulses) == 2 and all(0.029 <= p < 0.1 for p in pulses), pulses  # slack: a busy CI machine
     assert len(_pulses(ok)) == 1 and not reject.state and not ok.state
 
 

@@ -60,10 +60,8 @@ class GpioActuator:
         device = self.reject if verdict in ("defect", "retake") else self.ok
         if device is None:
             return
-        start = time.monotonic() + self.delay_s
         with self._cond:
-            heapq.heappush(self._events, (start, next(self._seq), device, True))
-            heapq.heappush(self._events, (start + self.pulse_s, next(self._seq), device, False))
+            heapq.heappush(self._events, (time.monotonic() + self.delay_s, next(self._seq), device, True))
             self.pulses += 1
             self._cond.notify()
 
@@ -80,6 +78,8 @@ class GpioActuator:
                     continue
                 heapq.heappop(self._events)
                 device.value = on
+                if on:  # timed from when the line really went high, so a late start never shortens it
+                    heapq.heappush(self._events, (time.monotonic() + self.pulse_s, next(self._seq), device, False))
 
     def close(self) -> None:
         """Finish the scheduled pulses, then release the lines (left off)."""

@@ -89,7 +89,7 @@ class ActuatorSection:
 
 @dataclass(frozen=True)
 class PipelineSection:
-    inference_queue: int = 2
+    inference_queue: int = 1
     record_queue: int = 64
     live_jpeg_hz: float = 5.0
     watchdog_stall_s: float = 10.0

@@ -186,66 +186,73 @@ class CameraState:
 
 
 class CaptureWorker(threading.Thread):
-    """Reads the camera, reconnects with back-off, and feeds the frames to inspect to inference."""
+    """Reads the camera, reconnects with back-off, and feeds the frames to inspect to inference.
 
-    def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", triggers: TriggerQueue,
-                 freerun: FreeRun | None, counters: Counters, backoff: Backoff, stop: threading.Event) -> None:
+    ``slots`` counts the room in the inference queue (released by inference as it takes a job):
+    a live camera that finds no room skips the frame (counted); a paced source (replay at fps 0)
+    waits for room before it reads, so its frames' capture time is when they really enter.
+    """
+
+    def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", slots: threading.Semaphore,
+                 triggers: TriggerQueue, freerun: FreeRun | None, counters: Counters, backoff: Backoff,
+                 stop: threading.Event) -> None:
         super().__init__(name="capture", daemon=True)
-        self.camera, self.state, self.inq, self.triggers = camera, state, inq, triggers
+        self.camera, self.state, self.inq, self.slots, self.triggers = camera, state, inq, slots, triggers
         self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
+        self._slot = False  # a slot acquired before reading a paced frame
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             if not self.state.connected and not self._reconnect():
                 continue
-            if self._idle():
+            if not self._ready():
                 continue
             try:
                 frame = self.camera.read()
             except CameraLost as e:
+                self._release()
                 self._lost(str(e))
                 continue
             except EOFError:
+                self._release()
                 log.info("camera %s: replay finished", self.state.description)
                 self.state.finished = True
                 return
             self._dispatch(frame, time.time(), time.perf_counter())
+        self._release()
 
-    def _idle(self) -> bool:
-        """A paced source (replay at fps 0) only produces a frame when one will be inspected."""
+    def _ready(self) -> bool:
+        """Live sources always read; a paced one reads when a frame is wanted and there is room."""
         if not self.camera.paced:
+            return True
+        if self.freerun is None and not self.triggers.wait(0.05):
             return False
-        if self.freerun is not None or (len(self.triggers) and not self.inq.full()):
-            return False
-        self.triggers.wait(0.05)
-        return True
+        self._slot = self.slots.acquire(timeout=0.1)
+        return self._slot
+
+    def _release(self) -> None:
+        if self._slot:
+            self._slot = False
+            self.slots.release()
 
     def _dispatch(self, frame: np.ndarray, now: float, t0: float) -> None:
         self.state.publish(frame, now)
-        if len(self.triggers) and not self.inq.full():
-            # Only this thread puts into inq, so "not full" here means put_nowait succeeds.
-            trigger = self.triggers.pop()
-            if trigger is not None:
-                self.inq.put_nowait(Job(frame, now, t0, trigger.source, trigger.id))
-                self.counters.add("triggers")
+        due = self.freerun is not None and self.freerun.due(now)
+        if not due and not len(self.triggers):
+            self._release()
             return
-        if self.freerun is None or not self.freerun.due(now):
-            return
-        job = Job(frame, now, t0, "free-run", None)
-        if self.camera.paced:
-            while not self.stop_event.is_set():
-                try:
-                    self.inq.put(job, timeout=0.1)
-                    self.counters.add("triggers")
-                    return
-                except queue.Full:
-                    continue
-            return
-        try:
-            self.inq.put_nowait(job)
-            self.counters.add("triggers")
-        except queue.Full:
-            self.counters.add("skipped_frames")
+        if not (self._slot or self.slots.acquire(blocking=False)):
+            if due:
+                self.counters.add("skipped_frames")
+            return  # pending triggers wait for room: they are never dropped
+        self._slot = False
+        trigger = self.triggers.pop()
+        if trigger is not None:
+            job = Job(frame, now, t0, trigger.source, trigger.id)
+        else:
+            job = Job(frame, now, t0, "free-run", None)
+        self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
+        self.counters.add("triggers")
 
     def _reconnect(self) -> bool:
         try:
@@ -274,14 +281,15 @@ class CaptureWorker(threading.Thread):
 class InferenceWorker(threading.Thread):
     """Judges queued frames with the current model until it reads the end marker (None)."""
 
-    def __init__(self, inq: "queue.Queue[Job | None]", outq: "queue.Queue[Decision | None]",
+    def __init__(self, inq: "queue.Queue[Job | None]", slots: threading.Semaphore, outq: "queue.Queue[Decision | None]",
                  model: Callable[[], Model], threshold: Callable[[], float], station: str, counters: Counters) -> None:
         super().__init__(name="inference", daemon=True)
-        self.inq, self.outq, self.model, self.threshold = inq, outq, model, threshold
+        self.inq, self.slots, self.outq, self.model, self.threshold = inq, slots, outq, model, threshold
         self.station, self.counters = station, counters
 
     def run(self) -> None:
         while (job := self.inq.get()) is not None:
+            self.slots.release()  # room for the next frame while this one is judged
             try:
                 decision = self.model().decide(job, self.threshold(), self.station)
             except Exception:  # one bad frame must not stop the line; it is counted and logged

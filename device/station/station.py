@@ -82,7 +82,8 @@ class Station:
         self._jpeg: tuple[float, bytes] | None = None
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
-        self._inq: queue.Queue[Job | None] = queue.Queue(config.pipeline.inference_queue)
+        self._inq: queue.Queue[Job | None] = queue.Queue()  # bounded by _slots (room for the end marker)
+        self._slots = threading.Semaphore(config.pipeline.inference_queue)
         self._outq: queue.Queue[Decision | None] = queue.Queue(config.pipeline.record_queue)
         self._actuator: Any = None
         self._gpio: GpioTrigger | None = None
@@ -114,8 +115,8 @@ class Station:
             freerun = FreeRun(c.trigger.every_n, c.trigger.rate_hz)
         self._workers = [
             RecorderWorker(self._outq, self.store, self._actuator, self.counters, self._recorded),
-            InferenceWorker(self._inq, self._outq, self._current_model, lambda: self._threshold, self.name, self.counters),
-            CaptureWorker(self._camera, self.camera_state, self._inq, self.triggers, freerun, self.counters,
+            InferenceWorker(self._inq, self._slots, self._outq, self._current_model, lambda: self._threshold, self.name, self.counters),
+            CaptureWorker(self._camera, self.camera_state, self._inq, self._slots, self.triggers, freerun, self.counters,
                           Backoff(c.camera.reconnect_initial_s, c.camera.reconnect_max_s), self._stop),
         ]
         for w in self._workers:
@@ -151,7 +152,8 @@ class Station:
         """For a non-looping replay: True once every frame has been captured and recorded."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.camera_state.finished and self._inq.empty() and self._outq.empty():
+            c = self.counters.snapshot()[0]
+            if self.camera_state.finished and c["ok"] + c["defect"] + c["retake"] + c["trigger_errors"] >= c["triggers"]:
                 return True
             time.sleep(0.05)
         return False

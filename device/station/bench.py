@@ -1,0 +1,317 @@
+"""``kenpin bench station``: the daemon's figures of issue 5, measured side by side in one run.
+
+    kenpin bench station --bundle BUNDLE_224_INT8 --replay DIR [--seconds 20] \\
+        [--triggered-seconds 60] [--memory-minutes 20] [--markdown FILE]
+
+1. Throughput: the whole pipeline (replay source paced by the pipeline, free-run, recording on)
+   against the bare ONNX Runtime rate (session.run on a prepared tensor, one thread of Python)
+   and the bare inspector (preprocess + model + reference search, no pipeline), alternated in
+   rounds so that a noisy neighbour hits all of them alike; p50/p99 latency (capture → verdict).
+2. Triggered mode: software triggers at 2x the measured pipeline rate for ``--triggered-seconds``;
+   every trigger must get exactly one recorded verdict (none lost, none doubled); the backlog is
+   reported.
+3. Memory: ``kenpin run`` as its own process for ``--memory-minutes``; its VmRSS sampled at
+   regular intervals (growth = last sample minus the first after warm-up).
+4. Pi estimate: the model's multiply-accumulates (from the ONNX graph) over published Pi rates,
+   plus the measured non-model work scaled by the same factor — an estimate, labelled so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.bundle import load_bundle
+from device.errors import KenpinError
+from device.images import list_images, read_rgb
+from device.runtime import Inspector
+from device.station.config import parse_config
+from device.station.station import Station
+
+log = logging.getLogger("kenpin.station.bench")
+
+# Published reference points (issue 5 / DESIGN.md) and the MACs of the networks they time.
+PI_REFERENCES = {
+    "Raspberry Pi 4": {"model": "MobileNetV2 1.0 224 int8 (PyTorch qnnpack)", "ms": 26.0, "gmacs": 0.300},
+    "Raspberry Pi 5": {"model": "EfficientNet-B0 224 fp32 (ncnn)", "ms": 12.0, "gmacs": 0.390},
+}
+
+
+@dataclass(frozen=True)
+class StationBenchOptions:
+    bundle: Path
+    replay: Path
+    workdir: Path
+    seconds: float = 20.0
+    triggered_seconds: float = 60.0
+    memory_minutes: float = 0.0
+    threads: int = 2
+    markdown: Path | None = None
+    rounds: int = 3
+
+
+def _frames(replay: Path, n: int = 32) -> list[np.ndarray]:
+    paths = list_images(replay)[:n]
+    if not paths:
+        raise KenpinError(f"--replay {replay}: no images found; pass a folder of PNG/JPEG parts")
+    return [read_rgb(p) for p in paths]
+
+
+def _config(opts: StationBenchOptions, name: str, mode: str = "free-run") -> Any:
+    data = opts.workdir / name
+    return parse_config(f"""
+station: {{name: bench-{name}, data_dir: {data}}}
+bundle: {{path: {opts.bundle.resolve()}, precision: int8, threads: {opts.threads}}}
+camera: {{type: replay, replay: {{folder: {opts.replay.resolve()}, fps: 0, loop: true}}}}
+trigger: {{mode: {mode}}}
+dashboard: {{enabled: false}}
+""", f"bench:{name}")
+
+
+def bare_rates(insp: Inspector, frames: list[np.ndarray], seconds: float) -> dict[str, float]:
+    """Frames/s of session.run alone and of the whole inspector (preprocess + model + search)."""
+    tensors = [insp.preprocess(f) for f in frames]
+    name = insp.session.get_inputs()[0].name
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds / 2:
+        insp.session.run(None, {name: tensors[n % len(tensors)]})
+        n += 1
+    ort_rate = n / (time.perf_counter() - t0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds / 2:
+        insp.inspect(frames[n % len(frames)])
+        n += 1
+    return {"ort_fps": ort_rate, "inspector_fps": n / (time.perf_counter() - t0)}
+
+
+def pipeline_rate(opts: StationBenchOptions, seconds: float, round_no: int) -> dict[str, Any]:
+    """Verdicts/s of the running Station (after a warm-up), with the recorded latencies."""
+    st = Station(_config(opts, f"throughput-{round_no}"))
+    st.start()
+    try:
+        time.sleep(min(2.0, seconds / 4))  # warm-up: sessions, SQLite, page cache
+        sub = st.subscribe(maxsize=1_000_000)
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        elapsed = time.perf_counter() - t0
+        st.unsubscribe(sub)
+        lat = []
+        while True:
+            try:
+                lat.append(sub.get(timeout=0).latency_ms)
+            except Exception:  # queue.Empty: drained
+                break
+        status = st.status()
+    finally:
+        st.stop()
+    lat_a = np.asarray(lat)
+    return {"fps": len(lat) / elapsed, "n": len(lat), "p50_ms": float(np.percentile(lat_a, 50)),
+            "p99_ms": float(np.percentile(lat_a, 99)), "skipped": status["counters"]["skipped_frames"]}
+
+
+def triggered_run(opts: StationBenchOptions, rate: float) -> dict[str, Any]:
+    """Software triggers at ``rate``/s for the configured time; count answers per trigger in the DB."""
+    cfg = _config(opts, "triggered", mode="software")
+    st = Station(cfg)
+    st.start()
+    sent: list[int] = []
+    max_backlog = 0
+    try:
+        period, t0 = 1.0 / rate, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < opts.triggered_seconds:
+            due = int(elapsed / period) + 1
+            while len(sent) < due:
+                sent.append(st.trigger("software"))
+            max_backlog = max(max_backlog, len(st.triggers))
+            time.sleep(min(period, 0.005))
+        send_s = time.perf_counter() - t0
+        def answered() -> int:
+            c = st.counters.snapshot()[0]
+            return c["ok"] + c["defect"] + c["retake"] + c["trigger_errors"]
+
+        drained = _wait(lambda: answered() >= len(sent), timeout=opts.triggered_seconds * 3 + 30)
+        time.sleep(0.5)
+        drain_s = time.perf_counter() - t0 - send_s
+        status = st.status()
+    finally:
+        st.stop()
+    db = sqlite3.connect(cfg.station.data_dir / "verdicts.sqlite3")
+    try:
+        counts = dict(db.execute("SELECT trigger_id, COUNT(*) FROM verdicts WHERE trigger_id IS NOT NULL "
+                                 "GROUP BY trigger_id").fetchall())
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+    lost = sum(1 for t in sent if t not in counts)
+    doubled = sum(1 for t in sent if counts.get(t, 0) > 1)
+    return {"rate_hz": rate, "seconds": round(send_s, 1), "sent": len(sent), "recorded": sum(counts.values()),
+            "lost": lost, "doubled": doubled, "refused": status["queues"]["triggers_refused"],
+            "max_backlog": max(max_backlog, status["queues"]["triggers_max_backlog"]),
+            "drain_s": round(drain_s, 1), "drained": drained, "integrity": integrity}
+
+
+def _wait(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def memory_run(opts: StationBenchOptions) -> dict[str, Any]:
+    """``kenpin run`` in its own process for the configured minutes; VmRSS sampled along the way."""
+    seconds = opts.memory_minutes * 60
+    cfg_path = opts.workdir / "memory.yaml"
+    cfg_path.write_text(f"""station: {{name: bench-memory, data_dir: {(opts.workdir / 'memory').resolve()}}}
+bundle: {{path: {opts.bundle.resolve()}, precision: int8, threads: {opts.threads}}}
+camera: {{type: replay, replay: {{folder: {opts.replay.resolve()}, fps: 0, loop: true}}}}
+dashboard: {{enabled: false}}
+""")
+    logf = open(opts.workdir / "memory-daemon.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "kenpin.cli", "run", "--config", str(cfg_path),
+                             "--duration", str(seconds + 5)], stdout=logf, stderr=subprocess.STDOUT)
+    interval = 60.0 if seconds >= 600 else max(seconds / 10, 5.0)
+    samples: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - t0) <= seconds and proc.poll() is None:
+            rss = _rss_mb(proc.pid)
+            if rss is not None:
+                samples.append((round(elapsed, 1), round(rss, 1)))
+            time.sleep(interval)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+        logf.close()
+    if len(samples) < 3:
+        raise KenpinError(f"memory run: the daemon ended early (exit {rc}); see {opts.workdir / 'memory-daemon.log'}")
+    after_warmup = samples[1:]
+    return {"minutes": opts.memory_minutes, "samples": samples, "peak_mb": max(s[1] for s in samples),
+            "growth_mb": round(after_warmup[-1][1] - after_warmup[0][1], 1), "exit": rc}
+
+
+def model_gmacs(model: Path) -> float | None:
+    """Multiply-accumulates of one run of an ONNX model's Conv/MatMul/Gemm nodes (needs onnx)."""
+    try:
+        import onnx
+        from onnx import shape_inference
+    except ImportError:
+        return None
+    m = shape_inference.infer_shapes(onnx.load(str(model)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
+    inits = {i.name: list(i.dims) for i in m.graph.initializer}
+    macs = 0
+    for node in m.graph.node:
+        if node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in inits:
+            out = shapes[node.output[0]]
+            w = inits[node.input[1]]  # (Cout, Cin/groups, kh, kw)
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+    return macs / 1e9 if macs else None
+
+
+def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dict[str, Any]:
+    """Parts/s on a Pi 4 and 5: model time from MACs at the published rates, the rest scaled alike."""
+    out = {}
+    other_ms = max(frame_ms_here - model_ms_here, 0.0)
+    for board, ref in PI_REFERENCES.items():
+        rate = ref["gmacs"] / ref["ms"]  # GMAC per ms the published run achieved
+        model_ms = gmacs / rate
+        factor = model_ms / model_ms_here
+        total = model_ms + other_ms * factor
+        out[board] = {"reference": f"{ref['model']} ≈ {ref['ms']} ms", "model_ms": round(model_ms, 1),
+                      "other_ms": round(other_ms * factor, 1), "parts_per_s": round(1000 / total, 1)}
+    return out
+
+
+def run_station_bench(opts: StationBenchOptions) -> int:
+    """Run the figures and print (and optionally write) them as Markdown; exit 0."""
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(opts.bundle)
+    frames = _frames(opts.replay)
+    insp = Inspector(bundle, "int8", opts.threads)
+    bare, pipe = [], []
+    for r in range(opts.rounds):  # alternate, so machine noise hits both
+        bare.append(bare_rates(insp, frames, opts.seconds / opts.rounds))
+        pipe.append(pipeline_rate(opts, opts.seconds / opts.rounds, r))
+        print(f"round {r + 1}: bare ORT {bare[-1]['ort_fps']:.1f}/s, inspector {bare[-1]['inspector_fps']:.1f}/s, "
+              f"pipeline {pipe[-1]['fps']:.1f}/s (p50 {pipe[-1]['p50_ms']:.1f} ms, p99 {pipe[-1]['p99_ms']:.1f} ms)",
+              flush=True)
+    ort_fps = float(np.median([b["ort_fps"] for b in bare]))
+    insp_fps = float(np.median([b["inspector_fps"] for b in bare]))
+    best = sorted(pipe, key=lambda p: p["fps"])[len(pipe) // 2]  # the median round
+    res: dict[str, Any] = {"bundle": bundle.bundle_id, "input": [bundle.preprocess.width, bundle.preprocess.height],
+                           "threads": opts.threads, "ort_fps": round(ort_fps, 1), "inspector_fps": round(insp_fps, 1),
+                           "pipeline": best, "rounds": {"bare": bare, "pipeline": pipe}}
+    res["ratio_vs_ort"] = round(best["fps"] / ort_fps, 3)
+    res["ratio_vs_inspector"] = round(best["fps"] / insp_fps, 3)
+    res["p99_over_p50"] = round(best["p99_ms"] / best["p50_ms"], 2)
+    rate = 2 * best["fps"]
+    if opts.triggered_seconds > 0:
+        print(f"triggered run: {rate:.0f} triggers/s (2x the pipeline rate) for {opts.triggered_seconds:.0f} s", flush=True)
+        res["triggered"] = triggered_run(opts, rate)
+    if opts.memory_minutes > 0:
+        print(f"memory run: kenpin run for {opts.memory_minutes:g} min", flush=True)
+        res["memory"] = memory_run(opts)
+    gmacs = model_gmacs(insp.variant.model.parent / "embedder_fp32.onnx") or model_gmacs(insp.variant.model)
+    if gmacs:
+        res["gmacs"] = round(gmacs, 3)
+        res["pi_estimate"] = pi_estimate(gmacs, 1000 / ort_fps, 1000 / best["fps"])
+    (opts.workdir / "station-bench.json").write_text(json.dumps(res, indent=2))
+    md = to_markdown(res)
+    print(md)
+    if opts.markdown:
+        opts.markdown.write_text(md)
+    return 0
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    """The results as the Markdown recorded in BENCHMARKS.md."""
+    p = res["pipeline"]
+    lines = [f"Bundle {res['bundle']} (int8, {res['input'][0]} px), {res['threads']} ORT threads, replay source.", "",
+             "| figure | measured | target |", "|---|---|---|",
+             f"| bare ONNX Runtime (session.run only) | {res['ort_fps']:.1f} frames/s | — |",
+             f"| bare inspector (preprocess + model + search) | {res['inspector_fps']:.1f} frames/s | — |",
+             f"| whole pipeline (capture → verdict → record) | {p['fps']:.1f} verdicts/s | — |",
+             f"| pipeline / bare ORT | {res['ratio_vs_ort']:.2f} | ≥ 0.90 |",
+             f"| pipeline / bare inspector | {res['ratio_vs_inspector']:.2f} | — |",
+             f"| latency p50 / p99 (capture → verdict) | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms "
+             f"(p99/p50 {res['p99_over_p50']:.2f}) | p99 ≤ 2× p50 |"]
+    if "triggered" in res:
+        t = res["triggered"]
+        lines.append(f"| triggered at {t['rate_hz']:.0f}/s (2× pipeline) for {t['seconds']:.0f} s | {t['sent']} sent, "
+                     f"{t['recorded']} recorded, {t['lost']} lost, {t['doubled']} doubled, max backlog "
+                     f"{t['max_backlog']}, drained in {t['drain_s']:.0f} s, DB {t['integrity']} | 0 lost, 0 doubled |")
+    if "memory" in res:
+        m = res["memory"]
+        lines.append(f"| daemon RSS over {m['minutes']:g} min ({len(m['samples'])} samples) | peak {m['peak_mb']:.0f} MB, "
+                     f"growth {m['growth_mb']:+.1f} MB after warm-up | ≤ 300 MB, no growth |")
+    if "pi_estimate" in res:
+        lines += ["", f"Pi estimate (an ESTIMATE, not a measurement): model {res['gmacs']:.2f} GMAC per frame.", "",
+                  "| board | published reference | est. model ms | est. other ms | est. parts/s |", "|---|---|---|---|---|"]
+        for board, e in res["pi_estimate"].items():
+            lines.append(f"| {board} | {e['reference']} | {e['model_ms']} | {e['other_ms']} | {e['parts_per_s']} |")
+    return "\n".join(lines) + "\n"
+
