@@ -1,8 +1,9 @@
-"""The three workers of the station: capture → inference → recording, joined by bounded queues.
+"""The workers of the station: capture → embed → score → record, joined by bounded queues.
 
 Capture reads frames, keeps the newest for the live view and hands the frames to inspect to
 inference (free-run skips under load and counts it; triggered modes never skip a trigger).
-Inference judges a frame with the current model (a bundle swap takes effect between two parts).
+Capture also preprocesses; the model runs in its own stage and the reference search and decision
+in the next, so on a multi-core Pi they overlap (a bundle swap takes effect between two parts).
 The recorder makes the verdict durable, then fires the actuator, logs the verdict line and tells
 subscribers — in that order, so nothing is acknowledged before it is recorded.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from device.bundle import Bundle
 from device.errors import KenpinError
 from device.runtime import Inspector
-from device.scoring import heatmap, image_score
+from device.scoring import heatmap, image_score, patches_from_map
 from device.station.camera import Backoff, Camera, CameraLost
 from device.station.record import VerdictRecord
 from device.station.triggers import FreeRun, TriggerQueue
@@ -39,6 +40,9 @@ class Job:
     t0: float  # perf_counter at capture (latency origin)
     source: str
     trigger_id: int | None
+    model: "Model | None" = None  # the model current when the frame was taken (a swap applies to the next)
+    tensor: np.ndarray | None = None  # preprocessed (capture stage)
+    patches: np.ndarray | None = None  # embedded (embed stage)
 
 
 @dataclass
@@ -96,13 +100,26 @@ class Model:
                 "quality_gate": self.gate is not None,
                 "figures": {"calibration": v.get("calibration"), "evaluation": v.get("evaluation")}}
 
+    def prepare(self, job: Job) -> None:
+        """Capture stage: the model's input tensor."""
+        job.tensor = self.inspector.preprocess(job.frame)
+
+    def embed(self, job: Job) -> None:
+        """Embed stage: ONNX Runtime only, so the model runs back to back."""
+        insp = self.inspector
+        job.patches = patches_from_map(insp.session.run(None, {insp.session.get_inputs()[0].name: job.tensor})[0])
+        job.tensor = None
+
     def decide(self, job: Job, threshold: float, station: str) -> Decision:
-        """Verdict for one frame: quality gate first, then the anomaly score against ``threshold``."""
+        """Score stage: quality gate, then the anomaly score of the embedded frame against ``threshold``."""
         quality = None
         if self.gate is not None:
             quality = float(self.gate.score(job.frame))
         insp = self.inspector
-        scores = insp.scorer.distances(insp.embed(job.frame))
+        if job.patches is None:  # not pipelined (direct use): embed here
+            self.prepare(job)
+            self.embed(job)
+        scores = insp.scorer.distances(job.patches)
         raw = image_score(scores)
         norm = insp.variant.normalization
         score = float(norm(raw))
@@ -195,8 +212,9 @@ class CaptureWorker(threading.Thread):
 
     def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", slots: threading.Semaphore,
                  triggers: TriggerQueue, freerun: FreeRun | None, counters: Counters, backoff: Backoff,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, model: Callable[[], "Model"]) -> None:
         super().__init__(name="capture", daemon=True)
+        self.model = model
         self.camera, self.state, self.inq, self.slots, self.triggers = camera, state, inq, slots, triggers
         self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
         self._slot = False  # a slot acquired before reading a paced frame
@@ -251,8 +269,16 @@ class CaptureWorker(threading.Thread):
             job = Job(frame, now, t0, trigger.source, trigger.id)
         else:
             job = Job(frame, now, t0, "free-run", None)
-        self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
         self.counters.add("triggers")
+        job.model = self.model()
+        try:
+            job.model.prepare(job)  # here, so that preprocessing overlaps the model's run
+        except Exception:  # e.g. a frame OpenCV cannot resize: counted, logged, the line goes on
+            self.slots.release()
+            self.counters.add("trigger_errors")
+            log.exception("preprocessing failed for trigger %s (%s)", job.trigger_id, job.source)
+            return
+        self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
 
     def _reconnect(self) -> bool:
         try:
@@ -278,23 +304,42 @@ class CaptureWorker(threading.Thread):
         self.stop_event.wait(self.backoff.next())
 
 
-class InferenceWorker(threading.Thread):
-    """Judges queued frames with the current model until it reads the end marker (None)."""
+class EmbedWorker(threading.Thread):
+    """Runs the model on queued frames, back to back, until it reads the end marker (None)."""
 
-    def __init__(self, inq: "queue.Queue[Job | None]", slots: threading.Semaphore, outq: "queue.Queue[Decision | None]",
-                 model: Callable[[], Model], threshold: Callable[[], float], station: str, counters: Counters) -> None:
-        super().__init__(name="inference", daemon=True)
-        self.inq, self.slots, self.outq, self.model, self.threshold = inq, slots, outq, model, threshold
-        self.station, self.counters = station, counters
+    def __init__(self, inq: "queue.Queue[Job | None]", slots: threading.Semaphore, midq: "queue.Queue[Job | None]",
+                 counters: Counters) -> None:
+        super().__init__(name="embed", daemon=True)
+        self.inq, self.slots, self.midq, self.counters = inq, slots, midq, counters
 
     def run(self) -> None:
         while (job := self.inq.get()) is not None:
-            self.slots.release()  # room for the next frame while this one is judged
+            self.slots.release()  # room for the next frame while this one is embedded
             try:
-                decision = self.model().decide(job, self.threshold(), self.station)
+                job.model.embed(job)
             except Exception:  # one bad frame must not stop the line; it is counted and logged
                 self.counters.add("trigger_errors")
-                log.exception("inference failed for trigger %s (%s)", job.trigger_id, job.source)
+                log.exception("model failed for trigger %s (%s)", job.trigger_id, job.source)
+                continue
+            self.midq.put(job)
+        self.midq.put(None)
+
+
+class ScoreWorker(threading.Thread):
+    """Scores embedded frames (reference search, threshold, heat map) into decisions."""
+
+    def __init__(self, midq: "queue.Queue[Job | None]", outq: "queue.Queue[Decision | None]",
+                 threshold: Callable[[], float], station: str, counters: Counters) -> None:
+        super().__init__(name="score", daemon=True)
+        self.midq, self.outq, self.threshold, self.station, self.counters = midq, outq, threshold, station, counters
+
+    def run(self) -> None:
+        while (job := self.midq.get()) is not None:
+            try:
+                decision = job.model.decide(job, self.threshold(), self.station)
+            except Exception:  # as above: counted and logged
+                self.counters.add("trigger_errors")
+                log.exception("scoring failed for trigger %s (%s)", job.trigger_id, job.source)
                 continue
             self.outq.put(decision)
         self.outq.put(None)

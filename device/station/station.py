@@ -1,8 +1,8 @@
 """The Station: one object that starts the workers and answers the dashboard, metrics and MQTT.
 
-Start-up opens things in order (store, model, actuator, recorder, inference, camera, triggers)
-and ``stop`` closes them in reverse, so the part in flight is finished and recorded before the
-store closes.
+Start-up opens things in order (store, camera, model, actuator, recorder, score, embed, capture,
+triggers) and ``stop`` closes them in reverse, so the parts in flight are finished and recorded
+before the store closes.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from device.errors import KenpinError
 from device.station.actuator import make_actuator
 from device.station.camera import Backoff, Camera, CameraLost, make_camera
 from device.station.config import StationConfig
-from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decision, InferenceWorker, Job, Model,
-                                     RecorderWorker, choose_precision)
+from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decision, EmbedWorker, Job, Model,
+                                     RecorderWorker, ScoreWorker, choose_precision)
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
 from device.station.triggers import FreeRun, GpioTrigger, TriggerQueue
@@ -84,6 +84,7 @@ class Station:
         self._workers: list[threading.Thread] = []
         self._inq: queue.Queue[Job | None] = queue.Queue()  # bounded by _slots (room for the end marker)
         self._slots = threading.Semaphore(config.pipeline.inference_queue)
+        self._midq: queue.Queue[Job | None] = queue.Queue(2)
         self._outq: queue.Queue[Decision | None] = queue.Queue(config.pipeline.record_queue)
         self._actuator: Any = None
         self._gpio: GpioTrigger | None = None
@@ -91,7 +92,7 @@ class Station:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the camera and the model, then start recorder, inference and capture, in that order."""
+        """Open the camera and the model, then start recorder, score, embed and capture, in that order."""
         try:
             self._camera.open()
         except CameraLost as e:
@@ -115,9 +116,11 @@ class Station:
             freerun = FreeRun(c.trigger.every_n, c.trigger.rate_hz)
         self._workers = [
             RecorderWorker(self._outq, self.store, self._actuator, self.counters, self._recorded),
-            InferenceWorker(self._inq, self._slots, self._outq, self._current_model, lambda: self._threshold, self.name, self.counters),
+            ScoreWorker(self._midq, self._outq, lambda: self._threshold, self.name, self.counters),
+            EmbedWorker(self._inq, self._slots, self._midq, self.counters),
             CaptureWorker(self._camera, self.camera_state, self._inq, self._slots, self.triggers, freerun, self.counters,
-                          Backoff(c.camera.reconnect_initial_s, c.camera.reconnect_max_s), self._stop),
+                          Backoff(c.camera.reconnect_initial_s, c.camera.reconnect_max_s), self._stop,
+                          self._current_model),
         ]
         for w in self._workers:
             w.start()
@@ -135,11 +138,11 @@ class Station:
         if self._gpio is not None:
             self._gpio.close()
         self._stop.set()
-        capture, inference, recorder = self._workers[2], self._workers[1], self._workers[0]
+        recorder, score, embed, capture = self._workers
         capture.join(timeout)
         self._inq.put(None)  # after the queued frames: they are finished, not dropped
-        inference.join(timeout)
-        recorder.join(timeout)
+        for w in (embed, score, recorder):  # each passes the end marker on when done
+            w.join(timeout)
         if len(self.triggers):
             log.warning("stopping with %d triggers not yet answered", len(self.triggers))
         self._camera.close()
@@ -327,7 +330,7 @@ class Station:
             "counters": counters,
             "queues": {"triggers_pending": len(self.triggers), "triggers_max_backlog": self.triggers.max_seen,
                        "triggers_refused": self.triggers.refused, "inference": self._inq.qsize(),
-                       "record": self._outq.qsize(), "subscribers": len(self._subs),
+                       "score": self._midq.qsize(), "record": self._outq.qsize(), "subscribers": len(self._subs),
                        "subscriber_dropped": sum(s.dropped for s in self._subs)},
             "processing_ms": processing,
             "store": self.store.health(),
