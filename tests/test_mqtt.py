@@ -208,3 +208,12 @@ def test_bad_mqtt_settings_are_named():
     with pytest.raises(KenpinError, match=r"mqtt\.password_file"):
         MqttSettings.from_dict({"password_file": "/nonexistent/pw"}, "st.yaml")
     assert MqttSettings.from_dict({"status_interval_s": 5}).status_interval_s == 5.0
+
+
+def test_documented_mqtt_block_is_valid_and_off():
+    from device.station.config import load_config
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "station.yaml"
+    settings = MqttSettings.from_dict(load_config(example).mqtt, str(example))
+    assert settings == MqttSettings(enabled=False)  # every other value shown is the default
+    assert start_publisher(None, load_config(example).mqtt) is None
