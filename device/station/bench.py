@@ -249,6 +249,9 @@ def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dic
 def run_station_bench(opts: StationBenchOptions) -> int:
     """Run the figures and print (and optionally write) them as Markdown; exit 0."""
     opts.workdir.mkdir(parents=True, exist_ok=True)
+    # No verdict lines from the in-process stations on the terminal (they would be thousands);
+    # the memory run's daemon logs them as in service.
+    logging.getLogger("kenpin.station").setLevel(logging.WARNING)
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
     insp = Inspector(bundle, "int8", opts.threads)

@@ -84,7 +84,7 @@ class Station:
         self._workers: list[threading.Thread] = []
         self._inq: queue.Queue[Job | None] = queue.Queue()  # bounded by _slots (room for the end marker)
         self._slots = threading.Semaphore(config.pipeline.inference_queue)
-        self._midq: queue.Queue[Job | None] = queue.Queue(2)
+        self._midq: queue.Queue[Job | None] = queue.Queue(1)
         self._outq: queue.Queue[Decision | None] = queue.Queue(config.pipeline.record_queue)
         self._actuator: Any = None
         self._gpio: GpioTrigger | None = None
