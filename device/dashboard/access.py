@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from device.dashboard.auth import SESSION_COOKIE, FailureLimiter, Sessions, bearer, verify_token
 from device.dashboard.settings import DashboardSettings
@@ -48,12 +49,16 @@ def who(request: Request) -> str:
     return f"dashboard {host}"
 
 
-def require_view(request: Request) -> None:
-    """Open viewing passes; under ``view: token`` a session cookie or a valid Bearer token is needed."""
+async def require_view(request: Request) -> None:
+    """Open viewing passes; under ``view: token`` a session cookie or a valid Bearer token is needed.
+
+    Async so the common case (open, or a session cookie) costs no thread hop on every live-frame
+    poll; the slow hash of a presented token runs in the thread pool."""
     access = _access(request)
     if access.settings.view == "open" or access.sessions.valid(request.cookies.get(SESSION_COOKIE)):
         return
-    if access.role_of(bearer(request.headers.get("authorization"))) is None:
+    token = bearer(request.headers.get("authorization"))
+    if await run_in_threadpool(access.role_of, token) is None:
         raise HTTPException(401, "this station's dashboard needs a token to view; log in first",
                             headers={"WWW-Authenticate": "Bearer"})
 

@@ -56,13 +56,16 @@ async def events(request: Request) -> StreamingResponse:
             yield "retry: 2000\n\n"
             while True:
                 try:
-                    payload = await asyncio.wait_for(q.get(), timeout=PING_S)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(PING_S):  # no extra task per event, unlike wait_for
+                        chunk = await q.get()
+                    while not q.empty():  # whatever piled up goes out in one write
+                        chunk += q.get_nowait()
+                except TimeoutError:
                     if await request.is_disconnected():
                         break
                     yield ": ping\n\n"
                     continue
-                yield f"event: verdict\ndata: {payload}\n\n"
+                yield chunk
         finally:
             hub.disconnect(q)
 
