@@ -74,7 +74,7 @@ class GradeSpec:
     """The grade ranker learnt from an operator file."""
 
     input: RankerInput = field(default_factory=lambda: RankerInput(128, 0))
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=800))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=800, width=16))
 
 
 @dataclass(frozen=True)
