@@ -270,3 +270,13 @@ def test_metrics_and_hash_token_cli(client, capsys, monkeypatch):
     stored = capsys.readouterr().out.strip()
     assert verify_token("a-long-enough-token", stored) and "a-long-enough-token" not in stored
     DashboardSettings.from_dict({"token_hash": stored})  # what it prints is accepted by the config
+
+
+def test_example_config_dashboard_block_is_valid():
+    from pathlib import Path
+
+    from device.station.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "station.yaml"
+    settings = DashboardSettings.from_dict(load_config(path).dashboard, str(path))
+    assert settings.host == "0.0.0.0" and settings.view == "open" and settings.token_hash is None

@@ -19,8 +19,12 @@ PING_S = 15.0  # keeps proxies and the browser from closing an idle stream
 @router.get("/live.jpg", summary="The camera's latest frame (JPEG)",
             responses={200: {"content": {"image/jpeg": {}}}, 204: {"description": "no frame yet"},
                        304: {"description": "unchanged since the ETag sent in If-None-Match"}})
-def live_frame(request: Request) -> Response:
-    """The latest frame; ``ETag`` lets a page polling faster than the camera skip the bytes."""
+async def live_frame(request: Request) -> Response:
+    """The latest frame; ``ETag`` lets a page polling faster than the camera skip the bytes.
+
+    Async: twenty pages polling several times a second should not each cost a thread hop. The
+    station caches the JPEG and re-encodes it at most ``pipeline.live_jpeg_hz`` times a second,
+    so the rare encode on the event loop is short."""
     latest = request.app.state.station.latest_frame()
     if latest is None:  # 204, not an error: a page opened before the first frame stays quiet
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
@@ -53,7 +57,7 @@ async def events(request: Request) -> StreamingResponse:
 
     async def stream():
         try:
-            yield "retry: 2000\n\n"
+            yield b"retry: 2000\n\n"
             while True:
                 try:
                     async with asyncio.timeout(PING_S):  # no extra task per event, unlike wait_for
@@ -63,7 +67,7 @@ async def events(request: Request) -> StreamingResponse:
                 except TimeoutError:
                     if await request.is_disconnected():
                         break
-                    yield ": ping\n\n"
+                    yield b": ping\n\n"
                     continue
                 yield chunk
         finally:
