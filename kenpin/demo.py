@@ -1,10 +1,13 @@
 """``kenpin demo``: the whole path on a generated sample line, no camera, GPU or download.
 
 Generates a deterministic line of procedural parts (good ones and six kinds of defects), trains
-on its good parts, exports the int8 bundle, inspects the held-out parts and prints the summary.
+on its good parts, exports the int8 bundle, inspects the held-out parts and prints the summary;
+then runs the station daemon on a replay of held-out parts with that bundle (a bounded run) and
+prints its counts.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +36,56 @@ def run_demo(workdir: Path, seed: int = 0) -> int:
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     spec = LineSpec(seed=seed)
-    print(f"[1/3] generating the sample line (seed {seed}) in {workdir / 'line'}", flush=True)
+    print(f"[1/4] generating the sample line (seed {seed}) in {workdir / 'line'}", flush=True)
     line = generate_line(workdir / "line", spec)
-    print("[2/3] training on train/good, exporting the int8 bundle", flush=True)
+    print("[2/4] training on train/good, exporting the int8 bundle", flush=True)
     bundle = workdir / "bundle"
     train_and_report(line, bundle, demo_recipe())
-    print("[3/3] inspecting the held-out parts with the int8 bundle", flush=True)
+    print("[3/4] inspecting the held-out parts with the int8 bundle", flush=True)
     evaluate_and_report(bundle, line, "int8", workdir / "eval.json", workdir / "report")
+    print("[4/4] running the station daemon on a replay of held-out parts", flush=True)
+    run_station(workdir, line, bundle)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; metrics: {workdir / 'eval.json'}")
     return 0
+
+
+def replay_folder(line: Path, dest: Path, per_kind: int = 4) -> Path:
+    """A replay folder of held-out parts: a few of every kind, interleaved, in name order."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    kinds = sorted(p for p in (line / "test").iterdir() if p.is_dir())
+    for kind in kinds:
+        for i, src in enumerate(sorted(kind.iterdir())[:per_kind]):
+            shutil.copy(src, dest / f"{i:03d}_{kind.name}_{src.name}")
+    return dest
+
+
+def station_yaml(workdir: Path, bundle: Path, replay: Path) -> Path:
+    """The demo's station config (a replay camera that stops at its last image)."""
+    path = workdir / "station.yaml"
+    path.write_text(f"""# Written by `kenpin demo`; every key is documented in configs/station.yaml.
+station: {{name: demo-line, data_dir: {(workdir / 'station-data').resolve()}}}
+bundle: {{path: {bundle.resolve()}, precision: auto}}
+camera: {{type: replay, replay: {{folder: {replay.resolve()}, fps: 0, loop: false}}}}
+record: {{ok_image_fraction: 0.1}}
+dashboard: {{enabled: false}}
+""")
+    return path
+
+
+def run_station(workdir: Path, line: Path, bundle: Path) -> None:
+    """``kenpin run`` on the replay, in this process, until the replay ends; print its counts."""
+    from device.station.config import load_config
+    from device.station.service import RunOptions, serve
+    from device.station.station import Station
+
+    config = station_yaml(workdir, bundle, replay_folder(line, workdir / "replay"))
+    cfg = load_config(config)
+    station = Station(cfg)
+    station.start()
+    serve(station, cfg, RunOptions(duration_s=120, with_dashboard=False))
+    c, ms = station.counters.snapshot()
+    print(f"station: {c['triggers']} parts inspected: {c['ok']} ok, {c['defect']} defect, {c['retake']} retake, "
+          f"{c['trigger_errors']} errors; latency p50 {ms['p50']} ms; verdict log {cfg.station.data_dir}")
+    print(f"next: kenpin run --config {config}   (set camera.replay.loop: true and dashboard.enabled: true to watch it)")
