@@ -328,3 +328,11 @@ def test_records_at_line_rate_with_reject_images(tmp_path):
     rate = 300 / (time.perf_counter() - t)
     s.close()
     assert rate >= 100, f"{rate:.0f} verdicts/s"
+
+
+def test_record_many_commits_a_group_at_once(tmp_path):
+    s = VerdictStore(tmp_path, ok_image_fraction=0.0)
+    out = s.record_many([(rec("ok", t=T0 + i), None, None) for i in range(3)] + [(rec("defect", 0.9), frame(), None)])
+    assert [r.id for r in out] == [1, 2, 3, 4] and out[3].frame_ref and s.image_path(out[3].frame_ref).is_file()
+    assert sqlite3.connect(s.db_path).execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 4
+    s.close()

@@ -76,6 +76,7 @@ class VerdictStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._faults: dict[str, str] = {}  # kind → reason, while that kind is failing
+        self._fault_lock = threading.Lock()  # health() reads faults from other threads
         self.failures = {"db": 0, "images": 0, "retention": 0}
         self._images = self._open_images()
         self._db: sqlite3.Connection | None = self._open_writer()
@@ -119,7 +120,7 @@ class VerdictStore:
         rows = self._db.execute(f"SELECT frame_ref, heatmap_ref FROM verdicts WHERE {KEPT}").fetchall()
         self._images.sweep({ref for row in rows for ref in row if ref})
         if self._images.bytes > self.budget_bytes:
-            self._enforce_budget(keep_id=None)
+            self._enforce_budget(keep_from=None)
 
     # ---- writing -------------------------------------------------------------------------------
 
@@ -130,22 +131,45 @@ class VerdictStore:
         Returns the record with ``id`` and image refs; ``id`` is None if the database could not be
         written (health() then says why). Never raises for disk or database errors.
         """
+        return self.record_many([(rec, frame_rgb, heatmap)])[0]
+
+    def record_many(self, items: list[tuple[VerdictRecord, np.ndarray | None, np.ndarray | None]]
+                    ) -> list[VerdictRecord]:
+        """``record`` for several verdicts in one transaction: one fsync for all (group commit).
+
+        A recorder that finds several verdicts waiting can record them together when the disk's
+        sync time, not the work, limits the rate (an SD card). All or none are committed.
+        """
         with self._lock:
             db = self._writer()
-            frame_ref, heatmap_ref = self._keep_images(rec, frame_rgb, heatmap)
-            rec = replace(rec, id=None, frame_ref=frame_ref, heatmap_ref=heatmap_ref)
+            recs = []
+            for rec, frame_rgb, heatmap in items:
+                frame_ref, heatmap_ref = self._keep_images(rec, frame_rgb, heatmap)
+                recs.append(replace(rec, id=None, frame_ref=frame_ref, heatmap_ref=heatmap_ref))
             try:
-                cur = db.execute(f"INSERT INTO verdicts ({', '.join(COLUMNS)}) VALUES "
-                                 f"({', '.join('?' * len(COLUMNS))})", [getattr(rec, c) for c in COLUMNS])
+                ids = self._insert(db, recs)
             except sqlite3.Error as e:
-                self._fail("db", f"verdict not recorded in {self.db_path}: {e}")
-                self._images.delete([r for r in (frame_ref, heatmap_ref) if r])
-                return replace(rec, frame_ref=None, heatmap_ref=None)
-            self._faults.pop("db", None)
-            rec = replace(rec, id=cur.lastrowid)
+                self._fail("db", f"{len(recs)} verdict(s) not recorded in {self.db_path}: {e}")
+                self._images.delete([r for rec in recs for r in (rec.frame_ref, rec.heatmap_ref) if r])
+                return [replace(rec, frame_ref=None, heatmap_ref=None) for rec in recs]
+            self._ok("db")
+            recs = [replace(rec, id=i) for rec, i in zip(recs, ids)]
             if self._images.bytes > self.budget_bytes:
-                self._enforce_budget(keep_id=rec.id)
-            return rec
+                self._enforce_budget(keep_from=ids[0])
+            return recs
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, recs: list[VerdictRecord]) -> list[int]:
+        sql = f"INSERT INTO verdicts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [db.execute(sql, [getattr(rec, c) for c in COLUMNS]).lastrowid for rec in recs]
+            db.execute("COMMIT")  # durable here: WAL + synchronous=FULL syncs the log on commit
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return ids
 
     def _wants_images(self, rec: VerdictRecord) -> bool:
         # Drawn for every ok part, so the sampled set depends only on the seed and the sequence.
@@ -176,24 +200,25 @@ class VerdictStore:
         except (OSError, ValueError) as e:
             self._fail("images", f"{kind} image not kept in {self._images.root}: {e}")
             return None
-        self._faults.pop("images", None)
+        self._ok("images")
         return ref
 
-    def _enforce_budget(self, keep_id: int | None) -> None:
-        """Free image bytes: oldest ok images first, then oldest rejects. Rows stay, refs become NULL."""
+    def _enforce_budget(self, keep_from: int | None) -> None:
+        """Free image bytes: oldest ok images first, then oldest rejects. Rows stay, refs become NULL.
+        Rows from ``keep_from`` on were just recorded: their refs are being returned, so they stay."""
         target = int(self.budget_bytes * RETENTION_TARGET)
         try:
             for ok_only in (True, False):
-                while self._images.bytes > target and self._drop_oldest(ok_only, keep_id, target):
+                while self._images.bytes > target and self._drop_oldest(ok_only, keep_from, target):
                     pass
-            self._faults.pop("retention", None)
+            self._ok("retention")
         except (sqlite3.Error, OSError) as e:
             self._fail("retention", f"image retention failed in {self.data_dir}: {e}")
 
-    def _drop_oldest(self, ok_only: bool, keep_id: int | None, target: int, batch: int = 64) -> bool:
+    def _drop_oldest(self, ok_only: bool, keep_from: int | None, target: int, batch: int = 64) -> bool:
         which = "verdict = 'ok'" if ok_only else "verdict IN ('ok', 'defect', 'retake')"
         rows = self._db.execute(f"SELECT id, frame_ref, heatmap_ref FROM verdicts WHERE {which} AND {KEPT} "
-                                f"AND id != ? ORDER BY id LIMIT ?", (keep_id or -1, batch)).fetchall()
+                                f"AND id < ? ORDER BY id LIMIT ?", (keep_from or 2**62, batch)).fetchall()
         rows = rows[:self._rows_covering(rows, self._images.bytes - target)]
         if not rows:
             return False
@@ -231,8 +256,13 @@ class VerdictStore:
                                   f"free disk space in {self.data_dir}") from e
 
     def _fail(self, kind: str, reason: str) -> None:
-        self.failures[kind] += 1
-        self._faults[kind] = reason
+        with self._fault_lock:
+            self.failures[kind] += 1
+            self._faults[kind] = reason
+
+    def _ok(self, kind: str) -> None:
+        with self._fault_lock:
+            self._faults.pop(kind, None)
 
     def _writer(self) -> sqlite3.Connection:
         if self._db is None:
@@ -363,11 +393,12 @@ class VerdictStore:
             free = self._images.disk_free()
         except OSError:
             free = None
-        faults = dict(self._faults)
+        with self._fault_lock:
+            faults, failures = dict(self._faults), dict(self.failures)
         return {"db_path": str(self.db_path), "db_bytes": db_bytes, "images_dir": str(self._images.root),
                 "images_bytes": self._images.bytes, "image_budget_bytes": self.budget_bytes,
                 "disk_free_bytes": free, "degraded": bool(faults),
-                "reason": "; ".join(faults.values()) or None, "failures": dict(self.failures)}
+                "reason": "; ".join(faults.values()) or None, "failures": failures}
 
     def close(self) -> None:
         """Close every connection (idempotent). WAL content stays valid; the next open replays it."""
