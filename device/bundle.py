@@ -17,11 +17,17 @@ from device.errors import BundleError
 from device.errors import KenpinError
 from device.preprocess import Preprocess
 from device.quality import ROLES, RankerInput
-from device.scoring import Normalization
+from device.scoring import Fusion, Normalization, TextureModel
 
 MANIFEST = "manifest.json"
 SCHEMA = "kenpin.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this runtime reads; 2 added the texture model (image score fusion)
+
+
+def schema_version_for(body: dict[str, Any]) -> int:
+    """The oldest schema that describes ``body``: a runtime older than that would score it wrongly."""
+    variants = body.get("variants", {})
+    return 2 if any("texture" in v for v in variants.values() if isinstance(v, dict)) else 1
 PRECISIONS = ("int8", "fp32")
 
 
@@ -53,6 +59,8 @@ class Variant:
     normalization: Normalization
     grid: tuple[int, int]
     dim: int
+    texture: TextureModel | None = None  # with ``fusion``: the image score also weighs texture
+    fusion: Fusion | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +156,28 @@ def _variant(root: Path, manifest: dict[str, Any], precision: str, spec: dict[st
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{where}: threshold/scale missing or invalid ({e})") from None
     grid = (int(spec["output_shape"][2]), int(spec["output_shape"][3]))
-    return Variant(precision, root / spec["model"], bank_path, norm, grid, dim)
+    texture, fusion = _texture(root, manifest, where, spec, dim)
+    return Variant(precision, root / spec["model"], bank_path, norm, grid, dim, texture, fusion)
+
+
+def _texture(root: Path, manifest: dict[str, Any], where: str, spec: dict[str, Any],
+             dim: int) -> tuple[TextureModel | None, Fusion | None]:
+    """The optional texture model (``texture``: an .npz with mean and precision) and its ``fusion``."""
+    if "texture" not in spec:
+        return None, None
+    name = spec["texture"]
+    if name not in manifest["files"]:
+        raise BundleError(f"{where}.texture = {name!r} is not a file listed in 'files'")
+    try:
+        with np.load(root / name) as z:
+            texture = TextureModel(z["mean"].astype(np.float64), z["precision"].astype(np.float64))
+        fusion = Fusion(**{k: float(v) for k, v in spec["fusion"].items()})
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise BundleError(f"{where}: texture model or fusion missing or invalid ({e})") from None
+    if texture.mean.shape[0] != 2 * dim:
+        raise BundleError(f"{root / name}: texture model of dimension {texture.mean.shape[0]} does not match "
+                          f"the model's {dim} channels (expected {2 * dim})")
+    return texture, fusion
 
 
 def _ranker(root: Path, manifest: dict[str, Any], role: str, spec: Any) -> Ranker:

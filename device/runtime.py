@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from device.bundle import Bundle, Variant, load_bundle
 from device.errors import BundleError
-from device.scoring import NORMALIZED_THRESHOLD, NearestNeighbourScorer, heatmap, image_score, patches_from_map
+from device.scoring import NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, heatmap, patches_from_map
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Inspector:
         self.session = make_session(self.variant.model, threads)
         self._input = self.session.get_inputs()[0].name
         self.scorer = NearestNeighbourScorer(np.load(self.variant.bank))
+        self.image_scorer = ImageScorer(self.scorer, self.variant.texture, self.variant.fusion)
         self._check_output_shape()
 
     @classmethod
@@ -78,8 +79,7 @@ class Inspector:
               t0: float | None = None) -> Verdict:
         """Verdict from a frame's patch embeddings; ``frame_size`` (width, height) sizes the heat map."""
         t0 = time.perf_counter() if t0 is None else t0
-        scores = self.scorer.distances(patches)
-        raw = image_score(scores)
+        raw, scores = self.image_scorer.score(patches)
         norm = self.variant.normalization
         score = float(norm(raw))
         hm = heatmap(scores, self.variant.grid, frame_size, self.bundle.heatmap_sigma) if with_heatmap else None

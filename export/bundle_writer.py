@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, manifest_digest, sha256_file
+from device.bundle import MANIFEST, SCHEMA, load_bundle, manifest_digest, schema_version_for, sha256_file
 
 
 def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
@@ -23,7 +23,7 @@ def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
     bundle_id = hashlib.sha256("".join(f"{n}:{d}" for n, d in files.items()).encode()).hexdigest()[:16]
     manifest = {
         "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version_for(body),
         "bundle_id": bundle_id,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **body,

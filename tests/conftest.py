@@ -38,6 +38,17 @@ def tiny_bundle(tiny_line, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_texture_bundle(tiny_line, tmp_path_factory) -> Path:
+    """The tiny bundle with the texture model fused into the image score (recipe scoring.texture)."""
+    from export.build import build_bundle
+    from training.recipe import ScoringSpec
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny_texture"
+    build_bundle(tiny_line, out, replace(tiny_recipe(), scoring=ScoringSpec(texture=True)))
+    return out
+
+
 def dataset(name: str) -> Path:
     """A real dataset from ../shared, or skip the test where it is absent."""
     path = SHARED / name

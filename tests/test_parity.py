@@ -3,7 +3,7 @@ import numpy as np
 
 from device.images import list_images, read_rgb
 from device.runtime import Inspector
-from device.scoring import NearestNeighbourScorer
+from device.scoring import ImageScorer, NearestNeighbourScorer, patches_from_map
 from tests.conftest import tiny_recipe
 from training.features import PatchEmbedder
 from training.fit import image_scores, torch_embed_fn
@@ -26,3 +26,28 @@ def test_int8_and_fp32_judge_the_test_parts_alike(tiny_bundle, tiny_line):
     s8 = np.array([i8.inspect(read_rgb(p)).score for p in paths])
     s32 = np.array([f32.inspect(read_rgb(p)).score for p in paths])
     assert np.mean(np.abs(s8 - s32)) < 0.15
+
+
+def test_with_a_texture_model_the_station_still_scores_as_training_does(tiny_texture_bundle, tiny_line):
+    station = Inspector.open(tiny_texture_bundle, "fp32")
+    v = station.variant
+    assert v.texture is not None and v.fusion is not None
+    scorer = ImageScorer(NearestNeighbourScorer(np.load(v.bank)), v.texture, v.fusion)
+    model = PatchEmbedder(tiny_recipe().features).eval()
+    for p in list_images(tiny_line / "test" / "good")[:2] + list_images(tiny_line / "test" / "crack")[:2]:
+        rgb = read_rgb(p)
+        station_parts = scorer.parts(station.embed(rgb))[:2]
+        train_parts = scorer.parts(patches_from_map(torch_embed_fn(model)(station.preprocess(rgb))))[:2]
+        # Both distances agree within 1e-4 relative ...
+        np.testing.assert_allclose(station_parts, train_parts, rtol=1e-4)
+        # ... and so does the fused score, up to its standardization (z = (d - mean) / std).
+        tol = 1e-4 * max(train_parts[0] / v.fusion.patch_std, train_parts[1] / v.fusion.texture_std)
+        assert abs(station.inspect(rgb).raw_score - scorer.score(patches_from_map(
+            torch_embed_fn(model)(station.preprocess(rgb))))[0]) <= tol
+
+
+def test_a_texture_bundle_needs_a_runtime_that_knows_texture(tiny_texture_bundle, tiny_bundle):
+    import json
+
+    assert json.loads((tiny_texture_bundle / "manifest.json").read_text())["schema_version"] == 2
+    assert json.loads((tiny_bundle / "manifest.json").read_text())["schema_version"] == 1

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from device.scoring import NearestNeighbourScorer, Normalization, heatmap, image_score
+from device.scoring import (Fusion, ImageScorer, NearestNeighbourScorer, Normalization, TextureModel, heatmap,
+                            image_score, texture_descriptor)
 from training.calibrate import calibrate
 from training.coreset import greedy_coreset
 
@@ -66,3 +67,29 @@ def test_greedy_coreset_keeps_a_rare_cluster_that_random_sampling_misses():
     assert np.any(idx >= 5000)
     # the rare-but-normal parts stay close to the bank (a random 1 % subset keeps one ~10 % of the time)
     assert NearestNeighbourScorer(x[idx]).distances(rare).max() < 2
+
+
+def test_texture_distance_is_the_mahalanobis_distance_of_mean_and_spread():
+    rng = np.random.default_rng(0)
+    patches = rng.normal(size=(50, 4)).astype(np.float32)
+    desc = texture_descriptor(patches)
+    p64 = patches.astype(np.float64)
+    np.testing.assert_allclose(desc, np.r_[p64.mean(0), p64.std(0)], rtol=1e-9)
+    a = rng.normal(size=(8, 8))
+    precision = a @ a.T + np.eye(8)
+    model = TextureModel(np.zeros(8), precision)
+    assert abs(model.distance(desc) - np.sqrt(desc @ precision @ desc)) < 1e-9
+
+
+def test_fused_score_calls_a_defect_when_either_view_does():
+    fusion = Fusion(patch_mean=1.0, patch_std=0.5, texture_mean=10.0, texture_std=2.0)
+    assert fusion(1.0, 10.0) == 0.0
+    assert fusion(3.0, 10.0) == 4.0  # a local defect alone
+    assert fusion(1.0, 18.0) == 4.0  # an area-wide change alone
+
+
+def test_without_texture_the_image_score_is_the_worst_patch():
+    bank = np.zeros((3, 2), np.float32)
+    patches = np.array([[0, 1], [0, 3]], np.float32)
+    raw, distances = ImageScorer(NearestNeighbourScorer(bank)).score(patches)
+    assert raw == 3.0 and list(distances) == [1.0, 3.0]

@@ -15,10 +15,11 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from device.errors import KenpinError
-from device.scoring import NearestNeighbourScorer, Normalization, image_score, patches_from_map
+from device.scoring import (Fusion, ImageScorer, NearestNeighbourScorer, Normalization, TextureModel,
+                            image_score, patches_from_map, texture_descriptor)
+from training.area_defects import validation_defect
 from training.calibrate import calibrate
 from training.dataset import read_many, scan_mvtec
-from training.defects import paint_random_defect
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 
@@ -45,9 +46,27 @@ def flatten_patches(maps: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(maps.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c), dtype=np.float32)
 
 
-def image_scores(scorer: NearestNeighbourScorer, maps: np.ndarray) -> np.ndarray:
+def image_scores(scorer: NearestNeighbourScorer | ImageScorer, maps: np.ndarray) -> np.ndarray:
     """Image score of each feature map, exactly as the station computes it."""
-    return np.array([image_score(scorer.distances(patches_from_map(m))) for m in maps], dtype=np.float64)
+    scorer = scorer if isinstance(scorer, ImageScorer) else ImageScorer(scorer)
+    return np.array([scorer.score(patches_from_map(m))[0] for m in maps], dtype=np.float64)
+
+
+def fit_texture(bank_maps: np.ndarray) -> TextureModel:
+    """Texture statistics of the bank images: their mean and a Ledoit-Wolf shrunk precision matrix."""
+    from sklearn.covariance import LedoitWolf
+
+    desc = np.stack([texture_descriptor(patches_from_map(m)) for m in bank_maps])
+    lw = LedoitWolf().fit(desc)
+    return TextureModel(lw.location_.astype(np.float64), lw.precision_.astype(np.float64))
+
+
+def fit_fusion(patch: NearestNeighbourScorer, texture: TextureModel, holdout_maps: np.ndarray) -> Fusion:
+    """Standardization of the patch and texture scores, from held-out good images."""
+    parts = np.array([(image_score(patch.distances(p)), texture.distance(texture_descriptor(p)))
+                      for p in map(patches_from_map, holdout_maps)], dtype=np.float64)
+    sd = np.maximum(parts.std(axis=0), 1e-9)
+    return Fusion(float(parts[:, 0].mean()), float(sd[0]), float(parts[:, 1].mean()), float(sd[1]))
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,9 +102,10 @@ def read_good_split(data_dir: Path, train_images: int, holdout_fraction: float, 
 
 
 def synthetic_defects(images: list[np.ndarray], per_image: int, seed: int) -> list[np.ndarray]:
-    """Held-out good images with painted defects: validation negatives that never touch test/."""
+    """Held-out good images with painted defects, local and area-wide (``validation_defect``):
+    validation negatives that never touch test/."""
     rng = np.random.default_rng(seed + 7919)
-    return [paint_random_defect(im, rng)[0] for im in images for _ in range(per_image)]
+    return [validation_defect(im, rng)[0] for im in images for _ in range(per_image)]
 
 
 @dataclass
@@ -96,6 +116,8 @@ class FittedVariant:
     normalization: Normalization
     holdout_scores: np.ndarray
     synthetic_scores: np.ndarray
+    texture: TextureModel | None = None
+    fusion: Fusion | None = None
 
     @property
     def holdout_false_reject_rate(self) -> float:
@@ -123,11 +145,22 @@ def fit_variant(
     synthetic: np.ndarray,
     target_frr: float,
     batch: int,
+    texture: bool = False,
 ) -> FittedVariant:
-    """Bank = the coreset patches of ``bank_maps``; threshold from the held-out good inputs."""
+    """Bank = the coreset patches of ``bank_maps``; threshold from the held-out good inputs.
+
+    With ``texture``, the texture model is fitted on all bank images and the fusion on the
+    held-out good ones, which then also set the threshold on the fused score.
+    """
     bank = flatten_patches(bank_maps)[coreset]
-    scorer = NearestNeighbourScorer(bank)
-    hold = image_scores(scorer, embed_all(embed, holdout, batch, "held-out good"))
+    scorer = ImageScorer(NearestNeighbourScorer(bank))
+    hold_maps = embed_all(embed, holdout, batch, "held-out good")
+    tex = fus = None
+    if texture:
+        tex = fit_texture(bank_maps)
+        fus = fit_fusion(scorer.patch, tex, hold_maps)
+        scorer = ImageScorer(scorer.patch, tex, fus)
+    hold = image_scores(scorer, hold_maps)
     syn = image_scores(scorer, embed_all(embed, synthetic, batch, "synthetic defects"))
-    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn)
+    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn, tex, fus)
 

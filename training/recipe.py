@@ -28,6 +28,17 @@ class BankSpec:
 
 
 @dataclass(frozen=True)
+class ScoringSpec:
+    """How an image's score is made from its patch embeddings."""
+
+    # False: the worst patch's distance to its nearest reference patch (local defects).
+    # True: also the Mahalanobis distance of the image's texture statistics (per-channel mean and
+    # std of its patch embeddings) to the good images'; each standardized on held-out good images,
+    # the larger of the two is the image score (local defects and area-wide surface changes).
+    texture: bool = False
+
+
+@dataclass(frozen=True)
 class CalibrationSpec:
     """Threshold from good images held out of the bank."""
 
@@ -104,6 +115,7 @@ class Recipe:
     preprocess: Preprocess = field(default_factory=Preprocess)
     features: FeatureSpec = field(default_factory=FeatureSpec)
     bank: BankSpec = field(default_factory=BankSpec)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
     metric: MetricSpec = field(default_factory=MetricSpec)
