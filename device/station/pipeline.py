@@ -23,7 +23,7 @@ import numpy as np
 from device.bundle import Bundle
 from device.errors import KenpinError
 from device.runtime import Inspector
-from device.scoring import heatmap, image_score, patches_from_map
+from device.scoring import heatmap, patches_from_map
 from device.station.camera import Backoff, Camera, CameraLost
 from device.station.record import VerdictRecord
 from device.station.triggers import FreeRun, TriggerQueue
@@ -119,8 +119,7 @@ class Model:
         if job.patches is None:  # not pipelined (direct use): embed here
             self.prepare(job)
             self.embed(job)
-        scores = insp.scorer.distances(job.patches)
-        raw = image_score(scores)
+        raw, scores = insp.image_scorer.score(job.patches)  # the bundle's own image score (texture too)
         norm = insp.variant.normalization
         score = float(norm(raw))
         if quality is not None and not self.gate.passes(quality):
