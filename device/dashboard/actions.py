@@ -79,7 +79,18 @@ def upload_bundle(request: Request, file: UploadFile) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _prune(uploads, keep=KEEP_UPLOADS)
     return {"activated": result}
+
+
+KEEP_UPLOADS = 3  # the active upload and two before it; older unpacked uploads only fill the disk
+
+
+def _prune(uploads: Path, keep: int) -> None:
+    """Remove all but the ``keep`` newest unpacked uploads (the models in use are in memory)."""
+    staged = sorted((p for p in uploads.glob("bundle-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in staged[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @router.post("/bundle/rollback", summary="Go back to the previous bundle (audited)")
