@@ -197,3 +197,31 @@ def test_unwritable_data_dir_is_one_sentence(tiny_bundle, replay, tmp_path):
     cfg = station_config(tmp_path, tiny_bundle, replay, extra=f"station: {{name: t, data_dir: {blocker / 'data'}}}")
     with pytest.raises(KenpinError, match=str(blocker)):
         Station(cfg)
+
+
+class FakeGate:
+    """Stands in for issue 4's QualityGate: quality = mean brightness / 255, floor 0.2."""
+
+    floor = 0.2
+
+    def score(self, rgb):
+        return float(rgb.mean() / 255.0)
+
+    def passes(self, quality):
+        return quality >= self.floor
+
+
+def test_quality_gate_below_floor_gives_retake_never_ok(tiny_bundle, replay, tmp_path, monkeypatch):
+    import device.station.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_load_quality_gate", lambda bundle: FakeGate())
+    dark = replay / "000_dark.png"
+    cv2.imwrite(str(dark), np.full((160, 160, 3), 20, np.uint8))
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay, extra="decision: {threshold: 0.000001}"))
+    recs = st.store.query(limit=100)
+    status = st.status()
+    st.stop()
+    first = min(recs, key=lambda r: r.id)
+    assert first.verdict == "retake" and first.quality < 0.2 and first.frame_ref is not None
+    assert status["counters"]["retake"] == 1 and status["bundle"]["quality_gate"]
+    assert all(r.quality is not None for r in recs)

@@ -71,7 +71,7 @@ def _mqtt(station: Station, cfg: StationConfig) -> Any:
         return None
     from device.station.mqtt import start_publisher  # B's module: imported only when configured
 
-    return start_publisher(station, cfg.mqtt)
+    return start_publisher(station, cfg.mqtt, str(cfg.config_file or "station config"))
 
 
 def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
@@ -118,6 +118,10 @@ def run_service(config_path: Path, options: RunOptions = RunOptions()) -> int:
         from device.dashboard import DashboardSettings
 
         DashboardSettings.from_dict(cfg.dashboard, str(config_path))  # a bad block fails before the camera opens
+    if cfg.mqtt:
+        from device.station.mqtt import MqttSettings
+
+        MqttSettings.from_dict(cfg.mqtt, str(config_path))
     station = Station(cfg)
     station.start()
     return serve(station, cfg, options)
