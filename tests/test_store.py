@@ -336,3 +336,22 @@ def test_record_many_commits_a_group_at_once(tmp_path):
     assert [r.id for r in out] == [1, 2, 3, 4] and out[3].frame_ref and s.image_path(out[3].frame_ref).is_file()
     assert sqlite3.connect(s.db_path).execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 4
     s.close()
+
+
+def test_reader_connections_of_finished_threads_are_closed(store):
+    """A web server's short-lived worker threads must not leak open database files."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc to count open files")
+    store.record(rec())
+    store.query(limit=1)
+
+    def burst(n: int) -> int:
+        for _ in range(n):
+            t = threading.Thread(target=lambda: store.query(limit=1))
+            t.start()
+            t.join()
+        return len(list(fds.iterdir()))
+
+    after_5, after_45 = burst(5), burst(40)
+    assert after_45 <= after_5  # without clean-up: ~3 more files (db, -wal, -shm) per thread

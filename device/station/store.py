@@ -74,7 +74,7 @@ class VerdictStore:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: dict[threading.Thread, sqlite3.Connection] = {}
         self._faults: dict[str, str] = {}  # kind → reason, while that kind is failing
         self._fault_lock = threading.Lock()  # health() reads faults from other threads
         self.failures = {"db": 0, "images": 0, "retention": 0}
@@ -280,7 +280,10 @@ class VerdictStore:
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
             with self._lock:
-                self._readers.append(conn)
+                # Threads come and go (web servers): close the connections of those that ended.
+                for thread in [t for t in self._readers if not t.is_alive()]:
+                    self._readers.pop(thread).close()
+                self._readers[threading.current_thread()] = conn
         return conn
 
     def get(self, id: int) -> VerdictRecord | None:
@@ -403,7 +406,7 @@ class VerdictStore:
     def close(self) -> None:
         """Close every connection (idempotent). WAL content stays valid; the next open replays it."""
         with self._lock:
-            for conn in self._readers:
+            for conn in self._readers.values():
                 conn.close()
             self._readers.clear()
             if self._db is not None:
