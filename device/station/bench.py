@@ -220,7 +220,8 @@ def model_gmacs(model: Path) -> float | None:
     except ImportError:
         return None
     m = shape_inference.infer_shapes(onnx.load(str(model)))
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+    # A symbolic (batch) dimension reads 0: count it as one frame.
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
               for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
     inits = {i.name: list(i.dims) for i in m.graph.initializer}
     macs = 0
@@ -233,7 +234,12 @@ def model_gmacs(model: Path) -> float | None:
 
 
 def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dict[str, Any]:
-    """Parts/s on a Pi 4 and 5: model time from MACs at the published rates, the rest scaled alike."""
+    """Parts/s on a Pi 4 and 5: model time from MACs at the published rates, the rest scaled alike.
+
+    ``frame_ms_here`` is the bare inspector's time (preprocess + model + search) on this CPU; the
+    non-model part is scaled by the same factor as the model. Parts/s is 1000 / (model + rest):
+    the serial sum, conservative, since the station's stages overlap on the Pi's four cores.
+    """
     out = {}
     other_ms = max(frame_ms_here - model_ms_here, 0.0)
     for board, ref in PI_REFERENCES.items():
@@ -281,7 +287,7 @@ def run_station_bench(opts: StationBenchOptions) -> int:
     gmacs = model_gmacs(insp.variant.model.parent / "embedder_fp32.onnx") or model_gmacs(insp.variant.model)
     if gmacs:
         res["gmacs"] = round(gmacs, 3)
-        res["pi_estimate"] = pi_estimate(gmacs, 1000 / ort_fps, 1000 / best["fps"])
+        res["pi_estimate"] = pi_estimate(gmacs, 1000 / ort_fps, 1000 / insp_fps)
     (opts.workdir / "station-bench.json").write_text(json.dumps(res, indent=2))
     md = to_markdown(res)
     print(md)
@@ -312,7 +318,9 @@ def to_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| daemon RSS over {m['minutes']:g} min ({len(m['samples'])} samples) | peak {m['peak_mb']:.0f} MB, "
                      f"growth {m['growth_mb']:+.1f} MB after warm-up | ≤ 300 MB, no growth |")
     if "pi_estimate" in res:
-        lines += ["", f"Pi estimate (an ESTIMATE, not a measurement): model {res['gmacs']:.2f} GMAC per frame.", "",
+        lines += ["", f"Pi estimate (an ESTIMATE, not a measurement): model {res['gmacs']:.2f} GMAC per frame; model "
+                  "time = MACs at the published reference's MAC rate; other work (preprocess + search) = this "
+                  "CPU's, scaled by the same factor; parts/s = 1000 / (model + other), the serial sum.", "",
                   "| board | published reference | est. model ms | est. other ms | est. parts/s |", "|---|---|---|---|---|"]
         for board, e in res["pi_estimate"].items():
             lines.append(f"| {board} | {e['reference']} | {e['model_ms']} | {e['other_ms']} | {e['parts_per_s']} |")
