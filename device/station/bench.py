@@ -255,9 +255,13 @@ def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dic
 def run_station_bench(opts: StationBenchOptions) -> int:
     """Run the figures and print (and optionally write) them as Markdown; exit 0."""
     opts.workdir.mkdir(parents=True, exist_ok=True)
-    # No verdict lines from the in-process stations on the terminal (they would be thousands);
-    # the memory run's daemon logs them as in service.
-    logging.getLogger("kenpin.station").setLevel(logging.WARNING)
+    # The in-process stations' verdict lines go to a file (thousands; their cost stays measured).
+    station_log = logging.getLogger("kenpin.station")
+    handler = logging.FileHandler(opts.workdir / "stations.log")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    station_log.addHandler(handler)
+    station_log.setLevel(logging.INFO)
+    station_log.propagate = False
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
     insp = Inspector(bundle, "int8", opts.threads)
