@@ -260,8 +260,20 @@ def run_station_bench(opts: StationBenchOptions) -> int:
     handler = logging.FileHandler(opts.workdir / "stations.log")
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     station_log.addHandler(handler)
+    saved = station_log.level, station_log.propagate
     station_log.setLevel(logging.INFO)
     station_log.propagate = False
+    try:
+        return _run(opts)
+    finally:
+        station_log.removeHandler(handler)
+        handler.close()
+        station_log.setLevel(saved[0])
+        station_log.propagate = saved[1]
+
+
+def _run(opts: StationBenchOptions) -> int:
+    """The measurements, in order: alternating throughput rounds, triggered run, memory run, Pi estimate."""
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
     insp = Inspector(bundle, "int8", opts.threads)
