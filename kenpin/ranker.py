@@ -52,7 +52,7 @@ class QualitySpec:
     uint8_share: float = 0.5
     cross_share: float = 0.25
     target_false_retake_rate: float = 0.02
-    train: TrainSpec = field(default_factory=TrainSpec)
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1200))
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
@@ -216,13 +216,14 @@ def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path:
     if not paths:
         raise KenpinError(f"{data / 'test' / 'good'}: no held-out good images to evaluate on")
     images, _ = read_many(paths, "reading test/good")
+    cost = gate_cost(bundle, (images * 3)[:300], precision)
     table = degradation_table(gate.score, images, seed)
     clean = np.asarray(table["clean_scores"])
     for r in table["rows"]:
         r["retake_rate"] = float(np.mean(np.asarray(r["scores"]) < gate.floor))
     out = {"bundle": str(bundle), "precision": precision, "n_images": len(images), "floor": gate.floor,
            "clean_false_retake_rate": float(np.mean(clean < gate.floor)),
-           "rows": [{k: v for k, v in r.items() if k != "scores"} for r in table["rows"]]}
+           "cost": cost, "rows": [{k: v for k, v in r.items() if k != "scores"} for r in table["rows"]]}
     if report is not None:
         out["plot"] = str(plot_strength(table, report / "quality_vs_strength.png", gate.floor))
     if json_path is not None:
@@ -230,10 +231,27 @@ def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path:
         json_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"quality gate ({precision}) on {len(images)} held-out good images, floor {gate.floor:.3f}: "
           f"clean frames retaken {out['clean_false_retake_rate']:.3f}")
+    print(f"  cost per frame: gate {cost['gate']['median_ms']:.2f} ms vs anomaly model ({cost['anomaly_input']}) "
+          f"{cost['anomaly']['median_ms']:.2f} ms: {100 * cost['ratio']:.1f} % (medians, side by side)")
     print(f"  {'kind':<13}{'strength':>9} {'path':<6} {'pair acc':>8} {'retaken':>8}")
     for r in out["rows"]:
         print(f"  {r['kind']:<13}{r['param']:>9g} {r['path']:<6} {r['pairwise_accuracy']:>8.4f} {r['retake_rate']:>8.3f}")
     return out
+
+
+def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", anomaly_threads: int = 2) -> dict[str, Any]:
+    """Per-frame cost of the gate (its preprocessing included) vs the anomaly model's inspection,
+    timed side by side on the same frames, with the station's thread settings."""
+    from device.runtime import Inspector
+    from kenpin.timing import time_side_by_side
+
+    b = load_bundle(bundle)
+    gate = QualityGate.from_bundle(b, threads=1, precision=precision)
+    insp = Inspector(b, precision, anomaly_threads)
+    t = time_side_by_side({"anomaly": insp.inspect, "gate": gate.score}, frames)
+    anomaly_input = f"{b.preprocess.width}x{b.preprocess.height}"
+    return {"anomaly_input": anomaly_input, **t, "ratio": t["gate"]["median_ms"] / t["anomaly"]["median_ms"],
+            "n_frames": len(frames)}
 
 
 def eval_grade(bundle: Path, ratings: Path, precision: str, k: int, json_path: Path | None) -> dict[str, Any]:

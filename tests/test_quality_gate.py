@@ -143,3 +143,19 @@ def test_cli_errors_are_one_sentence(gated, tmp_path, capsys):
     (tmp_path / "r.csv").write_text("image,rating\nmissing.png,1\n")
     assert main(["train-ranker", "--bundle", str(gated), "--role", "grade", "--ratings", str(tmp_path / "r.csv")]) == 2
     assert "r.csv:2: image 'missing.png' does not exist" in capsys.readouterr().err
+
+
+def test_eval_ranker_reports_held_out_degradations_cost_and_a_plot(gated, tiny_line, tmp_path, capsys):
+    from kenpin.cli import main
+
+    out = tmp_path / "q.json"
+    assert main(["eval-ranker", "--bundle", str(gated), "--data", str(tiny_line), "--json", str(out),
+                 "--report", str(tmp_path / "rep")]) == 0
+    m = json.loads(out.read_text())
+    kinds = {r["kind"] for r in m["rows"]}
+    assert {"noise", "defocus", "motion", "under", "over", "jpeg", "glare", "occlusion"} <= kinds
+    assert {r["path"] for r in m["rows"] if r["kind"] == "noise"} == {"uint8", "float"}
+    defocus = [r["pairwise_accuracy"] for r in m["rows"] if r["kind"] == "defocus"]
+    assert min(defocus) >= 0.75 and m["cost"]["ratio"] > 0
+    assert (tmp_path / "rep" / "quality_vs_strength.png").stat().st_size > 10_000
+    assert "cost per frame" in capsys.readouterr().out
