@@ -2,7 +2,7 @@
 """20 dashboard clients against a running station on loopback: does the line slow down?
 
     .venv/bin/python scripts/dashboard_load.py [--bundle B --replay DIR] [--clients 20]
-        [--seconds 20] [--rounds 3] [--live-fps 4] [--workdir dashboard-load-run]
+        [--seconds 20] [--rounds 3] [--live-fps 2] [--workdir dashboard-load-run]
 
 The station (the real one: replay camera in free-run, paced so every frame is inspected as fast
 as the model goes) and its dashboard (uvicorn, in-process as `kenpin run` does it) run in this
@@ -10,7 +10,8 @@ process. Phases alternate: no clients, then N clients (each one Server-Sent Even
 the live frame polled at --live-fps with If-None-Match, as the page does), ROUNDS times, so the
 machine's background noise hits both sides alike. Throughput is verdicts recorded per second in
 each phase; the page latency is, for every verdict event a client receives, its arrival time
-minus the moment the daemon decided it (capture time + capture→verdict latency).
+minus the moment the daemon decided it (capture time + capture→verdict latency); its server-side
+share (decided → taken by the page's stream for writing) is reported beside it.
 
 The clients run in a separate process at nice 19: on the line they are tablets and PCs on the
 LAN, not programs on the station's CPU; what they cost the station is the server side, which
@@ -123,7 +124,7 @@ trigger: {{mode: free-run}}
     threading.Thread(target=server.run, name="dashboard", daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    return station, server
+    return station, server, app.state.hub
 
 
 def cpu_split() -> tuple[float, float]:
@@ -164,15 +165,17 @@ def phase(station, seconds: float, cpu: list | None = None) -> float:
     return rate
 
 
-def loaded_phase(station, args, url: str, out: Path, cpu: list) -> tuple[float, dict]:
+def loaded_phase(station, hub, args, url: str, out: Path, cpu: list) -> tuple[float, dict]:
     warmup = 2.0
     cmd = [sys.executable, __file__, "--client", url, "--clients", str(args.clients),
            "--seconds", str(args.seconds + warmup + 1), "--live-fps", str(args.live_fps), "--out", str(out)]
     child = subprocess.Popen(cmd)
     time.sleep(warmup)  # connections established before measuring
+    hub.delays.clear()
     rate = phase(station, args.seconds, cpu)
+    server_delays = list(hub.delays)
     child.wait(timeout=args.seconds + 60)
-    return rate, json.loads(out.read_text())
+    return rate, dict(json.loads(out.read_text()), server_delays=server_delays)
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -183,16 +186,17 @@ def measure(args: argparse.Namespace) -> int:
     else:
         bundle, replay = prepare(workdir)
     port = args.port
-    station, server = start(bundle, replay, workdir, args.live_fps, port)
+    station, server, hub = start(bundle, replay, workdir, args.live_fps, port)
     url = f"http://127.0.0.1:{port}"
     try:
         time.sleep(3)  # model warm, caches filled
-        base, loaded, lat, frames, errors, cpu = [], [], [], {}, 0, []
+        base, loaded, lat, frames, errors, cpu, sent = [], [], [], {}, 0, [], []
         for r in range(args.rounds):
             base.append(phase(station, args.seconds))
-            rate, res = loaded_phase(station, args, url, workdir / f"clients-{r}.json", cpu)
+            rate, res = loaded_phase(station, hub, args, url, workdir / f"clients-{r}.json", cpu)
             loaded.append(rate)
             lat += res["latencies"]
+            sent += res["server_delays"]
             errors += res["n_errors"]
             for k, v in res["frame_status"].items():
                 frames[k] = frames.get(k, 0) + v
@@ -207,6 +211,7 @@ def measure(args: argparse.Namespace) -> int:
     dash_cpu, station_cpu = sum(c[0] for c in cpu), sum(c[1] for c in cpu)
     share = dash_cpu / (dash_cpu + station_cpu)
     lat.sort()
+    sent.sort()
     report = {
         "clients": args.clients, "live_fps": args.live_fps, "seconds_per_phase": args.seconds, "rounds": args.rounds,
         "throughput_no_clients": [round(x, 2) for x in base], "throughput_with_clients": [round(x, 2) for x in loaded],
@@ -214,11 +219,14 @@ def measure(args: argparse.Namespace) -> int:
         "dashboard_cpu_share": round(share, 4), "dashboard_cpu_s": round(dash_cpu, 2),
         "station_cpu_s": round(station_cpu, 2), "events": len(lat),
         "latency_s": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": lat[-1] if lat else None},
+        "server_side_latency_s": {"p50": _q(sent, 0.5), "p99": _q(sent, 0.99), "max": sent[-1] if sent else None},
         "live_frame_responses": frames, "client_errors": errors,
     }
     print(json.dumps(report, indent=1))
     (workdir / "report.json").write_text(json.dumps(report, indent=1))
     ok = drop <= 0.05 and share <= 0.05 and bool(lat) and lat[-1] <= 1.0 and errors == 0
+    print(f"server side (decided → written to each page's stream): p50 {_q(sent, 0.5)} s, "
+          f"max {sent[-1] if sent else float('nan'):.3f} s")
     print(f"throughput drop {drop * 100:.1f} % measured (median of rounds), {share * 100:.1f} % of the CPU spent "
           f"serving the clients (both ≤ 5 %); page latency p50 {_q(lat, 0.5)} s, max "
           f"{lat[-1] if lat else float('nan'):.3f} s (≤ 1 s): {'PASS' if ok else 'FAIL'}")
@@ -237,7 +245,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
     p.add_argument("--rounds", type=int, default=3, help="no-clients / clients phase pairs")
-    p.add_argument("--live-fps", type=float, default=4.0, help="live frame polls per second per client")
+    p.add_argument("--live-fps", type=float, default=2.0, help="live frame polls per second per client (the page's default)")
     p.add_argument("--port", type=int, default=18080)
     p.add_argument("--client", help=argparse.SUPPRESS)  # child mode: the base URL to load
     p.add_argument("--out", help=argparse.SUPPRESS)

@@ -9,6 +9,7 @@ loses its oldest batches (counted), never the station's verdicts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import queue
@@ -33,6 +34,9 @@ class VerdictHub:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.dropped = 0  # batches a slow page missed
+        # Seconds from the daemon's decision to the moment a page's stream takes the event for
+        # writing (the oldest event of each batch, per page): the server's share of page latency.
+        self.delays: collections.deque[float] = collections.deque(maxlen=10_000)
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -58,14 +62,15 @@ class VerdictHub:
                     except queue.Empty:
                         break
                 text = "".join(f"event: verdict\ndata: {json.dumps(_as_dict(r))}\n\n" for r in batch).encode()
+                decided = min(r.time + r.latency_ms / 1000 for r in batch)
                 try:
-                    self._loop.call_soon_threadsafe(self._broadcast, text)
+                    self._loop.call_soon_threadsafe(self._broadcast, (text, decided))
                 except RuntimeError:  # the loop closed under us: the server is stopping
                     break
         finally:
             self._station.unsubscribe(sub)
 
-    def _broadcast(self, text: bytes) -> None:
+    def _broadcast(self, text: tuple[bytes, float]) -> None:
         for q in self._clients:
             if q.full():
                 q.get_nowait()
@@ -73,11 +78,23 @@ class VerdictHub:
             q.put_nowait(text)
 
     def connect(self) -> asyncio.Queue:
-        """A queue of SSE byte chunks with every verdict from now on (call from the event loop)."""
+        """A queue of (SSE bytes, decision time) batches from now on (call from the event loop)."""
         self._ensure_started()
         q: asyncio.Queue = asyncio.Queue(maxsize=self._client_queue)
         self._clients.add(q)
         return q
+
+    def took(self, decided: float) -> None:
+        """A page's stream is writing an event the daemon decided at ``decided`` (unix s)."""
+        self.delays.append(time.time() - decided)
+
+    def delay_summary(self) -> dict[str, float | None]:
+        """p50/p99/max of the recent decision → page-stream delays, in milliseconds."""
+        d = sorted(self.delays)
+        if not d:
+            return {"n": 0, "p50": None, "p99": None, "max": None}
+        pick = lambda q: round(d[min(len(d) - 1, int(q * len(d)))] * 1000, 1)  # noqa: E731
+        return {"n": len(d), "p50": pick(0.5), "p99": pick(0.99), "max": round(d[-1] * 1000, 1)}
 
     def disconnect(self, q: asyncio.Queue) -> None:
         self._clients.discard(q)

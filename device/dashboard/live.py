@@ -61,9 +61,10 @@ async def events(request: Request) -> StreamingResponse:
             while True:
                 try:
                     async with asyncio.timeout(PING_S):  # no extra task per event, unlike wait_for
-                        chunk = await q.get()
+                        chunk, decided = await q.get()
                     while not q.empty():  # whatever piled up goes out in one write
-                        chunk += q.get_nowait()
+                        chunk += q.get_nowait()[0]
+                    hub.took(decided)
                 except TimeoutError:
                     if await request.is_disconnected():
                         break

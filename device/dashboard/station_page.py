@@ -15,6 +15,7 @@ def station_status(request: Request) -> dict:
     out = dict(station.status())
     out["dashboard"] = {"live_clients": request.app.state.hub.clients,
                         "events_dropped": request.app.state.hub.dropped,
+                        "event_delay_ms": request.app.state.hub.delay_summary(),
                         "view": request.app.state.access.settings.view,
                         "actions_enabled": bool(request.app.state.access.settings.token_hash),
                         "live_fps": request.app.state.access.settings.live_fps}
