@@ -170,13 +170,15 @@ class FleetPublisher:
                 rec = self._sub.get(timeout=0.2)
             except queue.Empty:
                 continue
-            payload = json.dumps(rec.to_dict(), separators=(",", ":")).encode()
-            with self._cond:
-                if len(self._pending) >= self.settings.buffer:
-                    self._pending.popleft()
-                    self.dropped += 1
-                self._pending.append(payload)
-                self._cond.notify_all()
+            self._buffer(json.dumps(rec.to_dict(), separators=(",", ":")).encode())
+
+    def _buffer(self, payload: bytes) -> None:
+        with self._cond:
+            if len(self._pending) >= self.settings.buffer:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(payload)
+            self._cond.notify_all()
 
     def _send(self) -> None:
         """Hand verdicts to paho while connected (a window at a time); publish status on schedule."""
@@ -231,25 +233,41 @@ class FleetPublisher:
         self._client.publish(self.topics["status"], payload, qos=1, retain=True)
 
     def stop(self, flush_s: float = 5.0) -> None:
-        """Send what is buffered (up to ``flush_s`` while connected), a last status, then disconnect."""
-        deadline = time.monotonic() + flush_s
-        with self._cond:
-            while self._connected and (self._pending or self._inflight) and time.monotonic() < deadline:
-                self._cond.wait(timeout=0.1)
-                self._prune_acked()
+        """Stop taking verdicts, send what is buffered (up to ``flush_s`` while connected), a last
+        status and online=0, then disconnect. Call it after the station stopped, so the last
+        parts' verdicts are among those sent."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout=2)
         self.station.unsubscribe(self._sub)
+        self._drain_subscription()
+        deadline = time.monotonic() + flush_s
+        while self._connected and time.monotonic() < deadline:
+            with self._cond:
+                batch = self._take_window()
+                if not batch and not self._inflight:
+                    break
+            for payload in batch:
+                self._publish_verdict(payload)
+            with self._cond:
+                self._cond.wait(timeout=0.05)
         if self._connected:
             self.publish_status()
             self._client.publish(self.topics["online"], b"0", qos=1, retain=True).wait_for_publish(timeout=2)
         left = len(self._pending) + len(self._inflight)
         if left:
-            log.warning("mqtt: stopping with %d verdicts not delivered (broker away)", left)
-        self._client.disconnect()
+            log.warning("mqtt: stopping with %d verdicts not delivered to %s", left, self.settings.host)
+        # Network thread first: paho's loop logs a spurious error when it outlives disconnect().
         self._client.loop_stop()
+        self._client.disconnect()
 
+    def _drain_subscription(self) -> None:
+        while True:
+            try:
+                rec = self._sub.get(timeout=0)
+            except queue.Empty:
+                return
+            self._buffer(json.dumps(rec.to_dict(), separators=(",", ":")).encode())
 
 def start_publisher(station: Any, config: dict[str, Any], source: str = "<config>") -> FleetPublisher | None:
     """The publisher for a station's ``mqtt:`` block, started; None when the block says enabled: false."""
