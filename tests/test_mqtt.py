@@ -198,6 +198,20 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(broker, station):
         listener.close()
 
 
+def test_stop_sends_the_verdicts_still_waiting(broker, station):
+    listener = Listener(broker.port, "kenpin/press-3/verdict")
+    pub = start_publisher(station, {"port": broker.port})
+    try:
+        wait_until(lambda: pub.connected)
+        ids = inspect(station, 8)
+    finally:
+        pub.stop()  # at once: some are still in the subscription or the buffer
+    try:
+        assert {p["id"] for p in listener.wait_for("/verdict", 8)} == set(ids)
+    finally:
+        listener.close()
+
+
 def test_bad_mqtt_settings_are_named():
     with pytest.raises(KenpinError, match=r"mqtt\.hots: unknown key"):
         MqttSettings.from_dict({"hots": "x"}, "st.yaml")
