@@ -355,3 +355,14 @@ def test_reader_connections_of_finished_threads_are_closed(store):
 
     after_5, after_45 = burst(5), burst(40)
     assert after_45 <= after_5  # without clean-up: ~3 more files (db, -wal, -shm) per thread
+
+
+def test_a_database_from_a_newer_kenpin_is_refused_untouched(tmp_path):
+    with VerdictStore(tmp_path) as s:
+        s.record(rec())
+    db = sqlite3.connect(tmp_path / "verdicts.sqlite3")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(KenpinError, match="newer kenpin"):
+        VerdictStore(tmp_path)
+    assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 1

@@ -102,17 +102,20 @@ class VerdictStore:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             db.execute("PRAGMA synchronous=FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            if mode == "wal" and version <= SCHEMA_VERSION:
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
-            raise KenpinError(f"{self.db_path} is not a usable SQLite database ({e}); move it aside and "
-                              f"the station starts a new one") from e
+            raise KenpinError(f"{self.db_path} is not a usable SQLite database ({e}): it must be one the station's "
+                              f"user can write; move a damaged one aside and the station starts a new one") from e
+        if mode != "wal" or version > SCHEMA_VERSION:
+            db.close()
         if mode != "wal":
             raise KenpinError(f"{self.db_path}: SQLite refused WAL mode (got {mode!r}); put record.data_dir "
                               f"on a local file system")
         if version > SCHEMA_VERSION:
             raise KenpinError(f"{self.db_path} was written by a newer kenpin (schema {version}, this one "
                               f"reads {SCHEMA_VERSION}); upgrade kenpin or use another record.data_dir")
-        db.executescript(SCHEMA)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
 
     def _start_up(self) -> None:
