@@ -213,10 +213,14 @@ def test_start_up_sweeps_images_without_a_row(tmp_path):
     orphan = tmp_path / "images" / "2026-01-01" / "090000_000_1_0000001_defect_frame.jpg"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"half")
-    (tmp_path / "images" / "x.jpg.part").write_bytes(b"partial")
+    partial = tmp_path / "images" / kept.frame_ref.replace("_frame.jpg", "_heat.jpg.part")
+    partial.write_bytes(b"partial")
+    foreign = [tmp_path / "images" / "holiday.jpg", tmp_path / "images" / "2026-01-01" / "notes.txt"]
+    for f in foreign:
+        f.write_bytes(b"not the station's")
     with VerdictStore(tmp_path) as s:
-        assert not orphan.exists() and not orphan.parent.exists()
-        assert not (tmp_path / "images" / "x.jpg.part").exists()
+        assert not orphan.exists() and not partial.exists()
+        assert all(f.exists() for f in foreign)  # a data_dir shared with other files loses none of them
         assert s.image_path(kept.frame_ref).is_file()
         assert s.health()["images_bytes"] == s.image_path(kept.frame_ref).stat().st_size
 

@@ -8,6 +8,7 @@ without a row by a crash are swept at start-up.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,10 @@ import numpy as np
 from device.errors import KenpinError
 
 JPEG_QUALITY = 90
+# What new_ref() writes (and its temp file): the start-up sweep touches nothing else, so a data_dir
+# pointed at a folder with other images in it never loses them.
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+OUR_FILE = re.compile(r"\d{4}-\d{2}-\d{2}/\d{6}_\d{3}_\d+_\d+_(ok|defect|retake)_(frame|heat)\.jpg(\.part)?")
 OVERLAY_ALPHA = 0.45  # heat colour over the frame: enough to see where, still see what
 
 
@@ -113,21 +118,23 @@ class ImageFolder:
         return path
 
     def sweep(self, referenced: set[str]) -> tuple[int, int]:
-        """Delete files no row refers to (written just before a crash, or half-written ``.part``
-        files); recount the folder's bytes. Returns (files removed, bytes kept)."""
+        """Delete our files no row refers to (written just before a crash, or half-written
+        ``.part`` files); recount our bytes. Returns (files removed, bytes kept)."""
         removed, kept = 0, 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in files:
-                path = Path(dirpath) / name
-                ref = path.relative_to(self.root).as_posix()
+        for day in self.root.iterdir():
+            if not day.is_dir():
+                continue
+            for path in day.iterdir():
+                ref = f"{day.name}/{path.name}"
+                if not OUR_FILE.fullmatch(ref):
+                    continue
                 if ref in referenced:
                     kept += path.stat().st_size
                 else:
                     path.unlink(missing_ok=True)
                     removed += 1
-        for child in self.root.iterdir():
-            if child.is_dir() and not any(child.iterdir()):
-                child.rmdir()  # empty day folders after retention
+            if DAY.fullmatch(day.name) and not any(day.iterdir()):
+                day.rmdir()  # an empty day folder after retention
         self.bytes = kept
         return removed, kept
 
