@@ -35,12 +35,20 @@ class RankerInput:
 
     size: int = 64
     crops: int = 4
+    # "frame": the camera frame as above. "anomaly": the bundle's own patch-distance map of the
+    # frame (in units of its threshold), resized to size x size — what a grade of defect severity
+    # needs, since the anomaly model already knows where the frame departs from good parts.
+    source: str = "frame"
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or not 16 <= self.size <= 512 or self.size % 8:
             raise KenpinError(f"input.size = {self.size!r}: use a multiple of 8 between 16 and 512")
         if not isinstance(self.crops, int) or not 0 <= self.crops <= 16:
             raise KenpinError(f"input.crops = {self.crops!r}: use 0 to 16")
+        if self.source not in ("frame", "anomaly"):
+            raise KenpinError(f"input.source = {self.source!r}: use 'frame' or 'anomaly'")
+        if self.source == "anomaly" and self.crops:
+            raise KenpinError(f"input.crops = {self.crops}: an anomaly-map input has no crops; use 0")
 
     @property
     def channels(self) -> int:
@@ -104,12 +112,23 @@ class RankerInput:
         out *= unit
         return out
 
+    def from_map(self, distances: np.ndarray) -> np.ndarray:
+        """A patch-distance map (grid, in units of the threshold) → the model input 1 x 1 x size x size."""
+        m = cv2.resize(distances.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        return m[None, None]
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RankerInput":
-        unknown = set(d) - {"size", "crops"}
+        unknown = set(d) - {"size", "crops", "source"}
         if unknown:
-            raise KenpinError(f"input: unknown key(s) {sorted(unknown)}; known: ['crops', 'size']")
+            raise KenpinError(f"input: unknown key(s) {sorted(unknown)}; known: ['crops', 'size', 'source']")
         return cls(**d)
+
+
+def anomaly_map(inspector: Any, rgb: np.ndarray) -> np.ndarray:
+    """The frame's patch distances to the reference bank on the model's grid, in units of the threshold."""
+    v = inspector.variant
+    return inspector.scorer.distances(inspector.embed(rgb)).reshape(v.grid) / np.float32(v.normalization.threshold)
 
 
 class _Scorer:
@@ -156,15 +175,31 @@ class QualityGate(_Scorer):
 class Grader(_Scorer):
     """A grade learnt from operators' judgements: higher = ranked higher by them."""
 
+    def __init__(self, ranker: "Ranker", precision: str = "int8", threads: int = 1, bundle: "Bundle | None" = None) -> None:
+        super().__init__(ranker, precision, threads)
+        self._inspector = None
+        if ranker.input.source == "anomaly":
+            from device.runtime import Inspector
+
+            if bundle is None:
+                raise BundleError(f"{ranker.model}: this grade reads the anomaly map; open it with Grader.from_bundle")
+            self._inspector = Inspector(bundle, precision, threads)
+
     @classmethod
     def from_bundle(cls, bundle: "Bundle", threads: int = 1, precision: str = "int8") -> "Grader | None":
         """The bundle's grade ranker, or None when the bundle has none."""
         r = bundle.rankers.get("grade")
-        return None if r is None else cls(r, precision, threads)
+        return None if r is None else cls(r, precision, threads, bundle)
 
     def grade(self, rgb: np.ndarray) -> float:
         """HxWx3 uint8 RGB frame → grade (a score; compare grades, or read :meth:`percentile`)."""
-        return self._score(rgb)
+        if self._inspector is None:
+            return self._score(rgb)
+        return self.grade_map(anomaly_map(self._inspector, rgb))
+
+    def grade_map(self, distances: np.ndarray) -> float:
+        """Grade from a patch-distance map the station already computed (anomaly-map grades only)."""
+        return float(self.session.run(None, {self._input: self.prepare.from_map(distances)})[0][0, 0])
 
     def percentile(self, grade: float) -> float:
         """Share (0–1) of the images it was trained on that grade below ``grade``."""

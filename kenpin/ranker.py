@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import yaml
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
-from device.quality import Grader, QualityGate, RankerInput
+from device.quality import Grader, QualityGate, RankerInput, anomaly_map
 from export.ranker import RankerExportSpec, add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
 from training.dataset import mask_for, read_many
 from training.degrade import KINDS, TRAIN_GRID
@@ -73,8 +73,8 @@ class QualitySpec:
 class GradeSpec:
     """The grade ranker learnt from an operator file."""
 
-    input: RankerInput = field(default_factory=lambda: RankerInput(128, 0))
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=800, width=16))
+    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "anomaly"))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=600, width=16))
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,9 @@ def _export(trained: TrainResult, inp: RankerInput, recipe: RankerRecipe, calib:
         work = Path(tmp)
         fp32 = work / "fp32.onnx"
         export_onnx(trained.model, inp, fp32)
-        int8, best, tried = quantize_ranker(fp32, work, calib, check, recipe.export)
+        # the fp32 leading convolutions are the crop branch's; a crop-less input has none to keep
+        ex = recipe.export if inp.crops else replace(recipe.export, fp32_leading_convs=0)
+        int8, best, tried = quantize_ranker(fp32, work, calib, check, ex)
         entry = {"input": inp.to_dict(), "input_shape": inp.shape, **entry_fn(ort_scores(int8, check)),
                  "parity": parity_entry(best, tried, recipe.export),
                  "training": {"steps": trained.history[-1]["step"] if trained.history else 0,
@@ -191,7 +193,13 @@ def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, 
     load_bundle(bundle)
     judged = read_judgements(ratings)
     spec = recipe.grade
-    inputs = judged_inputs(judged.images, spec.input)
+    prepare = spec.input
+    if spec.input.source == "anomaly":  # the grade reads the bundle's own int8 anomaly map
+        from device.runtime import Inspector
+
+        insp = Inspector(load_bundle(bundle), "int8", 2)
+        prepare = lambda rgb: spec.input.from_map(anomaly_map(insp, rgb))  # noqa: E731
+    inputs = judged_inputs(judged.images, prepare)
     log.info("training the grade ranker on %d judgements of %d images", len(judged.pairs), len(judged.images))
     trained = train_ranknet(inputs, judgement_pairs(judged.pairs, 4), spec.input, spec.train, "grade ranknet")
     plain = inputs[::4]  # unflipped rows: the images as the station sees them

@@ -233,10 +233,11 @@ def judgement_pairs(pairs: list[tuple[int, int, float]], variants: int) -> Calla
     return sample
 
 
-def judged_inputs(images: list[Path], inp: RankerInput) -> np.ndarray:
-    """Model inputs of judged images with their flips (4 rows per image: as is, h-, v-, both flipped)."""
+def judged_inputs(images: list[Path], prepare: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Model inputs (``prepare``: RGB frame → 1 x C x S x S) of judged images with their flips
+    (4 rows per image: as is, h-, v-, both flipped)."""
     rows = []
     for p in tqdm(images, desc="reading judged images", unit="img", leave=False):
-        x = inp(read_rgb(p))[0]
+        x = prepare(read_rgb(p))[0]
         rows += [x, x[:, :, ::-1], x[:, ::-1, :], x[:, ::-1, ::-1]]
     return np.ascontiguousarray(np.stack(rows)).astype(np.float16)
