@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from device.bundle import load_bundle
 from device.errors import KenpinError
@@ -89,18 +88,9 @@ class RankerRecipe:
 
 def load_ranker_recipe(path: str | Path | None) -> RankerRecipe:
     """Read a ranker recipe YAML (None → defaults); unknown keys and wrong types name the key."""
-    from training.recipe import _build
+    from training.recipe import load_yaml_dataclass
 
-    if path is None:
-        return RankerRecipe()
-    path = Path(path)
-    if not path.is_file():
-        raise KenpinError(f"{path}: recipe file does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise KenpinError(f"{path}: not valid YAML ({e})") from None
-    return _build(RankerRecipe, data, str(path))
+    return load_yaml_dataclass(RankerRecipe, path)
 
 
 def _good_split(data: Path, spec: QualitySpec, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

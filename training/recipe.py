@@ -186,10 +186,10 @@ def recipe_from_dict(data: dict[str, Any], where: str) -> Recipe:
     return _build(Recipe, data, where)
 
 
-def load_recipe(path: str | Path | None) -> Recipe:
-    """Read a recipe YAML (None → the defaults)."""
+def load_yaml_dataclass(cls: type, path: str | Path | None) -> Any:
+    """Read a YAML file into dataclass ``cls`` (None → its defaults), validated like a recipe."""
     if path is None:
-        return Recipe()
+        return cls()
     path = Path(path)
     if not path.is_file():
         raise KenpinError(f"{path}: recipe file does not exist")
@@ -197,4 +197,9 @@ def load_recipe(path: str | Path | None) -> Recipe:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise KenpinError(f"{path}: not valid YAML ({e})") from None
-    return _build(Recipe, data, str(path))
+    return _build(cls, data, str(path))
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """Read a recipe YAML (None → the defaults)."""
+    return load_yaml_dataclass(Recipe, path)
