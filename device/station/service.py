@@ -102,9 +102,10 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
         notifier.notify("STOPPING=1")
         if dashboard is not None:
             dashboard.stop()
+        station.stop()
+        # After the station: the parts finished in flight are published too (stop() flushes).
         if publisher is not None:
             publisher.stop()
-        station.stop()
     c = station.counters.snapshot()[0]
     log.info("stopped: triggers=%d ok=%d defect=%d retake=%d trigger_errors=%d skipped_frames=%d", c["triggers"],
              c["ok"], c["defect"], c["retake"], c["trigger_errors"], c["skipped_frames"])
