@@ -154,12 +154,13 @@ class Station:
     def wait_replay_done(self, timeout: float) -> bool:
         """For a non-looping replay: True once every frame has been captured and recorded."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:  # checked at least once: timeout 0 is a poll
             c = self.counters.snapshot()[0]
             if self.camera_state.finished and c["ok"] + c["defect"] + c["retake"] + c["trigger_errors"] >= c["triggers"]:
                 return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return False
 
     def frames_flowing(self) -> bool:
         """True while the camera delivered a frame recently (what the systemd watchdog is fed on)."""
