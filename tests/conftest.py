@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# A folder written by build_prebuilt() (where torch is): the tiny line and bundles are copied from
+# it instead of generated and trained, so the station's tests run where there is no torch (the
+# Pi; scripts/arm64_check.sh).
+PREBUILT = os.environ.get("KENPIN_TEST_PREBUILT")
 
 
 def tiny_recipe():
@@ -22,15 +27,41 @@ def tiny_recipe():
                    export=replace(r.export, quant_methods=("MinMax",), quant_images=8), batch_size=8)
 
 
+def tiny_line_spec():
+    from training.synthetic_line import LineSpec
+
+    return LineSpec(seed=3, size=160, n_train=30, n_test_good=8, n_test_per_defect=2)
+
+
+def build_prebuilt(out: Path) -> None:
+    """The tiny line and bundle for KENPIN_TEST_PREBUILT (needs torch)."""
+    from export.build import build_bundle
+    from training.synthetic_line import generate_line
+
+    build_bundle(generate_line(out / "line", tiny_line_spec()), out / "tiny", tiny_recipe())
+
+
+def _prebuilt(name: str, tmp_path_factory) -> Path:
+    """A copy of a prebuilt folder, so tests that alter it leave the original alone."""
+    src = Path(PREBUILT) / name
+    if not src.is_dir():
+        pytest.skip(f"{src} is not in KENPIN_TEST_PREBUILT")
+    return Path(shutil.copytree(src, tmp_path_factory.mktemp("prebuilt") / name))
+
+
 @pytest.fixture(scope="session")
 def tiny_line(tmp_path_factory) -> Path:
-    from training.synthetic_line import LineSpec, generate_line
+    if PREBUILT:
+        return _prebuilt("line", tmp_path_factory)
+    from training.synthetic_line import generate_line
 
-    return generate_line(tmp_path_factory.mktemp("line"), LineSpec(seed=3, size=160, n_train=30, n_test_good=8, n_test_per_defect=2))
+    return generate_line(tmp_path_factory.mktemp("line"), tiny_line_spec())
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_line, tmp_path_factory) -> Path:
+    if PREBUILT:
+        return _prebuilt("tiny", tmp_path_factory)
     from export.build import build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
@@ -41,6 +72,8 @@ def tiny_bundle(tiny_line, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_texture_bundle(tiny_line, tmp_path_factory) -> Path:
     """The tiny bundle with the texture model fused into the image score (recipe scoring.texture)."""
+    if PREBUILT:
+        return _prebuilt("tiny_texture", tmp_path_factory)
     from export.build import build_bundle
     from training.recipe import ScoringSpec
 
