@@ -89,7 +89,7 @@ def cmd_bench_station(args: argparse.Namespace) -> int:
 
     return run_station_bench(StationBenchOptions(
         Path(args.bundle), Path(args.replay), Path(args.workdir), args.seconds, args.triggered_seconds,
-        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None))
+        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None, workers=args.workers))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -225,7 +225,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=20.0, help="length of the throughput run")
     s.add_argument("--triggered-seconds", type=float, default=60.0, help="length of the 2x-rate triggered run")
     s.add_argument("--memory-minutes", type=float, default=0.0, help="length of the memory-growth run (0: skip)")
-    s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the station's session")
+    s.add_argument("--workers", type=int, default=1, help="the station's pipeline.workers (whole-frame workers)")
     s.add_argument("--markdown", help="also write the results to this file")
     s.set_defaults(func=cmd_bench_station)
 

@@ -43,6 +43,8 @@ def test_out_of_range_and_bad_choice_are_named():
         parse_config("decision:\n  threshold: 1.5\n", "st.yaml")
     with pytest.raises(KenpinError, match=r"camera\.type = 'usb'"):
         parse_config("camera:\n  type: usb\n", "st.yaml")
+    with pytest.raises(KenpinError, match=r"pipeline\.workers = 0: must be between 1 and 16"):
+        parse_config("pipeline:\n  workers: 0\n", "st.yaml")
 
 
 def test_relative_paths_are_relative_to_the_file(tmp_path):

@@ -28,9 +28,10 @@ def run_replay_once(cfg, camera=None, timeout=30.0) -> Station:
     return st
 
 
-def test_free_run_records_every_frame_once_and_logs_after_recording(tiny_bundle, replay, tmp_path, caplog):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_free_run_records_every_frame_once_and_logs_after_recording(tiny_bundle, replay, tmp_path, caplog, workers):
     caplog.set_level(logging.INFO, logger="kenpin.station")
-    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay, extra=f"pipeline: {{workers: {workers}}}"))
     sub_status = st.status()
     st.stop()
     from device.station.store import VerdictStore
@@ -71,8 +72,11 @@ def test_threshold_change_takes_effect_and_undo_restores(tiny_bundle, replay, tm
         st.stop()
 
 
-def test_software_triggers_each_get_exactly_one_verdict(tiny_bundle, replay, tmp_path):
-    st = Station(station_config(tmp_path, tiny_bundle, replay, mode="software", loop=True))
+@pytest.mark.parametrize("workers", [1, 3])
+def test_software_triggers_each_get_exactly_one_verdict(tiny_bundle, replay, tmp_path, workers):
+    # With parallel workers too: one verdict per trigger, in the order the parts came.
+    st = Station(station_config(tmp_path, tiny_bundle, replay, mode="software", loop=True,
+                                extra=f"pipeline: {{workers: {workers}}}"))
     st.start()
     try:
         sub = st.subscribe(maxsize=1000)
@@ -82,6 +86,9 @@ def test_software_triggers_each_get_exactly_one_verdict(tiny_bundle, replay, tmp
             sub.get(timeout=0.3)  # nothing doubled
         assert got == ids
         assert st.status()["queues"]["triggers_max_backlog"] >= 1
+        if workers > 1:  # the searches run with one BLAS thread each while the workers run
+            from threadpoolctl import threadpool_info
+            assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
     finally:
         st.stop()
 
@@ -225,3 +232,19 @@ def test_quality_gate_below_floor_gives_retake_never_ok(tiny_bundle, replay, tmp
     assert first.verdict == "retake" and first.quality < 0.2 and first.frame_ref is not None
     assert status["counters"]["retake"] == 1 and status["bundle"]["quality_gate"]
     assert all(r.quality is not None for r in recs)
+
+
+def test_parallel_workers_hand_decisions_to_the_recorder_in_capture_order():
+    from device.station.pipeline import InOrder
+
+    out: queue.Queue = queue.Queue()
+    order = InOrder(out, producers=2)
+    order.done(1, "b")  # finished first, held until 0 is decided
+    assert out.empty()
+    order.done(0, "a")
+    order.done(3, "d")
+    order.done(2, None)  # a failed frame does not hold back the ones behind it
+    order.finished()
+    assert out.empty() is False and [out.get_nowait() for _ in range(3)] == ["a", "b", "d"]
+    order.finished()
+    assert out.get_nowait() is None  # the end marker once every worker is done

@@ -90,6 +90,7 @@ class ActuatorSection:
 @dataclass(frozen=True)
 class PipelineSection:
     inference_queue: int = 1
+    workers: int = 1
     record_queue: int = 64
     live_jpeg_hz: float = 5.0
     watchdog_stall_s: float = 10.0
@@ -242,6 +243,7 @@ def _check(cfg: StationConfig, where: _Where) -> None:
     need(cfg.actuator.pulse_ms > 0, ("actuator", "pulse_ms"), cfg.actuator.pulse_ms, "must be positive")
     need(cfg.actuator.delay_ms >= 0, ("actuator", "delay_ms"), cfg.actuator.delay_ms, "must be 0 or positive")
     need(cfg.pipeline.inference_queue >= 1, ("pipeline", "inference_queue"), cfg.pipeline.inference_queue, "must be 1 or more")
+    need(1 <= cfg.pipeline.workers <= 16, ("pipeline", "workers"), cfg.pipeline.workers, "must be between 1 and 16")
     need(cfg.pipeline.record_queue >= 1, ("pipeline", "record_queue"), cfg.pipeline.record_queue, "must be 1 or more")
     need(cfg.pipeline.live_jpeg_hz > 0, ("pipeline", "live_jpeg_hz"), cfg.pipeline.live_jpeg_hz, "must be positive")
     need(cfg.pipeline.watchdog_stall_s > 0, ("pipeline", "watchdog_stall_s"), cfg.pipeline.watchdog_stall_s, "must be positive")

@@ -4,6 +4,9 @@ Capture reads frames, keeps the newest for the live view and hands the frames to
 inference (free-run skips under load and counts it; triggered modes never skip a trigger).
 Capture also preprocesses; the model runs in its own stage and the reference search and decision
 in the next, so on a multi-core Pi they overlap (a bundle swap takes effect between two parts).
+With ``pipeline.workers`` > 1, N inspect workers each take a whole frame (model, then search)
+instead, and :class:`InOrder` hands their decisions to the recorder in capture order: small
+models scale poorly across ONNX Runtime's threads, frames side by side scale well.
 The recorder makes the verdict durable, then fires the actuator, logs the verdict line and tells
 subscribers — in that order, so nothing is acknowledged before it is recorded.
 """
@@ -43,6 +46,7 @@ class Job:
     model: "Model | None" = None  # the model current when the frame was taken (a swap applies to the next)
     tensor: np.ndarray | None = None  # preprocessed (capture stage)
     patches: np.ndarray | None = None  # embedded (embed stage)
+    seq: int = -1  # capture order, for the in-order hand-off of parallel workers
 
 
 @dataclass
@@ -217,6 +221,7 @@ class CaptureWorker(threading.Thread):
         self.camera, self.state, self.inq, self.slots, self.triggers = camera, state, inq, slots, triggers
         self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
         self._slot = False  # a slot acquired before reading a paced frame
+        self._seq = 0  # capture order of the frames handed to inference
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -277,6 +282,7 @@ class CaptureWorker(threading.Thread):
             self.counters.add("trigger_errors")
             log.exception("preprocessing failed for trigger %s (%s)", job.trigger_id, job.source)
             return
+        job.seq, self._seq = self._seq, self._seq + 1
         self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
 
     def _reconnect(self) -> bool:
@@ -342,6 +348,60 @@ class ScoreWorker(threading.Thread):
                 continue
             self.outq.put(decision)
         self.outq.put(None)
+
+
+class InOrder:
+    """Passes parallel workers' decisions to the recorder in capture order.
+
+    A worker that fails on a frame reports ``None`` for its number so the frames behind it are
+    not held back; the last worker to finish sends the recorder its end marker.
+    """
+
+    def __init__(self, outq: "queue.Queue[Decision | None]", producers: int) -> None:
+        self._outq, self._left = outq, producers
+        self._lock = threading.Lock()
+        self._pending: dict[int, Decision | None] = {}
+        self._next = 0
+
+    def done(self, seq: int, decision: Decision | None) -> None:
+        """Worker side: frame ``seq`` is decided (or failed: None)."""
+        with self._lock:  # held while putting: a full record queue back-pressures every worker alike
+            self._pending[seq] = decision
+            while self._next in self._pending:
+                d = self._pending.pop(self._next)
+                self._next += 1
+                if d is not None:
+                    self._outq.put(d)
+
+    def finished(self) -> None:
+        """Worker side: this worker read its end marker."""
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self._outq.put(None)
+
+
+class InspectWorker(threading.Thread):
+    """One of N parallel workers: model and decision for a whole frame, then the in-order hand-off."""
+
+    def __init__(self, index: int, inq: "queue.Queue[Job | None]", slots: threading.Semaphore, order: InOrder,
+                 threshold: Callable[[], float], station: str, counters: Counters) -> None:
+        super().__init__(name=f"inspect-{index}", daemon=True)
+        self.inq, self.slots, self.order, self.threshold = inq, slots, order, threshold
+        self.station, self.counters = station, counters
+
+    def run(self) -> None:
+        while (job := self.inq.get()) is not None:
+            self.slots.release()
+            decision = None
+            try:
+                job.model.embed(job)
+                decision = job.model.decide(job, self.threshold(), self.station)
+            except Exception:  # one bad frame must not stop the line; it is counted and logged
+                self.counters.add("trigger_errors")
+                log.exception("inspection failed for trigger %s (%s)", job.trigger_id, job.source)
+            self.order.done(job.seq, decision)
+        self.order.finished()
 
 
 class RecorderWorker(threading.Thread):
