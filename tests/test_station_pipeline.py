@@ -248,3 +248,42 @@ def test_parallel_workers_hand_decisions_to_the_recorder_in_capture_order():
     assert out.empty() is False and [out.get_nowait() for _ in range(3)] == ["a", "b", "d"]
     order.finished()
     assert out.get_nowait() is None  # the end marker once every worker is done
+
+
+def test_a_slow_disk_gets_the_waiting_verdicts_in_one_commit_in_order():
+    import dataclasses
+    import time
+    from types import SimpleNamespace
+
+    from device.station.pipeline import Counters, Decision, RecorderWorker
+    from device.station.record import VerdictRecord
+
+    class SlowStore:  # every commit costs a sync of 20 ms, like an SD card
+        def __init__(self):
+            self.commits, self.ids = 0, 0
+
+        def record_many(self, items):
+            time.sleep(0.02)
+            self.commits += 1
+            out = []
+            for rec, _frame, _heat in items:
+                self.ids += 1
+                out.append(dataclasses.replace(rec, id=self.ids))
+            return out
+
+    fired, seen = [], []
+    actuator = SimpleNamespace(fire=fired.append)
+    outq: queue.Queue = queue.Queue()
+    for i in range(40):
+        rec = VerdictRecord(0.0, "line", "b", "defect" if i % 5 == 0 else "ok", 0.1, 0.5, 1.0, 2.0, None, 1.0,
+                            "software", i)
+        outq.put(Decision(SimpleNamespace(frame=None), rec, None))
+    outq.put(None)
+    store = SlowStore()
+    w = RecorderWorker(outq, store, actuator, Counters(), seen.append)
+    w.start()
+    w.join(10)
+    assert not w.is_alive()
+    assert [r.trigger_id for r in seen] == list(range(40)) and [r.id for r in seen] == list(range(1, 41))
+    assert fired == ["defect" if i % 5 == 0 else "ok" for i in range(40)]
+    assert store.commits <= 3  # what waited went in together (16 per commit at most), not 40 syncs

@@ -405,20 +405,42 @@ class InspectWorker(threading.Thread):
 
 
 class RecorderWorker(threading.Thread):
-    """Records each decision durably, then acts on it: actuator, verdict log line, subscribers."""
+    """Records decisions durably, then acts on each: actuator, verdict log line, subscribers.
+
+    Decisions already waiting when one arrives are recorded with it in one transaction (group
+    commit, up to ``batch``): on a slow SD card the sync per commit, not the work, limits the rate,
+    and a line that momentarily outpaces the disk catches up instead of queueing further.
+    """
 
     def __init__(self, outq: "queue.Queue[Decision | None]", store: Any, actuator: Any, counters: Counters,
-                 on_recorded: Callable[[VerdictRecord], None]) -> None:
+                 on_recorded: Callable[[VerdictRecord], None], batch: int = 16) -> None:
         super().__init__(name="recorder", daemon=True)
         self.outq, self.store, self.actuator, self.counters, self.on_recorded = outq, store, actuator, counters, on_recorded
+        self.batch = batch
 
     def run(self) -> None:
-        while (d := self.outq.get()) is not None:
-            try:
-                rec = self.store.record(d.record, d.job.frame, d.heatmap)
-            except KenpinError as e:  # the store degrades rather than raising; belt and braces
-                log.error("recording failed: %s", e)
-                rec = d.record
+        while (first := self.outq.get()) is not None:
+            batch, end = [first], False
+            while len(batch) < self.batch:
+                try:
+                    d = self.outq.get_nowait()
+                except queue.Empty:
+                    break
+                if d is None:
+                    end = True
+                    break
+                batch.append(d)
+            self._record(batch)
+            if end:
+                return
+
+    def _record(self, batch: list[Decision]) -> None:
+        try:
+            recs = self.store.record_many([(d.record, d.job.frame, d.heatmap) for d in batch])
+        except KenpinError as e:  # the store degrades rather than raising; belt and braces
+            log.error("recording failed: %s", e)
+            recs = [d.record for d in batch]
+        for rec in recs:
             self.actuator.fire(rec.verdict)
             self.counters.verdict(rec)
             log.info("verdict id=%s trigger=%s source=%s verdict=%s score=%.3f quality=%s latency_ms=%.1f",
