@@ -287,3 +287,51 @@ def test_a_slow_disk_gets_the_waiting_verdicts_in_one_commit_in_order():
     assert [r.trigger_id for r in seen] == list(range(40)) and [r.id for r in seen] == list(range(1, 41))
     assert fired == ["defect" if i % 5 == 0 else "ok" for i in range(40)]
     assert store.commits <= 3  # what waited went in together (16 per commit at most), not 40 syncs
+
+
+def _restart(cfg) -> Station:
+    st = Station(cfg)
+    st.start()
+    return st
+
+
+def test_dashboard_changes_survive_a_restart_until_the_config_is_edited(tiny_bundle, replay, tmp_path):
+    cfg = station_config(tmp_path, tiny_bundle, replay, mode="software")
+    st = _restart(cfg)
+    swapped = tmp_path / "new_bundle"
+    shutil.copytree(tiny_bundle, swapped)
+    try:
+        st.activate_bundle(swapped, who="qe")
+        st.set_threshold(0.7, who="qe")
+    finally:
+        st.stop()
+    st = _restart(cfg)  # e.g. after a power cut
+    try:
+        assert st.threshold == 0.7 and st.status()["bundle"]["path"] == str(swapped)
+        assert st.store.audit_log(1)[0]["detail"]["restored_from_dashboard"] is True
+    finally:
+        st.stop()
+    edited = station_config(tmp_path, tiny_bundle, replay, mode="software", extra="decision: {threshold: 0.6}")
+    st = _restart(edited)  # plant IT edited the config: it wins
+    try:
+        assert st.threshold == 0.6 and st.status()["bundle"]["path"] == str(tiny_bundle)
+    finally:
+        st.stop()
+
+
+def test_a_restored_bundle_that_is_gone_falls_back_to_the_config_and_says_so(tiny_bundle, replay, tmp_path):
+    cfg = station_config(tmp_path, tiny_bundle, replay, mode="software")
+    swapped = tmp_path / "new_bundle"
+    shutil.copytree(tiny_bundle, swapped)
+    st = _restart(cfg)
+    try:
+        st.activate_bundle(swapped, who="qe")
+    finally:
+        st.stop()
+    shutil.rmtree(swapped)
+    st = _restart(cfg)
+    try:
+        assert st.status()["bundle"]["path"] == str(tiny_bundle)
+        assert "restore_refused" in [a["event"] for a in st.store.audit_log(5)]
+    finally:
+        st.stop()

@@ -24,6 +24,7 @@ from device.errors import KenpinError
 from device.station.actuator import make_actuator
 from device.station.camera import Backoff, Camera, CameraLost, make_camera
 from device.station.config import StationConfig
+from device.station.overrides import OverrideFile, Overrides
 from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decision, EmbedWorker, InOrder,
                                      InspectWorker, Job, Model, RecorderWorker, ScoreWorker, choose_precision)
 from device.station.record import VerdictRecord
@@ -71,7 +72,9 @@ class Station:
         self._camera = camera if camera is not None else make_camera(config.camera)
         self._pin_factory = pin_factory
         self._lock = threading.Lock()
-        self._threshold = config.decision.threshold
+        self._overrides = OverrideFile(config.station.data_dir)
+        self._restored = self._overrides.load(config.bundle.path, config.decision.threshold)
+        self._threshold = self._restored.threshold if self._restored else config.decision.threshold
         self._threshold_history: list[float] = []
         self._model: Model | None = None
         self._previous_model: Model | None = None
@@ -105,13 +108,14 @@ class Station:
             raise
         self.camera_state.connected = True
         try:
-            self._model = self._load_model(self.config.bundle.path)
+            self._model = self._load_start_model()
         except KenpinError:
             self._camera.close()
             self.store.close()
             raise
         self._actuator = make_actuator(self.config.actuator, self._pin_factory)
         self.store.audit("start", {"bundle": self._model.bundle.bundle_id, "precision": self._model.precision,
+                                   "threshold": self._threshold, "restored_from_dashboard": self._restored is not None,
                                    "config": self.config.summary()})
         c, freerun = self.config, None
         if c.trigger.mode == "free-run":
@@ -193,6 +197,29 @@ class Station:
             raise KenpinError(f"bundle.precision = {precision}: {path} has only {sorted(bundle.variants)}")
         return Model(bundle, precision, self.config.bundle.threads)
 
+    def _load_start_model(self) -> Model:
+        """The bundle last activated from the dashboard if it still loads, else the config's."""
+        ov = self._restored
+        if ov is not None and ov.bundle != str(self.config.bundle.path):
+            try:
+                return self._load_model(Path(ov.bundle))
+            except KenpinError as e:
+                log.warning("the bundle last activated from the dashboard does not load (%s); starting with "
+                            "bundle.path from the config", e)
+                self.store.audit("restore_refused", {"bundle": ov.bundle, "reason": str(e)})
+        return self._load_model(self.config.bundle.path)
+
+    def _keep_overrides(self) -> None:
+        """Write the threshold and active bundle so that a restart or power cut keeps them."""
+        with self._lock:
+            ov = Overrides(str(self.config.bundle.path), self.config.decision.threshold,
+                           str(self._model.bundle.root) if self._model else str(self.config.bundle.path),
+                           self._threshold)
+        try:
+            self._overrides.save(ov)
+        except OSError as e:  # verdicts keep flowing; the change holds until the next restart
+            log.error("the change is in effect but will not survive a restart: %s: %s", self._overrides.path, e)
+
     def _current_model(self) -> Model:
         with self._lock:
             assert self._model is not None
@@ -211,6 +238,7 @@ class Station:
                                               "previous": old.bundle.bundle_id if old else None}, who)
         log.info("bundle %s activated by %s (previous %s kept for roll-back)", model.bundle.bundle_id, who,
                  old.bundle.bundle_id if old else None)
+        self._keep_overrides()
         return model.summary()
 
     def rollback_bundle(self, who: str) -> dict:
@@ -222,6 +250,7 @@ class Station:
             model, old = self._model, self._previous_model
         self.store.audit("bundle_rolled_back", {"bundle": model.bundle.bundle_id, "previous": old.bundle.bundle_id}, who)
         log.info("bundle rolled back to %s by %s", model.bundle.bundle_id, who)
+        self._keep_overrides()
         return model.summary()
 
     # -- threshold -------------------------------------------------------------------------
@@ -242,6 +271,7 @@ class Station:
             self._threshold_history.append(old)
             self._threshold = value
         self.store.audit("threshold", {"from": old, "to": value}, who)
+        self._keep_overrides()
 
     def undo_threshold(self, who: str) -> float:
         """Restore the threshold before the last change (audited); returns it."""
@@ -251,6 +281,7 @@ class Station:
             old, self._threshold = self._threshold, self._threshold_history.pop()
             value = self._threshold
         self.store.audit("threshold_undo", {"from": old, "to": value}, who)
+        self._keep_overrides()
         return value
 
     # -- triggers, live view, subscribers ---------------------------------------------------
