@@ -335,3 +335,23 @@ def test_a_restored_bundle_that_is_gone_falls_back_to_the_config_and_says_so(tin
         assert "restore_refused" in [a["event"] for a in st.store.audit_log(5)]
     finally:
         st.stop()
+
+
+def test_below_the_configured_disk_reserve_images_stop_but_verdicts_flow(tiny_bundle, replay, tmp_path):
+    from device.station.config import parse_config
+
+    cfg = parse_config(f"""
+station: {{name: test-line, data_dir: {tmp_path / 'data'}}}
+bundle: {{path: {tiny_bundle}, precision: int8, threads: 1}}
+camera: {{type: replay, replay: {{folder: {replay}, fps: 0, loop: false}}}}
+record: {{ok_image_fraction: 1.0, reserve_mb: 1.0e+12}}
+dashboard: {{enabled: false}}
+""", "test.yaml")
+    st = run_replay_once(cfg)
+    try:
+        recs = st.store.query(limit=100)
+        health = st.store.health()
+    finally:
+        st.stop()
+    assert len(recs) == 6 and all(r.id is not None and r.frame_ref is None for r in recs)
+    assert "disk nearly full" in str(health)

@@ -106,6 +106,7 @@ class RecordSection:
     image_budget_mb: float = 1024.0
     ok_image_fraction: float = 0.01
     seed: int = 0
+    reserve_mb: float = 64.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ def _check(cfg: StationConfig, where: _Where) -> None:
     need(cfg.pipeline.watchdog_stall_s > 0, ("pipeline", "watchdog_stall_s"), cfg.pipeline.watchdog_stall_s, "must be positive")
     need(0 < cfg.decision.threshold < 1, ("decision", "threshold"), cfg.decision.threshold,
          "must be strictly between 0 and 1 (the calibrated threshold is 0.5)")
+    need(cfg.record.reserve_mb >= 0, ("record", "reserve_mb"), cfg.record.reserve_mb, "must be 0 or positive")
     need(cfg.record.image_budget_mb > 0, ("record", "image_budget_mb"), cfg.record.image_budget_mb, "must be positive")
     need(0 <= cfg.record.ok_image_fraction <= 1, ("record", "ok_image_fraction"), cfg.record.ok_image_fraction,
          "must be between 0 and 1")
