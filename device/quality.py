@@ -26,11 +26,15 @@ ROLES = ("quality", "grade")
 
 @dataclass(frozen=True)
 class RankerInput:
-    """How a frame becomes the ranker's input: 1 x (1 + crops) x size x size float32 in [0, 1].
+    """How a frame becomes the ranker's input: 1 x (1 + crops [+ 1]) x size x size float32.
 
     Channel 0 is the whole frame in gray, area-resized to ``size`` (blur, exposure, glare and
     occlusion show at low resolution). Channels 1.. are ``crops`` crops of ``size`` px at native
-    resolution (sensor noise is a per-pixel signal that any down-scaling averages away).
+    resolution (sensor noise is a per-pixel signal that any down-scaling averages away). With
+    ``stats`` a last channel carries a vector of whole-frame statistics at native resolution
+    (:data:`FRAME_STATS`, or :data:`MAP_STATS` for an anomaly map) in the first cells of its
+    first row, zeros elsewhere: one input tensor, so the bundle format, the int8 export and the
+    station's session stay as they were, and the model slices the vector out before any convolution.
     """
 
     size: int = 64
@@ -39,6 +43,9 @@ class RankerInput:
     # frame (in units of its threshold), resized to size x size — what a grade of defect severity
     # needs, since the anomaly model already knows where the frame departs from good parts.
     source: str = "frame"
+    # Whole-frame statistics as an extra plane (see above). Absent in a manifest = False, so a
+    # bundle written before the key existed keeps its input shape and loads unchanged.
+    stats: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or not 16 <= self.size <= 512 or self.size % 8:
@@ -49,10 +56,19 @@ class RankerInput:
             raise KenpinError(f"input.source = {self.source!r}: use 'frame' or 'anomaly'")
         if self.source == "anomaly" and self.crops:
             raise KenpinError(f"input.crops = {self.crops}: an anomaly-map input has no crops; use 0")
+        if not isinstance(self.stats, bool):
+            raise KenpinError(f"input.stats = {self.stats!r}: use true or false")
 
     @property
     def channels(self) -> int:
-        return 1 + self.crops
+        return 1 + self.crops + int(self.stats)
+
+    @property
+    def n_stats(self) -> int:
+        """Length of the statistics vector in the last channel (0 without ``stats``)."""
+        if not self.stats:
+            return 0
+        return len(MAP_STATS if self.source == "anomaly" else FRAME_STATS)
 
     @property
     def shape(self) -> list[int]:
@@ -105,24 +121,90 @@ class RankerInput:
             f = self.size / min(h, w)
             g = cv2.resize(g, (max(self.size, round(w * f)), max(self.size, round(h * f))), interpolation=cv2.INTER_LINEAR)
             h, w = g.shape
-        out = np.empty(self.shape, np.float32)
+        out = np.zeros(self.shape, np.float32)
         out[0, 0] = self.thumbnail(g)
         for i, (y, x) in enumerate(self.crop_corners(h, w)):
             out[0, 1 + i] = g[y:y + self.size, x:x + self.size]
-        out *= unit
+        out[0, : 1 + self.crops] *= unit
+        if self.stats:
+            self._put_stats(out, frame_stats(g, unit))
         return out
 
     def from_map(self, distances: np.ndarray) -> np.ndarray:
-        """A patch-distance map (grid, in units of the threshold) → the model input 1 x 1 x size x size."""
-        m = cv2.resize(distances.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        return m[None, None]
+        """A patch-distance map (grid, in units of the threshold) → the model input 1 x C x size x size."""
+        out = np.zeros(self.shape, np.float32)
+        out[0, 0] = cv2.resize(distances.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        if self.stats:
+            self._put_stats(out, map_stats(distances))
+        return out
+
+    def _put_stats(self, out: np.ndarray, v: np.ndarray) -> None:
+        plane = out[0, -1]
+        plane[:] = 0.0
+        plane.reshape(-1)[: len(v)] = v
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RankerInput":
-        unknown = set(d) - {"size", "crops", "source"}
+        known = {"size", "crops", "source", "stats"}
+        unknown = set(d) - known
         if unknown:
-            raise KenpinError(f"input: unknown key(s) {sorted(unknown)}; known: ['crops', 'size', 'source']")
+            raise KenpinError(f"input: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+
+# Whole-frame statistics at native resolution, each shifted to near 0. Log energies stay in
+# natural-log units (σ = 0.001 moves haar1 by ~0.004): shrinking them would only make the head's
+# weights grow longer before the one-image differences count.
+# Haar detail energies at three scales: white noise adds σ² to every band (most, relative to the
+# scene, to the finest), blur removes energy from the fine bands first, so their pattern tells the
+# two apart; summed over the whole frame (~1e5 pixels) the added σ² = 1e-6 is ~10 standard
+# deviations of the texture's own fluctuation. Mean / sd / clipped shares: exposure and glare.
+# (A median-based "MAD" noise estimate was tried and left out: on 8-bit frames the median of the
+# finest band is quantized and moved for 3 % of frames at σ = 0.001, while the mean energy moved for 99 %.)
+FRAME_STATS = ("haar1", "haar2", "haar3", "log_mean", "log_sd", "clipped_dark", "clipped_bright")
+# Anomaly map (in units of the threshold): the share of the map above several levels tracks a
+# defect's area, the summed excess its area times depth, the peak its worst point.
+MAP_LEVELS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+MAP_STATS = (*(f"above_{t:g}" for t in MAP_LEVELS), "mean_excess", "log_peak", "mean")
+
+
+def _detail_energy(x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean squared Haar detail coefficient of one level of ``x`` (float32), and its 2x2 block means.
+
+    An orthonormal Haar step keeps a block's energy: sum(x²) = 4·mean² + the three details², so
+    the details' energy is sum(x²) − 4·sum(block means²), both summed in float64 by OpenCV (no
+    band images are built: the whole frame costs two passes)."""
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    if not h or not w:  # a frame too small for this level: no detail left to measure
+        return 0.0, x
+    x = x[:h, :w]
+    m = cv2.resize(x, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    detail = cv2.norm(x, cv2.NORM_L2SQR) - 4.0 * cv2.norm(m, cv2.NORM_L2SQR)
+    return max(detail, 0.0) / (3 * m.size), m
+
+
+def frame_stats(g: np.ndarray, unit: float) -> np.ndarray:
+    """Gray frame (its own type) and its scale to [0, 1] → the :data:`FRAME_STATS` vector (float32)."""
+    x = g.astype(np.float32) * np.float32(unit)
+    out, m = [], x
+    for level in range(3):
+        e, m = _detail_energy(m)
+        # 4**level: block means → orthonormal Haar units, so the scales compare like the crop branch's
+        out.append(math.log(e * 4.0 ** level + 1e-12) + 8.0)
+    mean, sd = (float(v[0, 0]) for v in cv2.meanStdDev(x))
+    lo, hi = 0.5 / 255, 254.5 / 255  # an 8-bit camera's 0 and 255 (and the same levels of deeper frames)
+    n = x.size
+    out += [math.log(mean + 1e-3) + 1.0, math.log(sd + 1e-4) + 2.0,
+            np.count_nonzero(x <= lo) / n, np.count_nonzero(x >= hi) / n]
+    return np.asarray(out, np.float32)
+
+
+def map_stats(distances: np.ndarray) -> np.ndarray:
+    """Patch-distance map in units of the threshold → the :data:`MAP_STATS` vector (float32)."""
+    d = distances.astype(np.float64)
+    above = [float((d > t).mean()) for t in MAP_LEVELS]
+    return np.asarray([*above, float(np.maximum(d - 1.0, 0.0).mean()), math.log1p(max(float(d.max()), 0.0)),
+                       float(d.mean())], np.float32)
 
 
 def anomaly_map(inspector: Any, rgb: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class QualitySpec:
     """The capture-quality gate: what it trains on and how its floor is set."""
 
-    input: RankerInput = field(default_factory=RankerInput)
+    input: RankerInput = field(default_factory=RankerInput)  # whole-frame stats off: see recipe_ranker.yaml
     images: int = 300  # train/good images used (a seeded pick; 0 = all)
     holdout_fraction: float = 0.2  # of those, kept out of training to set the floor
     kinds: tuple[str, ...] = KINDS
@@ -72,7 +72,7 @@ class QualitySpec:
 class GradeSpec:
     """The grade ranker learnt from an operator file."""
 
-    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "anomaly"))
+    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "anomaly", stats=True))
     train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=600, width=16))
 
 
@@ -189,7 +189,7 @@ def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, 
 
         insp = Inspector(load_bundle(bundle), "int8", 2)
         prepare = lambda rgb: spec.input.from_map(anomaly_map(insp, rgb))  # noqa: E731
-    inputs = judged_inputs(judged.images, prepare)
+    inputs = judged_inputs(judged.images, prepare, spec.input)
     log.info("training the grade ranker on %d judgements of %d images", len(judged.pairs), len(judged.images))
     trained = train_ranknet(inputs, judgement_pairs(judged.pairs, 4), spec.input, spec.train, "grade ranknet")
     plain = inputs[::4]  # unflipped rows: the images as the station sees them

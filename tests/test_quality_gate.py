@@ -16,12 +16,12 @@ from training.rank_eval import kendall_tau
 
 TINY_RECIPE = """
 quality:
-  input: {size: 32, crops: 2}
+  input: {size: 32, crops: 2, stats: true}
   images: 0
   holdout_fraction: 0.2
   train: {steps: 100, batch_pairs: 16, width: 8}
 grade:
-  input: {size: 32, crops: 0}
+  input: {size: 32, crops: 0, stats: true}
   train: {steps: 100, batch_pairs: 16, width: 8}
 export:
   quant_images: 16
@@ -64,6 +64,7 @@ def test_the_gate_joins_the_bundle_hashed_and_the_anomaly_model_is_untouched(gat
     assert m["bundle_id"] != old["bundle_id"]
     assert m["variants"] == old["variants"] and "quality" in m["roles"]
     assert Inspector.open(gated).bundle.rankers["quality"].input.crops == 2
+    assert q["input"]["stats"] and q["input_shape"] == [1, 4, 32, 32]  # gray + 2 crops + statistics plane
 
 
 def test_a_bundle_without_a_quality_model_has_no_gate(tiny_bundle):

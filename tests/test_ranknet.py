@@ -72,3 +72,78 @@ def test_ranking_metrics_on_a_known_order():
     assert ranking_metrics(-truth, truth, k=3)["kendall_tau"] == pytest.approx(-1.0)
     assert ndcg_at(-truth, truth, 3) < 0.7
     assert pairwise_accuracy(np.array([1.0, 1.0]), np.array([0.0, 1.0])) == 0.75
+
+
+def _texture(seed=0, shape=(240, 320)):
+    """A smooth-ish random texture in [0.2, 0.8] (fine-band energy well above 1e-6, like real frames)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    return np.clip(0.5 + 0.6 * cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), 1.0), 0.2, 0.8)
+
+
+def test_whole_frame_fine_energy_rises_with_sub_lsb_noise_and_falls_with_blur():
+    from device.quality import FRAME_STATS, frame_stats
+
+    up = []
+    for seed in range(10):
+        clean = _texture(seed)
+        noisy = degrade(clean, "noise", 0.001, np.random.default_rng(seed))
+        up.append(frame_stats(noisy, 1.0)[0] > frame_stats(clean, 1.0)[0])
+        blurred = degrade(clean, "defocus", 1.5, np.random.default_rng(seed))
+        assert frame_stats(blurred, 1.0)[0] < frame_stats(clean, 1.0)[0] - 0.5  # e-folds of energy lost
+    assert np.mean(up) >= 0.9
+    s = frame_stats(np.array([[0, 255], [128, 255]], np.uint8), 1 / 255)
+    assert len(s) == len(FRAME_STATS)
+    assert s[FRAME_STATS.index("clipped_dark")] == 0.25 and s[FRAME_STATS.index("clipped_bright")] == 0.5
+
+
+def test_map_statistics_measure_the_share_above_the_threshold():
+    from device.quality import MAP_STATS, map_stats
+
+    d = np.zeros((10, 10), np.float32)
+    d[:2] = 1.6  # 20 % of the map at 1.6x the threshold
+    s = dict(zip(MAP_STATS, map_stats(d)))
+    assert s["above_1"] == pytest.approx(0.2) and s["above_1.5"] == pytest.approx(0.2) and s["above_2"] == 0
+    assert s["mean_excess"] == pytest.approx(0.2 * 0.6) and s["log_peak"] == pytest.approx(np.log1p(1.6))
+
+
+def test_the_statistics_plane_rides_last_and_flips_leave_it_alone(tmp_path):
+    import cv2
+
+    from device.quality import FRAME_STATS, frame_stats
+    from training.rank_pairs import judged_inputs
+
+    img = (np.tile(np.arange(100, dtype=np.float32), (80, 1)) * 2.5).astype(np.uint8)
+    inp = RankerInput(32, 1, stats=True)
+    x = inp(img)
+    assert x.shape == (1, 3, 32, 32) and inp.n_stats == len(FRAME_STATS)
+    assert np.allclose(x[0, -1, 0, :inp.n_stats], frame_stats(img, 1 / 255))
+    assert not x[0, -1].reshape(-1)[inp.n_stats:].any()
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    rows = judged_inputs([tmp_path / "a.png"], inp, inp)
+    assert rows.dtype == np.float32 and np.array_equal(rows[1, 0], x[0, 0, :, ::-1])
+    assert all(np.array_equal(r[-1], x[0, -1]) for r in rows)
+
+
+def test_an_input_spec_written_before_the_stats_key_keeps_its_shape():
+    old = RankerInput.from_dict({"size": 64, "crops": 4, "source": "frame"})
+    assert not old.stats and old.shape == [1, 5, 64, 64]
+    assert RankerInput.from_dict({"size": 32, "crops": 0, "source": "anomaly", "stats": True}).shape == [1, 2, 32, 32]
+    with pytest.raises(KenpinError, match="input.stats"):
+        RankerInput(32, 0, stats="yes")
+    with pytest.raises(KenpinError, match="unknown key"):
+        RankerInput.from_dict({"size": 32, "colour": 1})
+
+
+def test_the_scorer_reads_the_statistics_plane():
+    from training.ranknet import RankScorer
+
+    torch.manual_seed(0)
+    inp = RankerInput(32, 2, stats=True)
+    m = RankScorer(inp, 8).eval()
+    x = torch.rand(2, *inp.shape[1:])
+    x[:, -1] = 0
+    y = x.clone()
+    y[:, -1, 0, 0] += 1.0  # only the first statistic changes
+    assert not torch.allclose(m(x), m(y))

@@ -37,7 +37,7 @@ class QualityPool:
     ``kind[r]`` at ``level[r]`` (1 = mildest of that kind's training grid).
     """
 
-    inputs: np.ndarray  # N x C x S x S float16
+    inputs: np.ndarray  # N x C x S x S float16 (float32 with a statistics plane)
     group: np.ndarray
     kind: np.ndarray
     level: np.ndarray
@@ -52,6 +52,9 @@ def build_quality_pool(images: list[np.ndarray], inp: RankerInput, kinds: tuple[
     stays in float, so both the station's 8-bit path and a deeper sensor's path are learnt.
     """
     rng = np.random.default_rng(seed)
+    # float16 halves the pool; a statistics vector needs float32 (σ = 0.001 moves its finest
+    # band energy by ~0.004 in log units, below float16's resolution at those magnitudes)
+    dtype = np.float32 if inp.stats else np.float16
     rows, group, kind, level = [], [], [], []
     for g, rgb in enumerate(tqdm(images, desc="degrading", unit="img", leave=False)):
         clean = to_float(rgb[..., 0] if rgb.ndim == 3 and np.array_equal(rgb[..., 0], rgb[..., 1]) else rgb)
@@ -62,7 +65,7 @@ def build_quality_pool(images: list[np.ndarray], inp: RankerInput, kinds: tuple[
             for li in sorted(rng.choice(len(grid), size=min(levels_per_kind, len(grid)), replace=False)):
                 versions.append((k, int(li) + 1, degrade(clean, name, grid[li], rng)))
         for k, li, img in versions:
-            rows.append(inp(to_uint8(img) if rounded else img)[0].astype(np.float16))
+            rows.append(inp(to_uint8(img) if rounded else img)[0].astype(dtype))
             group.append(g), kind.append(k), level.append(li)
     return QualityPool(np.stack(rows), np.array(group), np.array(kind), np.array(level), kinds)
 
@@ -233,11 +236,17 @@ def judgement_pairs(pairs: list[tuple[int, int, float]], variants: int) -> Calla
     return sample
 
 
-def judged_inputs(images: list[Path], prepare: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def judged_inputs(images: list[Path], prepare: Callable[[np.ndarray], np.ndarray], inp: RankerInput) -> np.ndarray:
     """Model inputs (``prepare``: RGB frame → 1 x C x S x S) of judged images with their flips
-    (4 rows per image: as is, h-, v-, both flipped)."""
+    (4 rows per image: as is, h-, v-, both flipped; a statistics plane is never flipped, its
+    values describe the whole image and do not change under a flip)."""
     rows = []
     for p in tqdm(images, desc="reading judged images", unit="img", leave=False):
         x = prepare(read_rgb(p))[0]
-        rows += [x, x[:, :, ::-1], x[:, ::-1, :], x[:, ::-1, ::-1]]
-    return np.ascontiguousarray(np.stack(rows)).astype(np.float16)
+        n = inp.channels - int(inp.stats)
+        for flip in ((), (2,), (1,), (1, 2)):
+            y = x.copy()
+            y[:n] = np.flip(x[:n], flip)
+            rows.append(y)
+    # float32 when a statistics vector rides along: float16 would round away its small differences
+    return np.ascontiguousarray(np.stack(rows)).astype(np.float32 if inp.stats else np.float16)

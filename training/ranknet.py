@@ -3,7 +3,10 @@
 The model is a small CNN over :class:`device.quality.RankerInput` (a gray thumbnail of the whole
 frame plus native-resolution crops). The crop branch starts with a fixed high-pass filter and pools
 log-energies, so it sees the per-pixel signal of sensor noise and the loss of fine texture under
-blur whatever the scene; the thumbnail branch sees exposure, glare and occlusion.
+blur whatever the scene; the thumbnail branch sees exposure, glare and occlusion. With
+``input.stats`` the whole-frame statistics vector (native resolution, computed in
+``device.quality``) is sliced from the input's last plane and joins the pooled features before
+the head: no convolution touches it, so the int8 export keeps that path fp32.
 
 Run it with ``kenpin train-ranker`` (see ``configs/recipe_ranker.yaml``).
 """
@@ -35,13 +38,14 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class RankScorer(nn.Module):
-    """N x (1 + crops) x S x S → N x 1 score (higher = better)."""
+    """N x (1 + crops [+ 1 statistics plane]) x S x S → N x 1 score (higher = better)."""
 
     LEVELS = 3  # Haar levels whose detail energies the crop branch measures
 
     def __init__(self, inp: RankerInput, width: int = 16) -> None:
         super().__init__()
         self.crops = inp.crops
+        self.n_stats = inp.n_stats
         # Fixed Laplacian high-pass, scaled so texture residuals (~0.02) land near unit range.
         lap = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]) * 8.0
         self.highpass = nn.Conv2d(1, 1, 3, 1, 1, bias=False)
@@ -56,7 +60,11 @@ class RankScorer(nn.Module):
         self.thumb = nn.Sequential(_conv(1, width // 2, 2), _conv(width // 2, width, 2), _conv(width, 2 * width, 2))
         self.fine = nn.Sequential(_conv(2, width // 2, 2), _conv(width // 2, width, 2))
         n_fine = width + 3 * self.LEVELS if inp.crops else 0
-        self.head = nn.Sequential(nn.Linear(4 * width + n_fine, 2 * width), nn.ReLU(), nn.Linear(2 * width, 1))
+        self.head = nn.Sequential(nn.Linear(4 * width + n_fine + self.n_stats, 2 * width), nn.ReLU(),
+                                  nn.Linear(2 * width, 1))
+        # A linear path from the statistics to the score as well: "more fine-band energy at equal
+        # everything else = noisier" is a monotone rule the head need not rebuild from ReLUs.
+        self.stats_linear = nn.Linear(self.n_stats, 1, bias=False) if self.n_stats else None
 
     def band_energies(self, c: torch.Tensor) -> torch.Tensor:
         """(M, 1, S, S) crops → (M, 3 * LEVELS) log energies of the Haar detail bands, shifted near 0."""
@@ -73,13 +81,15 @@ class RankScorer(nn.Module):
         feats = []
         if self.crops:
             n, _, s, _ = x.shape
-            c = x[:, 1:].reshape(n * self.crops, 1, s, s)
+            c = x[:, 1:1 + self.crops].reshape(n * self.crops, 1, s, s)
             feats.append(self.band_energies(c).reshape(n, self.crops, -1).mean(1))
             f = self.fine(torch.cat([self.highpass(c), c - 0.5], 1))
             # log of pooled energy: ratios between filter responses, not the scene's contrast
             feats.append(torch.log(f.mean((2, 3)) + 1e-3).reshape(n, self.crops, -1).mean(1))
+        stats = x[:, -1, 0, : self.n_stats] if self.n_stats else None
         t = self.thumb(x[:, :1] - 0.5)
-        return self.head(torch.cat([t.mean((2, 3)), t.amax((2, 3)), *feats], 1))
+        score = self.head(torch.cat([t.mean((2, 3)), t.amax((2, 3)), *feats, *([stats] if self.n_stats else [])], 1))
+        return score + self.stats_linear(stats) if self.n_stats else score
 
 
 def ranknet_loss(s_a: torch.Tensor, s_b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
