@@ -72,7 +72,7 @@ class QualitySpec:
 class GradeSpec:
     """The grade ranker learnt from an operator file."""
 
-    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "anomaly", stats=True))
+    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "anomaly"))  # stats off: see the recipe
     train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=600, width=16))
 
 
