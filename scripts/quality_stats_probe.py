@@ -1,0 +1,127 @@
+"""Probes behind BENCHMARKS.md "RankNet (issue 4)", second pass: what whole-frame statistics can order.
+
+Everything here reads ``DATA/train/good`` only (never ``test/``):
+
+1. ``stats``: a RankNet on the :data:`device.quality.FRAME_STATS` vector alone (linear, and a
+   32-unit MLP), trained on pairs from 160 images and validated on 60 others, per degradation
+   kind and per noise level; plus how often a single statistic moves with σ = 0.001 noise.
+2. ``exposure``: the ceiling of a brightness-only prior for same-image exposure pairs: a scorer
+   peaked at one brightness (fitted on half the images) measured on the other half.
+3. ``grade-map BUNDLE RATINGS/train.csv``: Kendall τ of each :data:`device.quality.MAP_STATS`
+   against the ratings of the TRAIN half only, and a seeded split of it into ``trainA.csv`` /
+   ``valB.csv`` (3:1) next to it, for choosing grade settings without the held-out half.
+
+    .venv/bin/python scripts/quality_stats_probe.py stats    ../shared/datasets/magnetic_tile [noise,defocus,...]
+    .venv/bin/python scripts/quality_stats_probe.py exposure ../shared/datasets/magnetic_tile
+    .venv/bin/python scripts/quality_stats_probe.py grade-map BUNDLE RATINGS/train.csv
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from device.images import list_images, read_rgb
+from device.quality import FRAME_STATS, RankerInput, frame_stats
+from training.degrade import KINDS, degrade, to_float, to_uint8
+from training.rank_pairs import QualityPool, build_quality_pool, quality_pairs
+
+
+def _images(data: Path, n: int, seed: int = 0) -> list[np.ndarray]:
+    paths = list_images(data / "train" / "good")
+    pick = np.random.default_rng(seed).permutation(len(paths))[:n]
+    return [read_rgb(paths[i]) for i in pick]
+
+
+def _same_image_accuracy(pool: QualityPool, s: np.ndarray, rows: np.ndarray) -> float:
+    clean = {int(g): s[i] for i, g in enumerate(pool.group) if pool.kind[i] < 0}
+    return round(float(np.mean([clean[int(pool.group[i])] > s[i] for i in rows])), 3)
+
+
+def _fit(x: torch.Tensor, pool: QualityPool, hidden: int, steps: int = 3000) -> torch.nn.Module:
+    """RankNet (score difference → sigmoid → cross-entropy) on statistic vectors, the recipe's pair mix."""
+    torch.manual_seed(0)
+    n = x.shape[1]
+    m = torch.nn.Linear(n, 1) if not hidden else torch.nn.Sequential(
+        torch.nn.Linear(n, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+    opt, sample, rng = torch.optim.Adam(m.parameters(), 0.01), quality_pairs(pool, 0.25), np.random.default_rng(0)
+    for _ in range(steps):
+        a, b, t = sample(rng, 128)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits((m(x[a]) - m(x[b]))[:, 0], torch.tensor(t))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
+
+
+def probe_stats(data: Path, kinds: tuple[str, ...]) -> None:
+    """Same-image pairwise accuracy of stats-only RankNets on held-out train/good images."""
+    ims = _images(data, 220)
+    inp = RankerInput(16, 0, stats=True)  # a small thumbnail: only the statistics plane is used
+    tr = build_quality_pool(ims[:160], inp, kinds, 2, 0.5, 0)
+    va = build_quality_pool(ims[160:], inp, kinds, 2, 0.5, 1)
+    x, v = (torch.tensor(p.inputs[:, -1, 0, :inp.n_stats]) for p in (tr, va))
+    for hidden in (0, 32):
+        model = _fit(x, tr, hidden)
+        with torch.no_grad():
+            s = model(v)[:, 0].numpy()
+        acc = {k: _same_image_accuracy(va, s, np.flatnonzero(va.kind == j)) for j, k in enumerate(va.kinds)}
+        noise = np.flatnonzero(va.kind == va.kinds.index("noise")) if "noise" in va.kinds else np.zeros(0, int)
+        by_level = {int(lv): _same_image_accuracy(va, s, noise[va.level[noise] == lv]) for lv in np.unique(va.level[noise])}
+        print(f"hidden {hidden}: {acc}\n  noise by training level (1 = σ 0.0007): {by_level}")
+    rng = np.random.default_rng(0)
+    for sigma in (0.001, 0.01):
+        up = [frame_stats(to_uint8(degrade(to_float(im[..., 0]), "noise", sigma, rng)), 1 / 255)
+              > frame_stats(im[..., 0], 1 / 255) for im in ims[160:]]
+        print(f"σ = {sigma}, 8-bit: share of frames whose statistic rises", {k: round(float(u), 3) for k, u in zip(FRAME_STATS, np.mean(up, 0))})
+
+
+def probe_exposure(data: Path) -> None:
+    """Best same-image exposure ordering by a brightness prior peaked at one level (fit on half A, measured on B)."""
+    paths = list_images(data / "train" / "good")
+    m = np.array([read_rgb(p)[..., 0].mean() / 255 for p in paths])
+    idx = np.random.default_rng(0).permutation(len(m))
+    a, b = m[idx[::2]], m[idx[1::2]]
+    print("mean brightness 1/5/50/95/99 %:", np.percentile(m, [1, 5, 50, 95, 99]).round(3), "of", len(m), "images")
+
+    def acc(mm: np.ndarray, peak: float, g: float) -> float:
+        s = lambda x: -np.abs(np.log(x) - np.log(peak))  # noqa: E731
+        return float(np.mean(s(mm) > s(np.minimum(mm * g, 1))))
+
+    gains = (0.78, 0.62, 0.5, 1.3, 1.6, 2.0)  # the evaluation grid's exposure steps
+    peaks = np.exp(np.linspace(np.log(0.15), np.log(0.9), 200))
+    best = max(peaks, key=lambda p: np.mean([acc(a, p, g) for g in gains]))
+    print(f"peak fitted on half A: {best:.3f}; half B pairwise accuracy:", {g: round(acc(b, best, g), 3) for g in gains})
+
+
+def probe_grade_map(bundle: Path, ratings: Path) -> None:
+    """Per map statistic: Kendall τ with the training ratings; and the trainA / valB split of them."""
+    from device.bundle import load_bundle
+    from device.quality import MAP_STATS, anomaly_map, map_stats
+    from device.runtime import Inspector
+    from training.rank_eval import kendall_tau
+    from training.rank_pairs import read_judgements
+
+    j = read_judgements(ratings)
+    insp = Inspector(load_bundle(bundle), "int8", 1)
+    stats = np.array([map_stats(anomaly_map(insp, read_rgb(p))) for p in j.images])
+    for k, name in enumerate(MAP_STATS):
+        col = stats[:, k]
+        print(f"{name:<12} τ {kendall_tau(col, np.asarray(j.ratings)):.3f}" if np.ptp(col) else f"{name:<12} constant")
+    head, *rows = ratings.read_text().splitlines()
+    order = np.random.default_rng(0).permutation(len(rows))
+    val = set(order[: len(rows) // 4].tolist())
+    for name, keep in (("trainA.csv", lambda i: i not in val), ("valB.csv", lambda i: i in val)):
+        (ratings.parent / name).write_text("\n".join([head] + [r for i, r in enumerate(rows) if keep(i)]) + "\n")
+
+
+if __name__ == "__main__":
+    what, where = sys.argv[1], Path(sys.argv[2])
+    if what == "stats":
+        probe_stats(where, tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else KINDS)
+    elif what == "grade-map":
+        probe_grade_map(where, Path(sys.argv[3]))
+    else:
+        probe_exposure(where)
