@@ -26,7 +26,8 @@ def extract_bundle(fh: BinaryIO, staging: Path, max_bytes: int) -> Path:
             with tarfile.open(fileobj=fh, mode="r:*") as tar:
                 members = tar.getmembers()
                 _check_size(len(members), sum(m.size for m in members), max_bytes)
-                tar.extractall(staging, filter="data")  # refuses absolute paths, .., links out
+                _check_tar_members(members, staging)
+                _extract_tar(tar, staging)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise BundleError(f"the uploaded file is neither a .zip nor a .tar(.gz) of a bundle folder ({e})") from None
     return _bundle_root(staging)
@@ -42,6 +43,27 @@ def _unzip(fh: BinaryIO, staging: Path, max_bytes: int) -> None:
             if base not in target.parents and target != base:
                 raise BundleError(f"the uploaded archive has a member outside its folder: {info.filename!r}")
         z.extractall(base)
+
+
+def _check_tar_members(members: list[tarfile.TarInfo], staging: Path) -> None:
+    """A bundle is plain files in folders: links, devices and paths that leave ``staging`` are refused.
+
+    Checked here rather than left to tarfile's ``filter="data"``, which Python 3.11.2 (Debian
+    bookworm, hence Raspberry Pi OS) does not have."""
+    base = staging.resolve()
+    for m in members:
+        if not (m.isfile() or m.isdir()):
+            raise BundleError(f"the uploaded archive has a member that is not a plain file or folder: {m.name!r}")
+        target = (base / m.name).resolve()
+        if base not in target.parents and target != base:
+            raise BundleError(f"the uploaded archive has a member outside its folder: {m.name!r}")
+
+
+def _extract_tar(tar: tarfile.TarFile, staging: Path) -> None:
+    if hasattr(tarfile, "data_filter"):  # 3.11.4+, 3.12+: also drops odd modes and owners
+        tar.extractall(staging, filter="data")
+    else:
+        tar.extractall(staging)  # members already vetted by _check_tar_members
 
 
 def _check_size(n: int, total: int, max_bytes: int) -> None:
