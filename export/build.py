@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from device.bundle import sha256_file
+from device.macs import model_gmacs
 from device.errors import KenpinError
 from device.runtime import make_session
 from device.scoring import NORMALIZED_THRESHOLD
@@ -199,6 +200,7 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
             "parity": {"chosen": parity.to_dict(), "tried": [p.to_dict() for p in tried],
                        "tolerance": {"min_spearman": recipe.export.parity_min_spearman,
                                      "max_mean_abs_diff": recipe.export.parity_max_mean_abs_diff}},
+            "model_gmacs": round(model_gmacs(staged / "embedder_fp32.onnx") or 0.0, 4),
             "recipe": recipe.to_dict(),
             "training_seconds": round(time.perf_counter() - t0, 1),
         }

@@ -27,6 +27,7 @@ def test_manifest_carries_preprocessing_thresholds_hashes_and_figures(tiny_bundl
     assert set(m["files"]) == {"embedder_fp32.onnx", "embedder_int8.onnx", "bank_fp32.npy", "bank_int8.npy"}
     assert m["parity"]["chosen"]["method"] == "MinMax"
     assert m["recipe"]["bank"]["coreset_size"] == 300
+    assert m["model_gmacs"] > 0  # what a Pi (no onnx there) estimates its speed from
 
 
 def test_a_changed_byte_is_refused_naming_the_file(copy):

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from kenpin.cli import main
 from tests.station_helpers import replay_folder
 
 
-def test_bench_station_reports_throughput_latency_and_a_lossless_triggered_run(tiny_line, tiny_bundle, tmp_path):
+def test_bench_station_reports_throughput_latency_and_a_lossless_triggered_run(tiny_line, tiny_bundle, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on the Pi: the estimate needs no onnx
     replay = replay_folder(tiny_line, tmp_path / "replay")
     md = tmp_path / "station.md"
     assert main(["bench", "station", "--bundle", str(tiny_bundle), "--replay", str(replay), "--workdir",

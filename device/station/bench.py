@@ -12,7 +12,7 @@
    reported.
 3. Memory: ``kenpin run`` as its own process for ``--memory-minutes``; its VmRSS sampled at
    regular intervals (growth = last sample minus the first after warm-up).
-4. Pi estimate: the model's multiply-accumulates (from the ONNX graph) over published Pi rates,
+4. Pi estimate: the model's multiply-accumulates (the manifest's ``model_gmacs``) over published Pi rates,
    plus the measured non-model work scaled by the same factor — an estimate, labelled so.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
+from device.macs import model_gmacs
 from device.runtime import Inspector
 from device.station.config import parse_config
 from device.station.station import Station
@@ -224,27 +225,6 @@ dashboard: {{enabled: false}}
             "growth_mb": round(after_warmup[-1][1] - after_warmup[0][1], 1), "exit": rc}
 
 
-def model_gmacs(model: Path) -> float | None:
-    """Multiply-accumulates of one run of an ONNX model's Conv/MatMul/Gemm nodes (needs onnx)."""
-    try:
-        import onnx
-        from onnx import shape_inference
-    except ImportError:
-        return None
-    m = shape_inference.infer_shapes(onnx.load(str(model)))
-    # A symbolic (batch) dimension reads 0: count it as one frame.
-    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
-              for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
-    inits = {i.name: list(i.dims) for i in m.graph.initializer}
-    macs = 0
-    for node in m.graph.node:
-        if node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in inits:
-            out = shapes[node.output[0]]
-            w = inits[node.input[1]]  # (Cout, Cin/groups, kh, kw)
-            macs += int(np.prod(out)) * int(np.prod(w[1:]))
-    return macs / 1e9 if macs else None
-
-
 def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dict[str, Any]:
     """Parts/s on a Pi 4 and 5: model time from MACs at the published rates, the rest scaled alike.
 
@@ -313,7 +293,8 @@ def _run(opts: StationBenchOptions) -> int:
     if opts.memory_minutes > 0:
         print(f"memory run: kenpin run for {opts.memory_minutes:g} min", flush=True)
         res["memory"] = memory_run(opts)
-    gmacs = model_gmacs(insp.variant.model.parent / "embedder_fp32.onnx") or model_gmacs(insp.variant.model)
+    # Recorded at export; bundles from before that are counted here where onnx is installed.
+    gmacs = bundle.manifest.get("model_gmacs") or model_gmacs(insp.variant.model.parent / "embedder_fp32.onnx")
     if gmacs:
         res["gmacs"] = round(gmacs, 3)
         res["pi_estimate"] = pi_estimate(gmacs, 1000 / ort_fps, 1000 / insp_fps)
