@@ -104,7 +104,7 @@ def _quantize_best(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: F
     for method in ex.quant_methods:
         path = work / f"embedder_int8_{method}.onnx"
         log.info("int8 quantization, %s calibration on %d good images", method, len(calib))
-        quantize_int8(fp32_onnx, path, calib, method, ex.fp32_leading_convs)
+        quantize_int8(fp32_onnx, path, calib, method, ex.fp32_leading_convs, reduce_range=ex.reduce_range)
         embed = ort_embed_fn(path)
         bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, f"int8 bank ({method})")
         v = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,

@@ -45,10 +45,14 @@ def leading_convs(model: Path, n: int) -> list[str]:
 
 
 def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, method: str,
-                  fp32_convs: int = 0) -> None:
+                  fp32_convs: int = 0, *, reduce_range: bool = True, op_types: list[str] | None = None,
+                  minmax_moving_average: bool = True) -> None:
     """Static QDQ int8 (per-channel signed weights, unsigned activations) calibrated with ``method``.
 
-    The first ``fp32_convs`` convolutions stay in fp32.
+    The first ``fp32_convs`` convolutions stay in fp32; ``op_types`` limits what is quantized
+    (default: every operator onnxruntime can). ``reduce_range`` stores 7-bit weights: on x86 CPUs
+    without VNNI (AVX2 only) onnxruntime's 8-bit kernels saturate their 16-bit sums, which cost
+    the tiny test line's int8-vs-fp32 rank agreement 0.916 against 0.993 with 7-bit weights.
     """
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
@@ -61,10 +65,12 @@ def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, me
                 str(out_path),
                 ArrayReader(calib_inputs),
                 quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
                 per_channel=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod[method],
                 nodes_to_exclude=leading_convs(prepped, fp32_convs),
-                extra_options={"CalibMovingAverage": True} if method == "MinMax" else None,
+                extra_options={"CalibMovingAverage": True} if method == "MinMax" and minmax_moving_average else None,
             )

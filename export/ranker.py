@@ -6,11 +6,8 @@ it replaces the old one, so a failed export leaves the bundle as it was.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from device.bundle import MANIFEST, load_bundle
+from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.quality import ROLES, RankerInput
 from device.runtime import make_session
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME
 from export.parity import Parity, compare, pick_best
-from export.quantize import ArrayReader, leading_convs
+from export.quantize import quantize_int8
 
 log = logging.getLogger(__name__)
 OUTPUT_NAME = "score"
@@ -46,6 +43,7 @@ class RankerExportSpec:
     fp32_leading_convs: int = 5  # the fixed Haar (3 levels) and high-pass filters and the first crop convolution stay fp32
     parity_min_spearman: float = 0.95
     parity_max_mean_abs_diff: float = 0.5  # in units of the fp32 scores' standard deviation
+    reduce_range: bool = True  # 7-bit weights (export.quantize.quantize_int8 says why)
 
     def __post_init__(self) -> None:
         bad = set(self.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
@@ -73,24 +71,16 @@ def ort_scores(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0][:, 0] for i in range(0, len(x), batch)])
 
 
-def quantize_convs(fp32: Path, out: Path, calib: np.ndarray, method: str, fp32_convs: int) -> None:
+def quantize_convs(fp32: Path, out: Path, calib: np.ndarray, method: str, fp32_convs: int,
+                   reduce_range: bool = True) -> None:
     """Static QDQ int8 of the convolutions only (per-channel int8 weights, uint8 activations).
 
     The convolutions are nearly all of a ranker's work; its head is a few hundred multiply-adds on
     pooled features whose small differences *are* the ranking, so it stays fp32 (quantizing it as
     well cost the grade's int8/fp32 rank agreement 0.84 on the tiny line).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-            quantize_static(str(prepped), str(out), ArrayReader(calib), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod[method],
-                            nodes_to_exclude=leading_convs(prepped, fp32_convs))
+    quantize_int8(fp32, out, calib, method, fp32_convs, reduce_range=reduce_range, op_types=["Conv"],
+                  minmax_moving_average=False)
 
 
 def _parity(method: str, fp32: np.ndarray, int8: np.ndarray) -> Parity:
@@ -106,7 +96,7 @@ def quantize_ranker(fp32: Path, work: Path, calib: np.ndarray, check: np.ndarray
     tried: dict[str, tuple[Path, Parity]] = {}
     for method in spec.quant_methods:
         path = work / f"int8_{method}.onnx"
-        quantize_convs(fp32, path, calib.astype(np.float32), method, spec.fp32_leading_convs)
+        quantize_convs(fp32, path, calib.astype(np.float32), method, spec.fp32_leading_convs, spec.reduce_range)
         tried[method] = (path, _parity(method, ref, ort_scores(path, check)))
     best = pick_best([p for _, p in tried.values()], spec.parity_min_spearman, spec.parity_max_mean_abs_diff)
     return tried[best.method][0], best, [p for _, p in tried.values()]

@@ -56,6 +56,7 @@ class ExportSpec:
     parity_min_spearman: float = 0.9
     parity_max_mean_abs_diff: float = 0.08
     synthetic_defects_per_image: int = 1
+    reduce_range: bool = True  # 7-bit weights (export.quantize.quantize_int8 says why)
 
 
 @dataclass(frozen=True)
