@@ -69,8 +69,8 @@ def test_defects_and_retakes_keep_frame_and_heat_overlay(store):
         # The hot patch is red in the overlay, the cold corner is not.
         b, g, r = heat[20, 75].astype(int)
         assert r > b + 60
-        b0, _, r0 = heat[85, 5].astype(int)
-        assert b0 >= r0
+        # Where nothing is near the threshold the operator sees the part itself, not a tint.
+        assert np.abs(heat[70:90, 5:25].astype(int) - img[70:90, 5:25].astype(int)).mean() < 4
     assert store.record(rec("ok"), frame(), hot).frame_ref is None  # ok_image_fraction=0
 
 

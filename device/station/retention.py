@@ -23,15 +23,16 @@ JPEG_QUALITY = 90
 # pointed at a folder with other images in it never loses them.
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 OUR_FILE = re.compile(r"\d{4}-\d{2}-\d{2}/\d{6}_\d{3}_\d+_\d+_(ok|defect|retake)_(frame|heat)\.jpg(\.part)?")
-OVERLAY_ALPHA = 0.45  # heat colour over the frame: enough to see where, still see what
+OVERLAY_ALPHA = 0.55  # heat colour over the frame where it is hot: strong, since only hot places get it
 
 
 def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: float) -> np.ndarray:
     """BGR image of ``heatmap`` coloured (JET) and blended over the frame when one is given.
 
-    ``full_scale`` is the heat value drawn hottest. A fixed scale (twice the bundle's raw
-    threshold) keeps colours comparable between parts; scaling each map to its own maximum would
-    paint every good part red somewhere.
+    ``full_scale`` is the heat value drawn hottest; the caller passes twice the bundle's raw
+    threshold. A fixed scale keeps colours comparable between parts (scaling each map to its own
+    maximum would paint every good part red somewhere). The colour fades out below the threshold
+    and is gone under half of it, so the operator sees the defect, not a tint over the whole part.
     """
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.ndim != 2:
@@ -42,9 +43,13 @@ def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: 
     if frame_rgb is None:
         return colour
     frame_bgr = cv2.cvtColor(np.ascontiguousarray(frame_rgb), cv2.COLOR_RGB2BGR)
+    size = (frame_bgr.shape[1], frame_bgr.shape[0])
     if colour.shape[:2] != frame_bgr.shape[:2]:
-        colour = cv2.resize(colour, (frame_bgr.shape[1], frame_bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(colour, OVERLAY_ALPHA, frame_bgr, 1.0 - OVERLAY_ALPHA, 0.0)
+        colour = cv2.resize(colour, size, interpolation=cv2.INTER_LINEAR)
+        heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
+    # 0 below a quarter of full scale (half the threshold), OVERLAY_ALPHA from half of it (the threshold) up.
+    alpha = np.clip(heat / scale * 4.0 - 1.0, 0.0, 1.0)[..., None] * OVERLAY_ALPHA
+    return (colour * alpha + frame_bgr * (1.0 - alpha) + 0.5).astype(np.uint8)
 
 
 class ImageFolder:
