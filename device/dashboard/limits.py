@@ -36,8 +36,23 @@ class BodyLimit:
         if declared is None and b"transfer-encoding" in headers:
             return await _refuse(send, 411, "send the request with a Content-Length header")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            if declared.isdigit() and int(declared) <= DRAIN_MAX:
+                await _drain(receive)
             return await _refuse(send, 413, f"request body over the limit of {limit} bytes")
         await self.app(scope, receive, send)
+
+
+# A refused body that is still arriving makes the server's close a TCP reset, and the client may
+# then lose the 413 itself ("connection reset"). Bodies up to this size are read and dropped
+# first, so the client gets the answer; larger ones are answered at once and the connection closed.
+DRAIN_MAX = 4 * 2**20
+
+
+async def _drain(receive: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _refuse(send: Callable, status: int, detail: str) -> None:
