@@ -79,14 +79,10 @@ class Inspector:
               t0: float | None = None) -> Verdict:
         """Verdict from a frame's patch embeddings; ``frame_size`` (width, height) sizes the heat map."""
         t0 = time.perf_counter() if t0 is None else t0
-        hm = None
-        if with_heatmap:
-            raw, scores = self.image_scorer.score(patches)
-            hm = heatmap(scores, self.variant.grid, frame_size, self.bundle.heatmap_sigma)
-        else:
-            raw = self.image_scorer.raw(patches)  # pruned search: no per-patch distances needed
+        raw, scores = self.image_scorer.score(patches)
         norm = self.variant.normalization
         score = float(norm(raw))
+        hm = heatmap(scores, self.variant.grid, frame_size, self.bundle.heatmap_sigma) if with_heatmap else None
         latency = (time.perf_counter() - t0) * 1000.0
         verdict = "defect" if score > NORMALIZED_THRESHOLD else "ok"
         return Verdict(verdict, score, NORMALIZED_THRESHOLD, raw, norm.threshold, latency, hm)

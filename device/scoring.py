@@ -17,11 +17,6 @@ import numpy as np
 
 # GEMM output rows per chunk: bounds the temporary (rows x bank) matrix on big frames.
 _CHUNK_ROWS = 2048
-# Pruned search (``max_distance``): share of the bank, taken from its front, that bounds every
-# patch first, and how many candidate patches are searched exactly at a time.
-_LEAD_FRACTION = 8
-_LEAD_MIN = 64
-_EXACT_BLOCK = 16
 
 
 def patches_from_map(feature_map: np.ndarray) -> np.ndarray:
@@ -36,10 +31,6 @@ class NearestNeighbourScorer:
 
     ``|a-b|² = |a|² - 2a·b + |b|²`` with the bank's norms and ``-2·bankᵀ`` precomputed turns the
     search into one BLAS matrix product per frame, which keeps it below the model's own cost.
-
-    ``max_distance`` gives the worst patch's distance alone (the image score) for a fraction of
-    that: the bank's leading rows bound every patch from above, and only patches whose bound
-    could still beat the worst distance found so far are searched in the whole bank.
     """
 
     def __init__(self, bank: np.ndarray) -> None:
@@ -50,10 +41,6 @@ class NearestNeighbourScorer:
         self.size = bank.shape[0]
         self._bank_sq = np.einsum("ij,ij->i", bank, bank)
         self._bank_m2t = np.ascontiguousarray(-2.0 * bank.T)
-        # A greedy coreset is stored in selection order, so its first rows already cover the rest.
-        lead = min(self.size, max(_LEAD_MIN, self.size // _LEAD_FRACTION))
-        self._lead_m2t = np.ascontiguousarray(self._bank_m2t[:, :lead])
-        self._lead_sq = self._bank_sq[:lead].copy()
 
     def distances(self, patches: np.ndarray) -> np.ndarray:
         """Nearest-reference distance for each row of ``patches`` (PxC) → P float32."""
@@ -67,29 +54,6 @@ class NearestNeighbourScorer:
             nearest = d2.min(axis=1) + np.einsum("ij,ij->i", p, p)
             out[start : start + len(p)] = np.sqrt(np.maximum(nearest, 0.0))
         return out
-
-
-    def max_distance(self, patches: np.ndarray) -> float:
-        """The largest nearest-reference distance over the rows of ``patches`` — exactly
-        ``distances(patches).max()``, up to float rounding — searching few patches in full."""
-        if patches.shape[1] != self.dim:
-            raise ValueError(f"patch dimension {patches.shape[1]} does not match the bank's {self.dim}")
-        p_sq = np.einsum("ij,ij->i", patches, patches)
-        bound = patches @ self._lead_m2t
-        bound += self._lead_sq
-        bound = bound.min(axis=1) + p_sq  # squared distance to the nearest leading row >= the true one
-        order = np.argsort(-bound)
-        # Rounding of the expansion is relative to the norms: keep searching within that slack.
-        slack = 1e-5 * float(p_sq.max() + self._bank_sq.max())
-        worst = -np.inf
-        for start in range(0, len(order), _EXACT_BLOCK):
-            rows = order[start : start + _EXACT_BLOCK]
-            if bound[rows[0]] <= worst - slack:
-                break
-            d2 = patches[rows] @ self._bank_m2t
-            d2 += self._bank_sq
-            worst = max(worst, float((d2.min(axis=1) + p_sq[rows]).max()))
-        return float(np.sqrt(max(worst, 0.0)))
 
 
 def image_score(patch_scores: np.ndarray) -> float:
@@ -173,14 +137,6 @@ class ImageScorer:
         distances = self.patch.distances(patches)
         tex = None if self.texture is None else self.texture.distance(texture_descriptor(patches))
         return image_score(distances), tex, distances
-
-    def raw(self, patches: np.ndarray) -> float:
-        """The raw image score alone, through the pruned search: what the station needs for an
-        ``ok`` part, which gets no heat map. Equals ``score(patches)[0]`` up to float rounding."""
-        worst = self.patch.max_distance(patches)
-        if self.fusion is None:
-            return worst
-        return self.fusion(worst, self.texture.distance(texture_descriptor(patches)))
 
     def score(self, patches: np.ndarray) -> tuple[float, np.ndarray]:
         """(raw image score, per-patch distances for the heat map) of one image's PxC patches."""

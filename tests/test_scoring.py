@@ -93,31 +93,3 @@ def test_without_texture_the_image_score_is_the_worst_patch():
     patches = np.array([[0, 1], [0, 3]], np.float32)
     raw, distances = ImageScorer(NearestNeighbourScorer(bank)).score(patches)
     assert raw == 3.0 and list(distances) == [1.0, 3.0]
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_pruned_image_score_equals_the_full_search(seed):
-    """The station's fast path (worst patch only) gives the score of the full search, on good-looking
-    patches, on a frame with one anomalous patch, and on a bank smaller than its leading block."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(12, 32)).astype(np.float32) * 4
-    good = (centres[rng.integers(12, size=3000)] + rng.normal(size=(3000, 32))).astype(np.float32)
-    bank = good[greedy_coreset(good, 400 if seed % 3 else 40, projection_dim=0, seed=seed)]
-    scorer = NearestNeighbourScorer(bank)
-    frame = (centres[rng.integers(12, size=196)] + rng.normal(size=(196, 32))).astype(np.float32)
-    defect = frame.copy()
-    defect[rng.integers(196)] += rng.normal(size=32).astype(np.float32) * 3
-    for patches in (frame, defect, rng.normal(size=(50, 32)).astype(np.float32) * 6):
-        full = scorer.distances(patches).max()
-        assert scorer.max_distance(patches) == pytest.approx(full, rel=1e-5)
-
-
-def test_raw_image_score_equals_the_scored_one_with_and_without_texture():
-    rng = np.random.default_rng(7)
-    bank = rng.normal(size=(500, 16)).astype(np.float32)
-    patches = rng.normal(size=(64, 16)).astype(np.float32) * 1.5
-    texture = TextureModel(mean=np.zeros(32), precision=np.eye(32))
-    fusion = Fusion(patch_mean=1.0, patch_std=0.5, texture_mean=3.0, texture_std=1.0)
-    for scorer in (ImageScorer(NearestNeighbourScorer(bank)),
-                   ImageScorer(NearestNeighbourScorer(bank), texture, fusion)):
-        assert scorer.raw(patches) == pytest.approx(scorer.score(patches)[0], rel=1e-5)

@@ -123,7 +123,7 @@ class Model:
         if job.patches is None:  # not pipelined (direct use): embed here
             self.prepare(job)
             self.embed(job)
-        raw = insp.image_scorer.raw(job.patches)  # the bundle's own image score (texture too), pruned search
+        raw, scores = insp.image_scorer.score(job.patches)  # the bundle's own image score (texture too)
         norm = insp.variant.normalization
         score = float(norm(raw))
         if quality is not None and not self.gate.passes(quality):
@@ -133,8 +133,7 @@ class Model:
         hm = None
         if verdict == "defect":
             h, w = job.frame.shape[:2]
-            # Only a reject needs every patch's distance (its heat map): the full search, here.
-            hm = heatmap(insp.scorer.distances(job.patches), insp.variant.grid, (w, h), self.bundle.heatmap_sigma)
+            hm = heatmap(scores, insp.variant.grid, (w, h), self.bundle.heatmap_sigma)
         # The raw distance at which the normalized score equals the station's threshold.
         raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
         latency = (time.perf_counter() - job.t0) * 1000.0
