@@ -33,13 +33,13 @@ def main() -> None:
     paths = [p for d in sorted(Path(a.data, "test").iterdir()) if d.is_dir() for p in list_images(d)]
     frames = [read_rgb(p) for p in paths[::10][:40]]
     x, name = insp.preprocess(frames[0]), insp.session.get_inputs()[0].name
-    patches = insp.embed(frames[0])
+    patches = {id(f): insp.embed(f) for f in frames}  # each frame's own, as the station searches them
     res = time_side_by_side({
         "station path": lambda f: insp.inspect(f),
         "bare model": lambda f: insp.session.run(None, {name: x}),
         "preprocess": lambda f: insp.preprocess(f),
-        "search": lambda f: insp.scorer.distances(patches),
-        "judge (search + texture + verdict)": lambda f: insp.judge(patches, (f.shape[1], f.shape[0])),
+        "search": lambda f: insp.scorer.distances(patches[id(f)]),
+        "judge (search + texture + verdict)": lambda f: insp.judge(patches[id(f)], (f.shape[1], f.shape[0])),
     }, frames * a.repeat)
     for k, v in res.items():
         print(f"{k:36s} {v['median_ms']:6.2f} ms")
