@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -169,13 +170,18 @@ def loaded_phase(station, hub, args, url: str, out: Path, cpu: list) -> tuple[fl
     warmup = 2.0
     cmd = [sys.executable, __file__, "--client", url, "--clients", str(args.clients),
            "--seconds", str(args.seconds + warmup + 1), "--live-fps", str(args.live_fps), "--out", str(out)]
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     child = subprocess.Popen(cmd)
     time.sleep(warmup)  # connections established before measuring
     hub.delays.clear()
     rate = phase(station, args.seconds, cpu)
     server_delays = list(hub.delays)
     child.wait(timeout=args.seconds + 60)
-    return rate, dict(json.loads(out.read_text()), server_delays=server_delays)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    # The clients' own CPU: on the line it is the tablets', here it is taken from the station's cores.
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return rate, dict(json.loads(out.read_text()), server_delays=server_delays,
+                      client_machine_share=client_cpu / (wall * (os.cpu_count() or 1)))
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -190,7 +196,7 @@ def measure(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}"
     try:
         time.sleep(3)  # model warm, caches filled
-        base, loaded, lat, frames, errors, cpu, sent = [], [], [], {}, 0, [], []
+        base, loaded, lat, frames, errors, cpu, sent, client_share = [], [], [], {}, 0, [], [], []
         for r in range(args.rounds):
             base.append(phase(station, args.seconds))
             rate, res = loaded_phase(station, hub, args, url, workdir / f"clients-{r}.json", cpu)
@@ -198,6 +204,7 @@ def measure(args: argparse.Namespace) -> int:
             lat += res["latencies"]
             sent += res["server_delays"]
             errors += res["n_errors"]
+            client_share.append(res["client_machine_share"])
             for k, v in res["frame_status"].items():
                 frames[k] = frames.get(k, 0) + v
             print(f"round {r + 1}: no clients {base[-1]:.1f}/s, {args.clients} clients {rate:.1f}/s, "
@@ -218,6 +225,7 @@ def measure(args: argparse.Namespace) -> int:
         "throughput_drop": round(drop, 4),
         "dashboard_cpu_share": round(share, 4), "dashboard_cpu_s": round(dash_cpu, 2),
         "station_cpu_s": round(station_cpu, 2), "events": len(lat),
+        "client_process_machine_share": round(statistics.median(client_share), 4),
         "latency_s": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": lat[-1] if lat else None},
         "server_side_latency_s": {"p50": _q(sent, 0.5), "p99": _q(sent, 0.99), "max": sent[-1] if sent else None},
         "live_frame_responses": frames, "client_errors": errors,
@@ -230,6 +238,8 @@ def measure(args: argparse.Namespace) -> int:
     print(f"throughput drop {drop * 100:.1f} % measured (median of rounds), {share * 100:.1f} % of the CPU spent "
           f"serving the clients (both ≤ 5 %); page latency p50 {_q(lat, 0.5)} s, max "
           f"{lat[-1] if lat else float('nan'):.3f} s (≤ 1 s): {'PASS' if ok else 'FAIL'}")
+    print(f"the client process (not on a station in use) took {statistics.median(client_share) * 100:.1f} % of "
+          f"this machine's {os.cpu_count()} cores while it ran (median of rounds)")
     return 0 if ok else 1
 
 
