@@ -42,13 +42,12 @@ VENV=/opt/kenpin-venv
 # (scikit-image sample image), test_cli/test_recipe/test_synthetic_line/test_metric_*/test_rank*/
 # test_pair_sampling/test_backbone/test_realdata (training), test_browser and test_fuzz_api
 # (playwright, schemathesis: dev tools), and in test_bundle the two tests that retrain or read
-# the graph with onnx. test_station_bench stays in, but its MAC-count assertion needs onnx too
-# and fails without it (BENCHMARKS.md).
+# the graph with onnx. test_station_bench reads the MAC count from the bundle's manifest.
 TESTS=(
   tests/test_device_no_torch.py tests/test_station_config.py tests/test_store.py
   tests/test_bundle.py tests/test_station_pipeline.py tests/test_station_gpio.py
   tests/test_station_service.py tests/test_durability.py tests/test_mqtt.py tests/test_dashboard.py
-  tests/test_station_bench.py
+  tests/test_station_bench.py tests/test_bundle_archive.py tests/test_body_limit.py
   --deselect tests/test_bundle.py::test_failed_training_leaves_the_previous_bundle_untouched
   --deselect tests/test_bundle.py::test_int8_model_keeps_the_stem_in_fp32_and_quantizes_the_rest
 )
