@@ -117,7 +117,7 @@ def main() -> int:
     def val(s: dict[str, np.ndarray], neg: np.ndarray) -> float:
         return roc_auc_score(np.r_[np.zeros(len(s["holdout"])), np.ones(len(neg))], np.r_[s["holdout"], neg])
 
-    print(f"| rule | val local | val area-wide | **val mixed** (decides) | test AUROC (report only) | test per defect |")
+    print("| rule | val local | val area-wide | **val mixed** (decides) | test AUROC (report only) | test per defect |")
     print("|---|---|---|---|---|---|")
     rows = []
     for name, s in scored.items():

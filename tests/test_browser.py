@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import pytest
