@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from tests.station_helpers import replay_folder
@@ -67,6 +68,30 @@ def test_sigterm_finishes_flushes_and_every_logged_verdict_is_recorded(tiny_line
     assert acked <= ids and len(ids) == len(acked), "".join(lines[-30:])  # every acknowledged verdict recorded, none unlogged
     assert f"triggers={len(ids)} " in stopped
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sigterm_stops_the_daemon_even_when_its_supervisor_stopped_reading(tiny_line, tiny_bundle, tmp_path):
+    """A notify socket nobody reads fills up (10 datagrams here); the daemon must still stop."""
+    replay = replay_folder(tiny_line, tmp_path / "replay")
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="200000")  # a ping and a status every 0.1 s
+    proc = _kenpin("run", "--config", str(_config(tmp_path, tiny_bundle, replay)), env=env)
+    try:
+        assert sock.recv(4096).decode() == "READY=1"
+        deadline = time.monotonic() + 30
+        while sum(1 for _ in Path(tmp_path / "data").glob("verdicts.sqlite3")) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)  # ~60 notifications sent, none read
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        sock.close()
+    assert proc.returncode == 0, out
+    assert "stopped: triggers=" in out
 
 
 def test_bad_config_exits_2_with_one_sentence(tmp_path):

@@ -80,6 +80,11 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: (log.info("signal %d: stopping", signum), stop.set()))
     notifier = sdnotify.SystemdNotifier()
+    if notifier.socket is not None:
+        # Never wait on the supervisor: a full notify socket (one nobody reads) would otherwise
+        # block this loop in sendall and the daemon could not stop. A dropped ping is what the
+        # watchdog is there to notice.
+        notifier.socket.setblocking(False)
     dashboard = _Dashboard(station, cfg) if options.with_dashboard else None
     publisher = _mqtt(station, cfg)
     notifier.notify("READY=1")
