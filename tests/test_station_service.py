@@ -33,14 +33,20 @@ def _kenpin(*args: str, env: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_sigterm_finishes_flushes_and_every_logged_verdict_is_recorded(tiny_line, tiny_bundle, tmp_path):
-    replay = replay_folder(tiny_line, tmp_path / "replay")
-    sock_path = str(tmp_path / "notify.sock")
+def _run_under_supervisor(line: Path, bundle: Path, tmp: Path, watchdog_usec: int
+                          ) -> tuple[socket.socket, subprocess.Popen]:
+    """`kenpin run` on a replay of ``line`` with a notify socket in place of systemd's."""
+    replay = replay_folder(line, tmp / "replay")
+    sock_path = str(tmp / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(30)
-    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="1000000")
-    proc = _kenpin("run", "--config", str(_config(tmp_path, tiny_bundle, replay)), env=env)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC=str(watchdog_usec))
+    return sock, _kenpin("run", "--config", str(_config(tmp, bundle, replay)), env=env)
+
+
+def test_sigterm_finishes_flushes_and_every_logged_verdict_is_recorded(tiny_line, tiny_bundle, tmp_path):
+    sock, proc = _run_under_supervisor(tiny_line, tiny_bundle, tmp_path, watchdog_usec=1_000_000)
     try:
         messages = []
         while not any("WATCHDOG=1" in m for m in messages):
@@ -72,13 +78,8 @@ def test_sigterm_finishes_flushes_and_every_logged_verdict_is_recorded(tiny_line
 
 def test_sigterm_stops_the_daemon_even_when_its_supervisor_stopped_reading(tiny_line, tiny_bundle, tmp_path):
     """A notify socket nobody reads fills up (10 datagrams here); the daemon must still stop."""
-    replay = replay_folder(tiny_line, tmp_path / "replay")
-    sock_path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sock_path)
-    sock.settimeout(30)
-    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="200000")  # a ping and a status every 0.1 s
-    proc = _kenpin("run", "--config", str(_config(tmp_path, tiny_bundle, replay)), env=env)
+    # A ping and a status every 0.1 s.
+    sock, proc = _run_under_supervisor(tiny_line, tiny_bundle, tmp_path, watchdog_usec=200_000)
     try:
         assert sock.recv(4096).decode() == "READY=1"
         deadline = time.monotonic() + 30
