@@ -2,7 +2,7 @@
 """20 dashboard clients against a running station on loopback: does the line slow down?
 
     .venv/bin/python scripts/dashboard_load.py [--bundle B --replay DIR] [--clients 20]
-        [--seconds 20] [--rounds 3] [--live-fps 2] [--workdir dashboard-load-run]
+        [--seconds 20] [--rounds 3] [--live-fps 2] [--pin-clients] [--workdir dashboard-load-run]
 
 The station (the real one: replay camera in free-run, paced so every frame is inspected as fast
 as the model goes) and its dashboard (uvicorn, in-process as `kenpin run` does it) run in this
@@ -83,6 +83,8 @@ async def _clients(url: str, n: int, seconds: float, fps: float) -> dict:
 
 def run_clients(args: argparse.Namespace) -> int:
     os.nice(19)
+    if args.client_cpu is not None:
+        os.sched_setaffinity(0, {args.client_cpu})
     out = asyncio.run(_clients(args.client, args.clients, args.seconds, args.live_fps))
     Path(args.out).write_text(json.dumps(out))
     return 0
@@ -114,7 +116,7 @@ def start(bundle: Path, replay: Path, workdir: Path, live_fps: float, port: int)
 
     text = f"""
 station: {{name: load-test, data_dir: "{workdir / 'data'}"}}
-bundle: {{path: "{bundle}", precision: int8, threads: 2}}
+bundle: {{path: "{bundle}", precision: int8, threads: {len(os.sched_getaffinity(0))}}}
 camera: {{type: replay, replay: {{folder: "{replay}", fps: 0, loop: true}}}}
 trigger: {{mode: free-run}}
 """
@@ -170,6 +172,8 @@ def loaded_phase(station, hub, args, url: str, out: Path, cpu: list) -> tuple[fl
     warmup = 2.0
     cmd = [sys.executable, __file__, "--client", url, "--clients", str(args.clients),
            "--seconds", str(args.seconds + warmup + 1), "--live-fps", str(args.live_fps), "--out", str(out)]
+    if args.pin_clients:
+        cmd += ["--client-cpu", str(args.client_cpu)]
     before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     child = subprocess.Popen(cmd)
     time.sleep(warmup)  # connections established before measuring
@@ -187,6 +191,13 @@ def loaded_phase(station, hub, args, url: str, out: Path, cpu: list) -> tuple[fl
 def measure(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.pin_clients:  # the clients get the last core to themselves, as tablets have their own CPUs
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise SystemExit("--pin-clients needs at least 2 cores")
+        args.client_cpu = cores[-1]
+        os.sched_setaffinity(0, set(cores[:-1]))
+        print(f"station on cores {cores[:-1]}, clients on core {cores[-1]}", flush=True)
     if args.bundle and args.replay:
         bundle, replay = Path(args.bundle), Path(args.replay)
     else:
@@ -257,6 +268,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="no-clients / clients phase pairs")
     p.add_argument("--live-fps", type=float, default=2.0, help="live frame polls per second per client (the page's default)")
     p.add_argument("--port", type=int, default=18080)
+    p.add_argument("--pin-clients", action="store_true",
+                   help="run the clients on the last core and the station on the others, so the clients' own CPU "
+                        "(a tablet's, on the line) is not taken from the station")
+    p.add_argument("--client-cpu", type=int, help=argparse.SUPPRESS)  # child mode: the core to run on
     p.add_argument("--client", help=argparse.SUPPRESS)  # child mode: the base URL to load
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
