@@ -52,7 +52,8 @@ def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, me
     The first ``fp32_convs`` convolutions stay in fp32; ``op_types`` limits what is quantized
     (default: every operator onnxruntime can). ``reduce_range`` stores 7-bit weights: on x86 CPUs
     without VNNI (AVX2 only) onnxruntime's 8-bit kernels saturate their 16-bit sums, which cost
-    the tiny test line's int8-vs-fp32 rank agreement 0.916 against 0.993 with 7-bit weights.
+    the tiny test line's int8-vs-fp32 rank agreement 0.916 against 0.993 with 7-bit weights
+    (``scripts/int8_range_probe.py``).
     """
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
