@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from device.bundle import sha256_file
-from device.macs import model_gmacs
 from device.errors import KenpinError
+from device.macs import model_gmacs
 from device.runtime import make_session
 from device.scoring import NORMALIZED_THRESHOLD
 from export.bundle_writer import staging_dir, write_bundle

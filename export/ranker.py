@@ -71,18 +71,6 @@ def ort_scores(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0][:, 0] for i in range(0, len(x), batch)])
 
 
-def quantize_convs(fp32: Path, out: Path, calib: np.ndarray, method: str, fp32_convs: int,
-                   reduce_range: bool = True) -> None:
-    """Static QDQ int8 of the convolutions only (per-channel int8 weights, uint8 activations).
-
-    The convolutions are nearly all of a ranker's work; its head is a few hundred multiply-adds on
-    pooled features whose small differences *are* the ranking, so it stays fp32 (quantizing it as
-    well cost the grade's int8/fp32 rank agreement 0.84 on the tiny line).
-    """
-    quantize_int8(fp32, out, calib, method, fp32_convs, reduce_range=reduce_range, op_types=["Conv"],
-                  minmax_moving_average=False)
-
-
 def _parity(method: str, fp32: np.ndarray, int8: np.ndarray) -> Parity:
     # Raw RankNet scores have no fixed scale: compare them in units of the fp32 spread.
     mu, sd = float(fp32.mean()), float(fp32.std()) or 1.0
@@ -96,7 +84,11 @@ def quantize_ranker(fp32: Path, work: Path, calib: np.ndarray, check: np.ndarray
     tried: dict[str, tuple[Path, Parity]] = {}
     for method in spec.quant_methods:
         path = work / f"int8_{method}.onnx"
-        quantize_convs(fp32, path, calib.astype(np.float32), method, spec.fp32_leading_convs, spec.reduce_range)
+        # Convolutions only: they are nearly all of a ranker's work, while its head is a few hundred
+        # multiply-adds on pooled features whose small differences *are* the ranking (quantizing it
+        # too cost the grade's int8/fp32 rank agreement 0.84 on the tiny line).
+        quantize_int8(fp32, path, calib.astype(np.float32), method, spec.fp32_leading_convs,
+                      reduce_range=spec.reduce_range, op_types=["Conv"], minmax_moving_average=False)
         tried[method] = (path, _parity(method, ref, ort_scores(path, check)))
     best = pick_best([p for _, p in tried.values()], spec.parity_min_spearman, spec.parity_max_mean_abs_diff)
     return tried[best.method][0], best, [p for _, p in tried.values()]

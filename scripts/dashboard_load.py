@@ -116,7 +116,7 @@ def start(bundle: Path, replay: Path, workdir: Path, live_fps: float, port: int)
 
     text = f"""
 station: {{name: load-test, data_dir: "{workdir / 'data'}"}}
-bundle: {{path: "{bundle}", precision: int8, threads: {len(os.sched_getaffinity(0))}}}
+bundle: {{path: "{bundle}", precision: int8, threads: {min(2, len(os.sched_getaffinity(0)))}}}
 camera: {{type: replay, replay: {{folder: "{replay}", fps: 0, loop: true}}}}
 trigger: {{mode: free-run}}
 """
