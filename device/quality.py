@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from device.errors import BundleError, KenpinError
+from device.scoring import patch_threshold
 
 if TYPE_CHECKING:  # the runtime needs no import of the bundle module at load time
     from device.bundle import Bundle, Ranker
@@ -210,7 +211,8 @@ def map_stats(distances: np.ndarray) -> np.ndarray:
 def anomaly_map(inspector: Any, rgb: np.ndarray) -> np.ndarray:
     """The frame's patch distances to the reference bank on the model's grid, in units of the threshold."""
     v = inspector.variant
-    return inspector.scorer.distances(inspector.embed(rgb)).reshape(v.grid) / np.float32(v.normalization.threshold)
+    unit = patch_threshold(v.normalization.threshold, v.fusion)
+    return inspector.scorer.distances(inspector.embed(rgb)).reshape(v.grid) / np.float32(unit)
 
 
 class _Scorer:

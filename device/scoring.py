@@ -119,6 +119,19 @@ class Fusion:
     def to_dict(self) -> dict[str, float]:
         return {k: float(getattr(self, k)) for k in ("patch_mean", "patch_std", "texture_mean", "texture_std")}
 
+    def patch_distance_at(self, score: float) -> float:
+        """The patch distance whose standardized value is ``score``: where one patch alone reaches it."""
+        return self.patch_mean + score * self.patch_std
+
+
+def patch_threshold(raw_threshold: float, fusion: Fusion | None) -> float:
+    """The nearest-reference distance at which a single patch crosses ``raw_threshold``.
+
+    Heat maps and anomaly-map inputs are patch distances; a fused bundle's threshold is on the
+    standardized scale, so it is turned back into a distance before a map is compared with it.
+    """
+    return raw_threshold if fusion is None else fusion.patch_distance_at(raw_threshold)
+
 
 class ImageScorer:
     """The image score of the runtime contract: the worst patch's nearest-reference distance, or,

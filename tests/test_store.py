@@ -60,7 +60,7 @@ def test_records_survive_reopening_and_ids_keep_counting(tmp_path):
 
 def test_defects_and_retakes_keep_frame_and_heat_overlay(store):
     hot = np.zeros((96, 96), np.float32)
-    hot[10:30, 60:90] = 3.0  # well above 2 × raw_threshold: drawn hottest
+    hot[10:30, 60:90] = 3.0  # heat is in units of the threshold: above 2 is drawn hottest
     for verdict in ("defect", "retake"):
         out = store.record(rec(verdict, 0.8), frame(), hot)
         img = cv2.imread(str(store.image_path(out.frame_ref)))

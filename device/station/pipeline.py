@@ -26,7 +26,7 @@ import numpy as np
 from device.bundle import Bundle
 from device.errors import KenpinError
 from device.runtime import Inspector
-from device.scoring import heatmap, patches_from_map
+from device.scoring import heatmap, patch_threshold, patches_from_map
 from device.station.camera import Backoff, Camera, CameraLost
 from device.station.record import VerdictRecord
 from device.station.triggers import FreeRun, TriggerQueue
@@ -130,12 +130,13 @@ class Model:
             verdict = "retake"
         else:
             verdict = "defect" if score > threshold else "ok"
+        # The raw score at which the normalized score equals the station's threshold.
+        raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
         hm = None
-        if verdict == "defect":
+        if verdict == "defect":  # in units of the threshold: 1.0 is where one patch alone would reject
             h, w = job.frame.shape[:2]
             hm = heatmap(scores, insp.variant.grid, (w, h), self.bundle.heatmap_sigma)
-        # The raw distance at which the normalized score equals the station's threshold.
-        raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
+            hm /= np.float32(max(patch_threshold(raw_threshold, insp.variant.fusion), 1e-6))
         latency = (time.perf_counter() - job.t0) * 1000.0
         rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, verdict, score, threshold, float(raw),
                             float(raw_threshold), quality, latency, job.source, job.trigger_id)

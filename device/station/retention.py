@@ -29,8 +29,8 @@ OVERLAY_ALPHA = 0.55  # heat colour over the frame where it is hot: strong, sinc
 def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: float) -> np.ndarray:
     """BGR image of ``heatmap`` coloured (JET) and blended over the frame when one is given.
 
-    ``full_scale`` is the heat value drawn hottest; the caller passes twice the bundle's raw
-    threshold. A fixed scale keeps colours comparable between parts (scaling each map to its own
+    ``full_scale`` is the heat value drawn hottest; the station's maps are in units of the
+    threshold, so it passes 2. A fixed scale keeps colours comparable between parts (scaling each map to its own
     maximum would paint every good part red somewhere). The colour fades out below the threshold
     and is gone under half of it, so the operator sees the defect, not a tint over the whole part.
     """

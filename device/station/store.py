@@ -192,7 +192,7 @@ class VerdictStore:
                                  f"{self.reserve_bytes // 2**20} MiB): images not kept, verdicts still recorded")
             return None, None
         frame_ref = self._write(rec, "frame", lambda: _rgb_to_bgr(frame_rgb)) if frame_rgb is not None else None
-        heatmap_ref = (self._write(rec, "heat", lambda: heat_overlay(heatmap, frame_rgb, 2.0 * rec.raw_threshold))
+        heatmap_ref = (self._write(rec, "heat", lambda: heat_overlay(heatmap, frame_rgb, 2.0))
                        if heatmap is not None else None)
         return frame_ref, heatmap_ref
 

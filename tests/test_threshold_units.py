@@ -1,0 +1,40 @@
+"""Heat maps and anomaly-map grades speak in units of the threshold, on plain and fused bundles.
+
+A fused bundle's threshold is a standardized score, not a patch distance; dividing distances by
+it painted every patch of a good part as far past the threshold (reject images solid red, grade
+inputs saturated).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.images import list_images, read_rgb
+from device.quality import anomaly_map
+from device.runtime import Inspector
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bundle", "tiny_texture_bundle"])
+def test_good_parts_stay_below_the_threshold_on_the_anomaly_map(fixture, request, tiny_line):
+    insp = Inspector.open(request.getfixturevalue(fixture), "int8")
+    goods = [read_rgb(p) for p in list_images(tiny_line / "test" / "good")]
+    maps = np.stack([anomaly_map(insp, rgb) for rgb in goods])
+    # Most patches of good parts are well inside the good range; a good part's worst patch is
+    # near the threshold, not many times past it.
+    assert np.median(maps) < 0.8
+    assert np.median(maps.max(axis=(1, 2))) < 1.5
+
+
+def test_a_fused_bundles_reject_heat_map_is_in_units_of_its_threshold(tiny_texture_bundle, tiny_line):
+    from device.bundle import load_bundle
+    from device.station.pipeline import Job, Model
+
+    model = Model(load_bundle(tiny_texture_bundle), "int8", 1)
+    paths = [q for d in ("crack", "spot", "scratch") for q in list_images(tiny_line / "test" / d)]
+    heats = [d.heatmap for p in paths
+             if (d := model.decide(Job(read_rgb(p), 0.0, 0.0, "free-run", None), 0.5, "s")).heatmap is not None]
+    assert heats, "the tiny line's painted defects are rejected"
+    # Most of a rejected part is below the threshold and its worst place is about at it (before:
+    # ~15x past it everywhere, the reject image solid red).
+    assert all(np.median(h) < 0.9 for h in heats)
+    assert 0.9 < max(h.max() for h in heats) < 3.0
