@@ -16,8 +16,12 @@ def test_bench_station_reports_throughput_latency_and_a_lossless_triggered_run(t
     replay = replay_folder(tiny_line, tmp_path / "replay")
     md = tmp_path / "station.md"
     assert main(["bench", "station", "--bundle", str(tiny_bundle), "--replay", str(replay), "--workdir",
-                 str(tmp_path / "run"), "--seconds", "3", "--triggered-seconds", "2", "--markdown", str(md)]) == 0
+                 str(tmp_path / "run"), "--seconds", "3", "--triggered-seconds", "2", "--workers", "2", "--threads", "1",
+                 "--markdown", str(md)]) == 0
     res = json.loads((tmp_path / "run" / "station-bench.json").read_text())
+    # The baseline is the best bare layout, including the station's own (one session per worker).
+    layouts = res["rounds"]["bare"][0]["ort_fps_by_layout"]
+    assert any("2 sessions side by side" in k for k in layouts) and res["rounds"]["bare"][0]["ort_fps"] == max(layouts.values())
     assert res["ort_fps"] > 0 and res["pipeline"]["fps"] > 0 and res["pipeline"]["p99_ms"] >= res["pipeline"]["p50_ms"]
     t = res["triggered"]
     assert t["sent"] > 0 and t["lost"] == 0 and t["doubled"] == 0 and t["recorded"] == t["sent"]

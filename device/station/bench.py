@@ -4,7 +4,8 @@
         [--triggered-seconds 60] [--memory-minutes 20] [--markdown FILE]
 
 1. Throughput: the whole pipeline (replay source paced by the pipeline, free-run, recording on)
-   against the bare ONNX Runtime rate (session.run on a prepared tensor, one thread of Python)
+   against the bare ONNX Runtime rate (session.run on a prepared tensor; the best of one session
+   at each thread count and of the station's own layout, one session per worker side by side)
    and the bare inspector (preprocess + model + reference search, no pipeline), alternated in
    rounds so that a noisy neighbour hits all of them alike; p50/p99 latency (capture → verdict).
 2. Triggered mode: software triggers at 2x the measured pipeline rate for ``--triggered-seconds``;
@@ -24,12 +25,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from device.bundle import load_bundle
 from device.errors import KenpinError
@@ -89,20 +92,54 @@ def _loop_rate(step: Callable[[int], object], seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bare_rates(sessions: dict[int, Inspector], station_threads: int, frames: list[np.ndarray],
+def _parallel_rate(steps: list[Callable[[int], object]], seconds: float) -> float:
+    """Calls/s of ``steps`` run side by side, one Python thread each (ORT and BLAS release the GIL)."""
+    if len(steps) == 1:
+        return _loop_rate(steps[0], seconds)
+    counts = [0] * len(steps)
+
+    def loop(k: int) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            steps[k](counts[k])
+            counts[k] += 1
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(steps))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def _ort_step(insp: Inspector, tensors: list[np.ndarray]) -> Callable[[int], object]:
+    name = insp.session.get_inputs()[0].name
+    return lambda n: insp.session.run(None, {name: tensors[n % len(tensors)]})
+
+
+def bare_rates(sessions: dict[int, Inspector], layout: list[Inspector], frames: list[np.ndarray],
                seconds: float) -> dict[str, Any]:
-    """Frames/s of session.run alone — the best of one session with the station's thread count and
-    one with every core, so the baseline is never a weakened one — and of the station's own
-    inspector doing the whole frame in one thread (preprocess + model + search)."""
-    tensors = [sessions[station_threads].preprocess(f) for f in frames]
-    share = seconds / (len(sessions) + 1)
-    by_threads = {}
-    for threads, insp in sessions.items():
-        name = insp.session.get_inputs()[0].name
-        by_threads[threads] = _loop_rate(lambda n: insp.session.run(None, {name: tensors[n % len(tensors)]}), share)
-    insp = sessions[station_threads]
-    return {"ort_fps": max(by_threads.values()), "ort_fps_by_threads": by_threads,
-            "inspector_fps": _loop_rate(lambda n: insp.inspect(frames[n % len(frames)]), share)}
+    """Frames/s of session.run alone and of the whole inspector (preprocess + model + search).
+
+    session.run is timed in one session at each thread count of ``sessions`` and in the station's
+    own layout (``layout``: one session per pipeline worker, run side by side); the baseline is
+    the best of them, so it is never a weakened one. The inspector is timed in the station's layout
+    too: the same work as the pipeline without capture, queues or recording.
+    """
+    tensors = [layout[0].preprocess(f) for f in frames]
+    share = seconds / (len(sessions) + 3)
+    by_threads = {t: _loop_rate(_ort_step(insp, tensors), share) for t, insp in sessions.items()}
+    rates = dict(by_threads)
+    if len(layout) > 1:
+        rates[f"{len(layout)} sessions side by side (the station's layout)"] = _parallel_rate([_ort_step(i, tensors) for i in layout], share)
+    inspect = [lambda n, i=i: i.inspect(frames[n % len(frames)]) for i in layout]
+    # As the station does for parallel workers: one BLAS thread per search, not oversubscribed cores.
+    with threadpool_limits(limits=1 if len(layout) > 1 else None, user_api="blas"):
+        inspector_fps = _parallel_rate(inspect, share)
+    return {"ort_fps": max(rates.values()), "ort_fps_by_layout": {str(k): v for k, v in rates.items()},
+            "ort_fps_1_thread": by_threads[1], "inspector_fps": inspector_fps,
+            "inspector_fps_1_thread": _loop_rate(lambda n: sessions[1].inspect(frames[n % len(frames)]), share)}
 
 
 def pipeline_rate(opts: StationBenchOptions, seconds: float, round_no: int) -> dict[str, Any]:
@@ -267,11 +304,12 @@ def _run(opts: StationBenchOptions) -> int:
     """The measurements, in order: alternating throughput rounds, triggered run, memory run, Pi estimate."""
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
-    sessions = {t: Inspector(bundle, "int8", t) for t in sorted({opts.threads, os.cpu_count() or 1})}
+    sessions = {t: Inspector(bundle, "int8", t) for t in sorted({1, opts.threads, os.cpu_count() or 1})}
     insp = sessions[opts.threads]
+    layout = [insp] + [Inspector(bundle, "int8", opts.threads) for _ in range(opts.workers - 1)]
     bare, pipe = [], []
     for r in range(opts.rounds):  # alternate, so machine noise hits both
-        bare.append(bare_rates(sessions, opts.threads, frames, opts.seconds / opts.rounds))
+        bare.append(bare_rates(sessions, layout, frames, opts.seconds / opts.rounds))
         pipe.append(pipeline_rate(opts, opts.seconds / opts.rounds, r))
         print(f"round {r + 1}: bare ORT {bare[-1]['ort_fps']:.1f}/s, inspector {bare[-1]['inspector_fps']:.1f}/s, "
               f"pipeline {pipe[-1]['fps']:.1f}/s (p50 {pipe[-1]['p50_ms']:.1f} ms, p99 {pipe[-1]['p99_ms']:.1f} ms)",
@@ -296,7 +334,8 @@ def _run(opts: StationBenchOptions) -> int:
     gmacs = bundle.manifest.get("model_gmacs") or model_gmacs(insp.variant.model.parent / "embedder_fp32.onnx")
     if gmacs:
         res["gmacs"] = round(gmacs, 3)
-        res["pi_estimate"] = pi_estimate(gmacs, 1000 / ort_fps, 1000 / insp_fps)
+        one = [float(np.median([b[k] for b in bare])) for k in ("ort_fps_1_thread", "inspector_fps_1_thread")]
+        res["pi_estimate"] = pi_estimate(gmacs, 1000 / one[0], 1000 / one[1])
     (opts.workdir / "station-bench.json").write_text(json.dumps(res, indent=2))
     md = to_markdown(res)
     print(md)
@@ -308,13 +347,14 @@ def _run(opts: StationBenchOptions) -> int:
 def to_markdown(res: dict[str, Any]) -> str:
     """The results as the Markdown recorded in BENCHMARKS.md."""
     p = res["pipeline"]
-    by_threads = res["rounds"]["bare"][0]["ort_fps_by_threads"]
-    bare = ", ".join(f"{t} thread{'s' * (t > 1)}" for t in by_threads)
+    by_layout = res["rounds"]["bare"][0]["ort_fps_by_layout"]
+    bare = ", ".join(k if not k.isdigit() else f"one session of {k} thread{'s' * (k != '1')}" for k in by_layout)
+    layout = f"{res['workers']} worker(s) x {res['threads']} thread(s)"
     lines = [f"Bundle {res['bundle']} (int8, {res['input'][0]} px), station: {res['workers']} worker(s) x "
              f"{res['threads']} ORT thread(s), replay source.", "",
              "| figure | measured | target |", "|---|---|---|",
-             f"| bare ONNX Runtime (session.run only, best of one session with {bare}) | {res['ort_fps']:.1f} frames/s | — |",
-             f"| bare inspector (preprocess + model + search, one thread of calls) | {res['inspector_fps']:.1f} frames/s | — |",
+             f"| bare ONNX Runtime (session.run only, best of: {bare}) | {res['ort_fps']:.1f} frames/s | — |",
+             f"| bare inspector (preprocess + model + search, no pipeline; {layout}) | {res['inspector_fps']:.1f} frames/s | — |",
              f"| whole pipeline (capture → verdict → record) | {p['fps']:.1f} verdicts/s | — |",
              f"| pipeline / bare ORT | {res['ratio_vs_ort']:.2f} | ≥ 0.90 |",
              f"| pipeline / bare inspector | {res['ratio_vs_inspector']:.2f} | — |",
