@@ -90,6 +90,25 @@ def test_live_frame_is_a_jpeg_and_unchanged_frames_cost_nothing(client):
     assert state["verdict"]["verdict"] in ("ok", "defect", "retake") and state["threshold"] == 0.5
 
 
+def test_live_stream_pushes_whole_jpeg_frames_as_they_change(client):
+    with client.stream("GET", "/api/live.mjpg", timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/x-mixed-replace")
+        buf, frames = b"", []
+        for chunk in r.iter_bytes():
+            buf += chunk
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                head = dict(line.split(": ", 1) for line in buf[:end].decode().split("\r\n") if ": " in line)
+                size = int(head["Content-Length"])
+                if len(buf) < end + 4 + size:
+                    break
+                frames.append(cv2.imdecode(np.frombuffer(buf[end + 4:end + 4 + size], np.uint8), cv2.IMREAD_COLOR))
+                buf = buf[end + 4 + size:]
+            if len(frames) >= 2:
+                break
+    # Two decodable frames of the camera's size: a running line changes the frame between pushes.
+    assert all(f is not None and f.shape[0] == 160 for f in frames)
+
+
 def test_verdicts_stream_as_they_happen(client, station):
     with client.stream("GET", "/api/events", timeout=10) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -250,6 +269,7 @@ def test_token_protected_viewing(station):
     with serve(create_app(station, settings)) as base, httpx.Client(base_url=base) as c:
         assert c.get("/api/verdicts").status_code == 401
         assert c.get("/api/live.jpg").status_code == 401
+        assert c.get("/api/live.mjpg").status_code == 401  # the stream too
         assert c.get("/healthz").status_code == 200  # monitoring stays reachable
         assert c.post("/api/session", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
         r = c.post("/api/session", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"})

@@ -27,7 +27,7 @@ class DashboardSettings:
     viewer_token_hash: str | None = None
     max_upload_mb: float = 200.0
     max_body_kb: int = 64  # JSON bodies of actions and filters are tiny
-    live_fps: float = 2.0  # live frame refreshes per second per page (each one is a request)
+    live_fps: float = 2.0  # live frames pushed per second per page, at most (one write per page per frame)
     session_hours: float = 12.0
 
     def __post_init__(self) -> None:

@@ -59,24 +59,68 @@
   function showError(e) { console.warn("kenpin:", e.message); }
 
   // ---------- live view ----------
-  // Polled with fetch + If-None-Match: an unchanged frame costs a bodiless 304, not a JPEG.
-  let frameTag = null;
-  async function refreshLive() {
-    try {
-      const headers = frameTag ? { "If-None-Match": frameTag } : {};
-      const res = await fetch("/api/live.jpg", { headers, cache: "no-store", credentials: "same-origin" });
-      if (res.status === 200) {
-        frameTag = res.headers.get("ETag");
-        const img = $("#live-img"), old = img.src;
-        img.src = URL.createObjectURL(await res.blob());
-        if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-        img.dataset.frames = Number(img.dataset.frames || 0) + 1;
-      }
-      $("#live-missing").classList.toggle("hidden", res.status === 200 || res.status === 304);
-    } catch (e) {
-      $("#live-missing").classList.remove("hidden");
+  // One MJPEG stream (/api/live.mjpg) read with fetch: the station pushes each new frame instead
+  // of every page asking for it. Each part carries Content-Length, so no scanning for boundaries.
+  const CRLF2 = [13, 10, 13, 10];
+  function findHeaderEnd(buf) {
+    for (let i = 0; i + 3 < buf.length; i++) {
+      if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) return i;
     }
-    setTimeout(refreshLive, 1000 / ((state.config && state.config.live_fps) || 2));
+    return -1;
+  }
+  function concat(a, b) {
+    const out = new Uint8Array(a.length + b.length);
+    out.set(a, 0);
+    out.set(b, a.length);
+    return out;
+  }
+  function showFrame(jpeg) {
+    const img = $("#live-img"), old = img.src;
+    img.src = URL.createObjectURL(new Blob([jpeg], { type: "image/jpeg" }));
+    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    img.dataset.frames = Number(img.dataset.frames || 0) + 1;
+    $("#live-missing").classList.add("hidden");
+  }
+  // Complete parts at the start of buf are shown; what is left (a part still arriving) is returned.
+  function takeParts(buf) {
+    for (;;) {
+      const end = findHeaderEnd(buf);
+      if (end < 0) return buf;
+      const m = /content-length:\s*(\d+)/i.exec(new TextDecoder().decode(buf.subarray(0, end)));
+      if (!m) throw new Error("live stream: a part without Content-Length");
+      const start = end + CRLF2.length, len = Number(m[1]);
+      if (buf.length < start + len) return buf;
+      showFrame(buf.slice(start, start + len));
+      buf = buf.subarray(start + len);
+    }
+  }
+  async function streamLive() {
+    let retryMs = 1000;
+    for (;;) {
+      const frames = Number($("#live-img").dataset.frames || 0);
+      const noFrame = setTimeout(() => {  // connected, but the camera has sent nothing yet
+        if (Number($("#live-img").dataset.frames || 0) === frames) $("#live-missing").classList.remove("hidden");
+      }, 3000);
+      try {
+        const res = await fetch("/api/live.mjpg", { cache: "no-store", credentials: "same-origin" });
+        if (!res.ok || !res.body) throw new Error(`live stream: HTTP ${res.status}`);
+        const reader = res.body.getReader();
+        let buf = new Uint8Array(0);
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf = takeParts(concat(buf, value));
+          retryMs = 1000;
+        }
+      } catch (e) {
+        showError(e);
+      } finally {
+        clearTimeout(noFrame);
+      }
+      $("#live-missing").classList.remove("hidden");
+      await new Promise((r) => setTimeout(r, retryMs));
+      retryMs = Math.min(retryMs * 2, 5000);
+    }
   }
 
   function showLiveVerdict(r) {
@@ -371,7 +415,7 @@
       started = true;
       if (s.verdict) showLiveVerdict(s.verdict);
       connectEvents();
-      refreshLive();
+      streamLive();
       const tab = location.hash.slice(1);
       showTab(["live", "history", "stats", "station"].includes(tab) ? tab : "live");
     }).catch((e) => { if (e.status !== 401) showError(e); });
