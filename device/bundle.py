@@ -61,6 +61,7 @@ class Variant:
     dim: int
     texture: TextureModel | None = None  # with ``fusion``: the image score also weighs texture
     fusion: Fusion | None = None
+    heat_floor: float | None = None  # patch distance good parts rarely exceed (heat maps start there)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,11 @@ def _variant(root: Path, manifest: dict[str, Any], precision: str, spec: dict[st
         raise BundleError(f"{where}: threshold/scale missing or invalid ({e})") from None
     grid = (int(spec["output_shape"][2]), int(spec["output_shape"][3]))
     texture, fusion = _texture(root, manifest, where, spec, dim)
-    return Variant(precision, root / spec["model"], bank_path, norm, grid, dim, texture, fusion)
+    floor = spec.get("heat_floor")  # optional: bundles exported before it have none
+    if floor is not None and not (isinstance(floor, (int, float)) and np.isfinite(floor) and floor >= 0):
+        raise BundleError(f"{where}.heat_floor = {floor!r}: must be a non-negative patch distance")
+    return Variant(precision, root / spec["model"], bank_path, norm, grid, dim, texture, fusion,
+                   None if floor is None else float(floor))
 
 
 def _texture(root: Path, manifest: dict[str, Any], where: str, spec: dict[str, Any],

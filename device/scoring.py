@@ -56,6 +56,20 @@ class NearestNeighbourScorer:
         return out
 
 
+HEAT_FLOOR_QUANTILE = 0.99  # of held-out good patches' distances: where a heat map starts to show
+
+
+def heat_units(distances: np.ndarray, threshold_distance: float, floor: float | None) -> np.ndarray:
+    """Patch distances → heat: 0 where good parts' patches rarely reach (``floor``), 1 at the threshold.
+
+    Nearest-reference distances of good patches sit close to the threshold (0.7-0.8 of it on the
+    tiny line), so a scale from 0 would tint every part; without a calibrated floor (bundles
+    exported before it) the floor is half the threshold.
+    """
+    low = 0.5 * threshold_distance if floor is None or not 0 <= floor < threshold_distance else floor
+    return (distances - np.float32(low)) / np.float32(max(threshold_distance - low, 1e-6))
+
+
 def image_score(patch_scores: np.ndarray) -> float:
     """Image anomaly score: the worst patch (a defect can be a single patch)."""
     return float(patch_scores.max())

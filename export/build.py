@@ -79,6 +79,7 @@ def _variant_entry(v: FittedVariant, model: str, bank: str, grid: tuple[int, int
         "output_name": OUTPUT_NAME,
         "output_shape": [1, int(v.bank.shape[1]), *grid],
         "bank_size": int(v.bank.shape[0]),
+        **({} if v.heat_floor is None else {"heat_floor": v.heat_floor}),
         "threshold": v.normalization.threshold,
         "scale": v.normalization.scale,
         "normalized_threshold": NORMALIZED_THRESHOLD,

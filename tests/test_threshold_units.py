@@ -25,16 +25,23 @@ def test_good_parts_stay_below_the_threshold_on_the_anomaly_map(fixture, request
     assert np.median(maps.max(axis=(1, 2))) < 1.5
 
 
-def test_a_fused_bundles_reject_heat_map_is_in_units_of_its_threshold(tiny_texture_bundle, tiny_line):
+def test_a_fused_bundles_reject_heat_map_shows_the_defect_not_the_part(tiny_texture_bundle, tiny_line):
     from device.bundle import load_bundle
     from device.station.pipeline import Job, Model
+    from device.station.retention import OVERLAY_ALPHA, heat_overlay
 
-    model = Model(load_bundle(tiny_texture_bundle), "int8", 1)
+    bundle = load_bundle(tiny_texture_bundle)
+    v = bundle.variant("int8")
+    assert v.heat_floor is not None and 0 < v.heat_floor < v.fusion.patch_distance_at(v.normalization.threshold)
+    model = Model(bundle, "int8", 1)
     paths = [q for d in ("crack", "spot", "scratch") for q in list_images(tiny_line / "test" / d)]
     heats = [d.heatmap for p in paths
              if (d := model.decide(Job(read_rgb(p), 0.0, 0.0, "free-run", None), 0.5, "s")).heatmap is not None]
     assert heats, "the tiny line's painted defects are rejected"
-    # Most of a rejected part is below the threshold and its worst place is about at it (before:
-    # ~15x past it everywhere, the reject image solid red).
-    assert all(np.median(h) < 0.9 for h in heats)
-    assert 0.9 < max(h.max() for h in heats) < 3.0
+    # Heat is 0 at what good parts' patches rarely exceed and 1 at the threshold: most of a
+    # rejected part is below 0 (drawn untinted), its worst place is past 1 (drawn at full colour).
+    assert all(np.mean(h > 0) < 0.5 for h in heats)
+    assert max(h.max() for h in heats) > 1.0
+    frame = np.full((*heats[0].shape, 3), 128, np.uint8)
+    untinted = np.all(heat_overlay(heats[0], frame, 2.0) == frame[..., ::-1], axis=-1)
+    assert np.mean(untinted) > 0.5 and OVERLAY_ALPHA > 0

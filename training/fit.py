@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from device.errors import KenpinError
-from device.scoring import (Fusion, ImageScorer, NearestNeighbourScorer, Normalization, TextureModel,
-                            image_score, patches_from_map, texture_descriptor)
+from device.scoring import (HEAT_FLOOR_QUANTILE, Fusion, ImageScorer, NearestNeighbourScorer, Normalization,
+                            TextureModel, image_score, patches_from_map, texture_descriptor)
 from training.area_defects import validation_defect
 from training.calibrate import calibrate
 from training.dataset import read_many, scan_mvtec
@@ -118,6 +118,7 @@ class FittedVariant:
     synthetic_scores: np.ndarray
     texture: TextureModel | None = None
     fusion: Fusion | None = None
+    heat_floor: float | None = None  # HEAT_FLOOR_QUANTILE of held-out good patch distances
 
     @property
     def holdout_false_reject_rate(self) -> float:
@@ -162,5 +163,11 @@ def fit_variant(
         scorer = ImageScorer(scorer.patch, tex, fus)
     hold = image_scores(scorer, hold_maps)
     syn = image_scores(scorer, embed_all(embed, synthetic, batch, "synthetic defects"))
-    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn, tex, fus)
+    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn, tex, fus, heat_floor(scorer.patch, hold_maps))
+
+
+def heat_floor(patch: NearestNeighbourScorer, holdout_maps: np.ndarray) -> float:
+    """The patch distance that held-out good patches stay under (HEAT_FLOOR_QUANTILE): heat maps start there."""
+    d = np.concatenate([patch.distances(patches_from_map(m)) for m in holdout_maps])
+    return float(np.quantile(d, HEAT_FLOOR_QUANTILE))
 

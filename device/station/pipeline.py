@@ -26,7 +26,7 @@ import numpy as np
 from device.bundle import Bundle
 from device.errors import KenpinError
 from device.runtime import Inspector
-from device.scoring import heatmap, patch_threshold, patches_from_map
+from device.scoring import heat_units, heatmap, patch_threshold, patches_from_map
 from device.station.camera import Backoff, Camera, CameraLost
 from device.station.record import VerdictRecord
 from device.station.triggers import FreeRun, TriggerQueue
@@ -133,10 +133,11 @@ class Model:
         # The raw score at which the normalized score equals the station's threshold.
         raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
         hm = None
-        if verdict == "defect":  # in units of the threshold: 1.0 is where one patch alone would reject
+        if verdict == "defect":  # 0 where good parts' patches rarely reach, 1 where one patch alone would reject
             h, w = job.frame.shape[:2]
-            hm = heatmap(scores, insp.variant.grid, (w, h), self.bundle.heatmap_sigma)
-            hm /= np.float32(max(patch_threshold(raw_threshold, insp.variant.fusion), 1e-6))
+            v = insp.variant
+            hm = heat_units(heatmap(scores, v.grid, (w, h), self.bundle.heatmap_sigma),
+                            patch_threshold(raw_threshold, v.fusion), v.heat_floor)
         latency = (time.perf_counter() - job.t0) * 1000.0
         rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, verdict, score, threshold, float(raw),
                             float(raw_threshold), quality, latency, job.source, job.trigger_id)

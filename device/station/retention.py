@@ -29,10 +29,11 @@ OVERLAY_ALPHA = 0.55  # heat colour over the frame where it is hot: strong, sinc
 def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: float) -> np.ndarray:
     """BGR image of ``heatmap`` coloured (JET) and blended over the frame when one is given.
 
-    ``full_scale`` is the heat value drawn hottest; the station's maps are in units of the
-    threshold, so it passes 2. A fixed scale keeps colours comparable between parts (scaling each map to its own
-    maximum would paint every good part red somewhere). The colour fades out below the threshold
-    and is gone under half of it, so the operator sees the defect, not a tint over the whole part.
+    The station's maps are heat units (``scoring.heat_units``: 0 where good parts' patches rarely
+    reach, 1 at the threshold); ``full_scale`` is the heat drawn hottest, 2. A fixed scale keeps
+    colours comparable between parts (scaling each map to its own maximum would paint every good
+    part red somewhere). The colour fades in from 0 and is full from the threshold up, so the
+    operator sees the defect, not a tint over the whole part.
     """
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.ndim != 2:
@@ -47,8 +48,8 @@ def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: 
     if colour.shape[:2] != frame_bgr.shape[:2]:
         colour = cv2.resize(colour, size, interpolation=cv2.INTER_LINEAR)
         heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
-    # 0 below a quarter of full scale (half the threshold), OVERLAY_ALPHA from half of it (the threshold) up.
-    alpha = np.clip(heat / scale * 4.0 - 1.0, 0.0, 1.0)[..., None] * OVERLAY_ALPHA
+    # None at or below 0, OVERLAY_ALPHA from half the full scale (the threshold) up.
+    alpha = np.clip(heat / scale * 2.0, 0.0, 1.0)[..., None] * OVERLAY_ALPHA
     return (colour * alpha + frame_bgr * (1.0 - alpha) + 0.5).astype(np.uint8)
 
 
