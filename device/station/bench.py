@@ -132,7 +132,8 @@ def bare_rates(sessions: dict[int, Inspector], layout: list[Inspector], frames: 
     by_threads = {t: _loop_rate(_ort_step(insp, tensors), share) for t, insp in sessions.items()}
     rates = dict(by_threads)
     if len(layout) > 1:
-        rates[f"{len(layout)} sessions side by side (the station's layout)"] = _parallel_rate([_ort_step(i, tensors) for i in layout], share)
+        side_by_side = _parallel_rate([_ort_step(i, tensors) for i in layout], share)
+        rates[f"{len(layout)} sessions side by side (the station's layout)"] = side_by_side
     inspect = [lambda n, i=i: i.inspect(frames[n % len(frames)]) for i in layout]
     # As the station does for parallel workers: one BLAS thread per search, not oversubscribed cores.
     with threadpool_limits(limits=1 if len(layout) > 1 else None, user_api="blas"):
