@@ -161,13 +161,11 @@ def fit_variant(
         tex = fit_texture(bank_maps)
         fus = fit_fusion(scorer.patch, tex, hold_maps)
         scorer = ImageScorer(scorer.patch, tex, fus)
-    hold = image_scores(scorer, hold_maps)
+    # One search per held-out image gives both its score and its patches' distances.
+    hold_parts = [scorer.score(patches_from_map(m)) for m in hold_maps]
+    hold = np.array([raw for raw, _ in hold_parts], dtype=np.float64)
+    # Heat maps start where held-out good patches stay under (HEAT_FLOOR_QUANTILE of their distances).
+    floor = float(np.quantile(np.concatenate([d for _, d in hold_parts]), HEAT_FLOOR_QUANTILE))
     syn = image_scores(scorer, embed_all(embed, synthetic, batch, "synthetic defects"))
-    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn, tex, fus, heat_floor(scorer.patch, hold_maps))
-
-
-def heat_floor(patch: NearestNeighbourScorer, holdout_maps: np.ndarray) -> float:
-    """The patch distance that held-out good patches stay under (HEAT_FLOOR_QUANTILE): heat maps start there."""
-    d = np.concatenate([patch.distances(patches_from_map(m)) for m in holdout_maps])
-    return float(np.quantile(d, HEAT_FLOOR_QUANTILE))
+    return FittedVariant(bank, calibrate(hold, target_frr), hold, syn, tex, fus, floor)
 

@@ -57,7 +57,7 @@ async def live_stream(request: Request) -> StreamingResponse:
         last = None
         while True:
             latest = station.latest_frame()
-            if latest is not None and latest[0] is not last:  # the station caches the JPEG: same object, same frame
+            if latest is not None and latest[0] != last:  # only a changed frame is sent
                 last, record = latest
                 vid = record.id if record is not None and record.id is not None else ""
                 yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(last)}\r\n"

@@ -61,8 +61,7 @@
   // ---------- live view ----------
   // One MJPEG stream (/api/live.mjpg) read with fetch: the station pushes each new frame instead
   // of every page asking for it. Each part carries Content-Length, so no scanning for boundaries.
-  const CRLF2 = [13, 10, 13, 10];
-  function findHeaderEnd(buf) {
+  function findHeaderEnd(buf) {  // index of the blank line (\r\n\r\n) ending a part's headers
     for (let i = 0; i + 3 < buf.length; i++) {
       if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) return i;
     }
@@ -88,7 +87,7 @@
       if (end < 0) return buf;
       const m = /content-length:\s*(\d+)/i.exec(new TextDecoder().decode(buf.subarray(0, end)));
       if (!m) throw new Error("live stream: a part without Content-Length");
-      const start = end + CRLF2.length, len = Number(m[1]);
+      const start = end + 4, len = Number(m[1]);
       if (buf.length < start + len) return buf;
       showFrame(buf.slice(start, start + len));
       buf = buf.subarray(start + len);
