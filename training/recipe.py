@@ -146,8 +146,11 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+def _build(cls: type, data: Any, where: str, base: Any = None) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Keys the mapping leaves out keep ``base``'s values (the parent's default for this section,
+    which may differ from the class's own: the grade's input is not the gate's)."""
     if not isinstance(data, dict):
         raise KenpinError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -155,12 +158,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise KenpinError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(fields)}")
     kwargs = {}
-    defaults = cls()
+    defaults = cls() if base is None else base
     for name, value in data.items():
         default = getattr(defaults, name)
         key = f"{where}.{name}"
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, key)
+            kwargs[name] = _build(type(default), value, key, default)
         elif isinstance(default, tuple):
             if not isinstance(value, list):
                 raise KenpinError(f"{key} = {value!r}: expected a list")
@@ -170,7 +173,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
             raise KenpinError(f"{key} = {value!r}: expected {type(default).__name__}")
         else:
             kwargs[name] = type(default)(value)
-    return cls(**kwargs)
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
 
 
 def _lists(data: Any) -> Any:
