@@ -16,7 +16,7 @@ import numpy as np
 from device.errors import BundleError
 from device.errors import KenpinError
 from device.preprocess import Preprocess
-from device.quality import ROLES, RankerInput
+from device.quality import ROLES, QualityFamily, RankerInput
 from device.scoring import Fusion, Normalization, TextureModel
 
 MANIFEST = "manifest.json"
@@ -74,6 +74,7 @@ class Ranker:
     input: RankerInput
     floor: float | None  # quality only: frames scoring below it are retaken
     reference_scores: tuple[float, ...] = ()  # grade only: sorted scores of the rated images
+    families: tuple[QualityFamily, ...] = ()  # quality only: one per model output (none: a single score)
 
 
 @dataclass(frozen=True)
@@ -197,13 +198,16 @@ def _ranker(root: Path, manifest: dict[str, Any], role: str, spec: Any) -> Ranke
         inp = RankerInput.from_dict(spec["input"])
         floor = float(spec["floor"]) if role == "quality" else None
         ref = tuple(float(v) for v in spec.get("reference_scores", ()))
+        fams = tuple(QualityFamily.from_dict(f) for f in spec.get("families", ())) if role == "quality" else ()
     except (KeyError, TypeError, ValueError, KenpinError) as e:
-        raise BundleError(f"{where}: input/floor missing or invalid ({e})") from None
+        raise BundleError(f"{where}: input/floor/families missing or invalid ({e})") from None
     if list(spec.get("input_shape", [])) != inp.shape:
         raise BundleError(f"{where}.input_shape = {spec.get('input_shape')} does not match its input {inp.shape}")
     if floor is not None and not np.isfinite(floor):
         raise BundleError(f"{where}.floor = {floor}: must be a finite number")
-    return Ranker(role, root / spec["model"], root / spec["fp32_model"], inp, floor, tuple(sorted(ref)))
+    if len({f.name for f in fams}) != len(fams):
+        raise BundleError(f"{where}.families: a family name appears twice")
+    return Ranker(role, root / spec["model"], root / spec["fp32_model"], inp, floor, tuple(sorted(ref)), fams)
 
 
 def load_bundle(root: str | Path) -> Bundle:

@@ -23,6 +23,34 @@ if TYPE_CHECKING:  # the runtime needs no import of the bundle module at load ti
     from device.bundle import Bundle, Ranker
 
 ROLES = ("quality", "grade")
+SOURCES = ("frame", "anomaly", "embedding")  # what a ranker reads: RankerInput.source
+
+
+@dataclass(frozen=True)
+class QualityFamily:
+    """One output of a capture-quality model: the degradations it ranks, and its own floor.
+
+    Noise adds fine detail that blur removes, and under- and over-exposure move brightness in
+    opposite directions, so one score cannot rank them all against a clean frame (a clean frame
+    sits between its blurred and its noisy versions). Each family gets its own score column; a
+    frame is judged only when every family is at or above its floor.
+    """
+
+    name: str
+    kinds: tuple[str, ...]  # the degradations this column was trained to rank (for reports)
+    floor: float  # calibrated on held-out clean frames
+    scale: float  # spread of held-out clean frames' scores: margins of families compare in these units
+
+    def __post_init__(self) -> None:
+        if not self.name or not math.isfinite(self.floor) or not (math.isfinite(self.scale) and self.scale > 0):
+            raise KenpinError(f"quality family {self.name!r}: needs a name, a finite floor and a scale > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kinds": list(self.kinds), "floor": self.floor, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QualityFamily":
+        return cls(str(d["name"]), tuple(str(k) for k in d.get("kinds", ())), float(d["floor"]), float(d["scale"]))
 
 
 @dataclass(frozen=True)
@@ -41,8 +69,10 @@ class RankerInput:
     size: int = 64
     crops: int = 4
     # "frame": the camera frame as above. "anomaly": the bundle's own patch-distance map of the
-    # frame (in units of its threshold), resized to size x size — what a grade of defect severity
-    # needs, since the anomaly model already knows where the frame departs from good parts.
+    # frame (in units of its threshold), resized to size x size. "embedding": the anomaly model's
+    # patch embeddings of the frame, pooled (:func:`grade_vector`) into the first cells of one
+    # size x size plane — what a grade of defect severity needs: the pretrained features know the
+    # kind and extent of what departs from good parts, which a coarse distance map does not.
     source: str = "frame"
     # Whole-frame statistics as an extra plane (see above). Absent in a manifest = False, so a
     # bundle written before the key existed keeps its input shape and loads unchanged.
@@ -53,10 +83,12 @@ class RankerInput:
             raise KenpinError(f"input.size = {self.size!r}: use a multiple of 8 between 16 and 512")
         if not isinstance(self.crops, int) or not 0 <= self.crops <= 16:
             raise KenpinError(f"input.crops = {self.crops!r}: use 0 to 16")
-        if self.source not in ("frame", "anomaly"):
-            raise KenpinError(f"input.source = {self.source!r}: use 'frame' or 'anomaly'")
-        if self.source == "anomaly" and self.crops:
-            raise KenpinError(f"input.crops = {self.crops}: an anomaly-map input has no crops; use 0")
+        if self.source not in SOURCES:
+            raise KenpinError(f"input.source = {self.source!r}: use one of {list(SOURCES)}")
+        if self.source != "frame" and self.crops:
+            raise KenpinError(f"input.crops = {self.crops}: an {self.source} input has no crops; use 0")
+        if self.source == "embedding" and self.stats is True:
+            raise KenpinError("input.stats = true: an embedding input already carries the map statistics; use false")
         if not isinstance(self.stats, bool):
             raise KenpinError(f"input.stats = {self.stats!r}: use true or false")
 
@@ -139,6 +171,18 @@ class RankerInput:
             self._put_stats(out, map_stats(distances))
         return out
 
+    def from_embedding(self, patches: np.ndarray, distances: np.ndarray) -> np.ndarray:
+        """Patch embeddings (P x D) and their distances (P, in units of the threshold) → the model
+        input: :func:`grade_vector` in the first cells of one size x size plane, zeros after it."""
+        v = grade_vector(patches, distances)
+        if len(v) > self.size * self.size:
+            need = int(math.ceil(math.sqrt(len(v)) / 8) * 8)
+            raise KenpinError(f"input.size = {self.size} holds {self.size ** 2} values; this bundle's embedding "
+                              f"vector has {len(v)}: use input.size ≥ {need}")
+        out = np.zeros(self.shape, np.float32)
+        out[0, 0].reshape(-1)[: len(v)] = v
+        return out
+
     def _put_stats(self, out: np.ndarray, v: np.ndarray) -> None:
         plane = out[0, -1]
         plane[:] = 0.0
@@ -208,11 +252,26 @@ def map_stats(distances: np.ndarray) -> np.ndarray:
                        float(d.mean())], np.float32)
 
 
+GRADE_TOP_PATCHES = 8  # the most distant patches: what the defect itself looks like
+
+
+def grade_vector(patches: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Pooled patch embeddings for a grade: mean and max over the frame, mean of the
+    :data:`GRADE_TOP_PATCHES` patches farthest from good parts, then :data:`MAP_STATS`."""
+    top = patches[np.argsort(distances)[-GRADE_TOP_PATCHES:]]
+    return np.concatenate([patches.mean(0), patches.max(0), top.mean(0), map_stats(distances)]).astype(np.float32)
+
+
+def patch_view(inspector: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's patch embeddings and their distances to the reference bank in units of the threshold."""
+    v = inspector.variant
+    patches = inspector.embed(rgb)
+    return patches, inspector.scorer.distances(patches) / np.float32(patch_threshold(v.normalization.threshold, v.fusion))
+
+
 def anomaly_map(inspector: Any, rgb: np.ndarray) -> np.ndarray:
     """The frame's patch distances to the reference bank on the model's grid, in units of the threshold."""
-    v = inspector.variant
-    unit = patch_threshold(v.normalization.threshold, v.fusion)
-    return inspector.scorer.distances(inspector.embed(rgb)).reshape(v.grid) / np.float32(unit)
+    return patch_view(inspector, rgb)[1].reshape(inspector.variant.grid)
 
 
 class _Scorer:
@@ -227,15 +286,31 @@ class _Scorer:
         self.session = make_session(self.model, threads)
         self._input = self.session.get_inputs()[0].name
         out = self.session.run(None, {self._input: np.zeros(self.prepare.shape, np.float32)})[0]
-        if out.shape != (1, 1):
-            raise BundleError(f"{self.model}: output shape {out.shape} is not (1, 1); not a ranker model")
+        columns = max(1, len(ranker.families))
+        if out.shape != (1, columns):
+            raise BundleError(f"{self.model}: output shape {out.shape} is not (1, {columns}); "
+                              "not the ranker its manifest describes")
+
+    def _raw(self, frame: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: self.prepare(frame)})[0][0]
 
     def _score(self, frame: np.ndarray) -> float:
-        return float(self.session.run(None, {self._input: self.prepare(frame)})[0][0, 0])
+        return float(self._raw(frame)[0])
 
 
 class QualityGate(_Scorer):
-    """Capture quality of a frame (higher = better) and the calibrated floor below which it is retaken."""
+    """Capture quality of a frame (higher = better) and the calibrated floor below which it is retaken.
+
+    With quality families (bundles since the per-family gate) the quality of a frame is its
+    weakest family's margin above that family's floor, in units of the family's clean spread, and
+    the floor is 0; a bundle with a single score keeps that score and its floor.
+    """
+
+    def __init__(self, ranker: "Ranker", precision: str = "int8", threads: int = 1) -> None:
+        super().__init__(ranker, precision, threads)
+        fams = ranker.families
+        self._floors = np.array([f.floor for f in fams], np.float32)
+        self._scales = np.array([f.scale for f in fams], np.float32)
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", threads: int = 1, precision: str = "int8") -> "QualityGate | None":
@@ -243,13 +318,36 @@ class QualityGate(_Scorer):
         r = bundle.rankers.get("quality")
         return None if r is None else cls(r, precision, threads)
 
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Names of the quality families, one per model output (empty for a single-score gate)."""
+        return tuple(f.name for f in self.ranker.families)
+
+    def margins(self, rgb: np.ndarray) -> np.ndarray:
+        """Per family: (score − floor) / clean spread; a frame passes when every margin is ≥ 0.
+        A single-score gate gives one value: score − floor."""
+        raw = self._raw(rgb)
+        if not self.ranker.families:
+            return raw[:1] - np.float32(self.ranker.floor)
+        return (raw - self._floors) / self._scales
+
+    def family_scores(self, rgb: np.ndarray) -> np.ndarray:
+        """The model's raw score per family (per output column), higher = better."""
+        return self._raw(rgb)
+
     def score(self, rgb: np.ndarray) -> float:
         """HxWx3 uint8 RGB frame (or a float frame in [0, 1], or uint16) → capture quality."""
-        return self._score(rgb)
+        if not self.ranker.families:
+            return self._score(rgb)
+        return float(self.margins(rgb).min())
+
+    def weakest(self, rgb: np.ndarray) -> str:
+        """The family that limits the frame's quality (why a frame was retaken)."""
+        return self.families[int(np.argmin(self.margins(rgb)))] if self.families else "quality"
 
     @property
     def floor(self) -> float:
-        return float(self.ranker.floor)
+        return 0.0 if self.ranker.families else float(self.ranker.floor)
 
     def passes(self, quality: float) -> bool:
         """Good enough to judge: quality at or above the floor."""
@@ -262,11 +360,11 @@ class Grader(_Scorer):
     def __init__(self, ranker: "Ranker", precision: str = "int8", threads: int = 1, bundle: "Bundle | None" = None) -> None:
         super().__init__(ranker, precision, threads)
         self._inspector = None
-        if ranker.input.source == "anomaly":
+        if ranker.input.source != "frame":
             from device.runtime import Inspector
 
             if bundle is None:
-                raise BundleError(f"{ranker.model}: this grade reads the anomaly map; open it with Grader.from_bundle")
+                raise BundleError(f"{ranker.model}: this grade reads the anomaly model; open it with Grader.from_bundle")
             self._inspector = Inspector(bundle, precision, threads)
 
     @classmethod
@@ -279,7 +377,13 @@ class Grader(_Scorer):
         """HxWx3 uint8 RGB frame → grade (a score; compare grades, or read :meth:`percentile`)."""
         if self._inspector is None:
             return self._score(rgb)
+        if self.prepare.source == "embedding":
+            return self.grade_patches(*patch_view(self._inspector, rgb))
         return self.grade_map(anomaly_map(self._inspector, rgb))
+
+    def grade_patches(self, patches: np.ndarray, distances: np.ndarray) -> float:
+        """Grade from patch embeddings and distances (threshold units) the station already computed."""
+        return float(self.session.run(None, {self._input: self.prepare.from_embedding(patches, distances)})[0][0, 0])
 
     def grade_map(self, distances: np.ndarray) -> float:
         """Grade from a patch-distance map the station already computed (anomaly-map grades only)."""

@@ -54,7 +54,7 @@ class RankerExportSpec:
 
 
 def export_onnx(model: torch.nn.Module, inp: RankerInput, path: Path) -> None:
-    """``model`` (N x C x S x S → N x 1) to ONNX, dynamic batch, opset 17, checked."""
+    """``model`` (N x C x S x S → N x outputs) to ONNX, dynamic batch, opset 17, checked."""
     import onnx
 
     model.eval()
@@ -65,30 +65,38 @@ def export_onnx(model: torch.nn.Module, inp: RankerInput, path: Path) -> None:
 
 
 def ort_scores(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Scores of model inputs with an ONNX model, in the station's session settings."""
+    """Scores (N x outputs) of model inputs with an ONNX model, in the station's session settings."""
     session = make_session(path, 1)
     x = inputs.astype(np.float32, copy=False)
-    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0][:, 0] for i in range(0, len(x), batch)])
+    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def _parity(method: str, fp32: np.ndarray, int8: np.ndarray) -> Parity:
-    # Raw RankNet scores have no fixed scale: compare them in units of the fp32 spread.
-    mu, sd = float(fp32.mean()), float(fp32.std()) or 1.0
-    return compare(method, (fp32 - mu) / sd, (int8 - mu) / sd)
+    """Agreement per output column; the worst column's figures (every family must keep its order)."""
+    cols = []
+    for c in range(fp32.shape[1]):
+        # Raw RankNet scores have no fixed scale: compare them in units of the fp32 spread.
+        mu, sd = float(fp32[:, c].mean()), float(fp32[:, c].std()) or 1.0
+        cols.append(compare(method, (fp32[:, c] - mu) / sd, (int8[:, c] - mu) / sd))
+    return Parity(method, len(fp32), min(p.spearman for p in cols), max(p.mean_abs_diff for p in cols),
+                  max(p.max_abs_diff for p in cols), min(p.verdict_agreement for p in cols))
 
 
 def quantize_ranker(fp32: Path, work: Path, calib: np.ndarray, check: np.ndarray,
-                    spec: RankerExportSpec) -> tuple[Path, Parity, list[Parity]]:
-    """Quantize with each calibrator; the parity gate keeps the int8 model closest to fp32 on ``check``."""
+                    spec: RankerExportSpec, op_types: tuple[str, ...] = ("Conv",)) -> tuple[Path, Parity, list[Parity]]:
+    """Quantize ``op_types`` with each calibrator; the parity gate keeps the int8 model closest to fp32 on ``check``.
+
+    Convolutions only by default: they are nearly all of a CNN ranker's work, while its head is a
+    few hundred multiply-adds on pooled features whose small differences *are* the ranking
+    (quantizing it too cost the grade's int8/fp32 rank agreement 0.84 on the tiny line). A model
+    without convolutions (an embedding MLP) names its matrix products instead.
+    """
     ref = ort_scores(fp32, check)
     tried: dict[str, tuple[Path, Parity]] = {}
     for method in spec.quant_methods:
         path = work / f"int8_{method}.onnx"
-        # Convolutions only: they are nearly all of a ranker's work, while its head is a few hundred
-        # multiply-adds on pooled features whose small differences *are* the ranking (quantizing it
-        # too cost the grade's int8/fp32 rank agreement 0.84 on the tiny line).
         quantize_int8(fp32, path, calib.astype(np.float32), method, spec.fp32_leading_convs,
-                      reduce_range=spec.reduce_range, op_types=["Conv"], minmax_moving_average=False)
+                      reduce_range=spec.reduce_range, op_types=list(op_types), minmax_moving_average=False)
         tried[method] = (path, _parity(method, ref, ort_scores(path, check)))
     best = pick_best([p for _, p in tried.values()], spec.parity_min_spearman, spec.parity_max_mean_abs_diff)
     return tried[best.method][0], best, [p for _, p in tried.values()]

@@ -13,17 +13,17 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
-from device.quality import Grader, QualityGate, RankerInput, anomaly_map
+from device.quality import Grader, QualityGate, RankerInput, anomaly_map, patch_view
 from export.ranker import RankerExportSpec, add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
 from training.dataset import mask_for, read_many
-from training.degrade import KINDS, TRAIN_GRID
+from training.degrade import FAMILIES, KINDS, TRAIN_GRID
 from training.fit import split_holdout
 from training.rank_eval import degradation_table, plot_strength, ranking_metrics
 from training.rank_pairs import (
@@ -47,16 +47,19 @@ class QualitySpec:
     images: int = 300  # train/good images used (a seeded pick; 0 = all)
     holdout_fraction: float = 0.2  # of those, kept out of training to set the floor
     kinds: tuple[str, ...] = KINDS
+    # family → kinds: one score column (and one floor) per family that has a kind in ``kinds``
+    families: dict[str, Any] = field(default_factory=lambda: dict(FAMILIES))
     levels_per_kind: int = 2
     uint8_share: float = 0.5
     cross_share: float = 0.25
     target_false_retake_rate: float = 0.02
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1200))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=3000))
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
         if unknown or not self.kinds:
             raise KenpinError(f"quality.kinds: {sorted(unknown)} unknown; use some of {list(KINDS)}")
+        self._check_families()
         if not 0.05 <= self.holdout_fraction <= 0.5:
             raise KenpinError(f"quality.holdout_fraction = {self.holdout_fraction}: use 0.05–0.5")
         if not 0 < self.target_false_retake_rate < 0.5:
@@ -68,12 +71,34 @@ class QualitySpec:
             raise KenpinError("quality.levels_per_kind must be ≥ 1 and quality.images 0 (all) or ≥ 10")
 
 
+    def _check_families(self) -> None:
+        seen: dict[str, str] = {}
+        for name, kinds in self.families.items():
+            if not isinstance(kinds, (list, tuple)) or not kinds:
+                raise KenpinError(f"quality.families.{name} = {kinds!r}: expected a list of kinds")
+            for k in kinds:
+                if k not in KINDS:
+                    raise KenpinError(f"quality.families.{name}: kind {k!r} unknown; use some of {list(KINDS)}")
+                if k in seen:
+                    raise KenpinError(f"quality.families: kind {k!r} is in both {seen[k]!r} and {name!r}; put it in one")
+                seen[k] = name
+        object.__setattr__(self, "families", {n: tuple(k) for n, k in self.families.items()})  # YAML lists → tuples
+        orphans = [k for k in self.kinds if k not in seen]
+        if orphans:
+            raise KenpinError(f"quality.kinds: {orphans} belong to no family; add them to one under quality.families")
+
+    def columns(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The model's output columns: (family, its trained kinds), for families with a trained kind."""
+        out = [(name, tuple(k for k in kinds if k in self.kinds)) for name, kinds in self.families.items()]
+        return [(name, kinds) for name, kinds in out if kinds]
+
+
 @dataclass(frozen=True)
 class GradeSpec:
     """The grade ranker learnt from an operator file."""
 
-    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "anomaly"))  # stats off: see the recipe
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=600, width=16))
+    input: RankerInput = field(default_factory=lambda: RankerInput(32, 0, "embedding"))  # see the recipe
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=600, batch_pairs=64, weight_decay=0.01, width=16))
 
 
 @dataclass(frozen=True)
@@ -107,28 +132,57 @@ def _good_split(data: Path, spec: QualitySpec, seed: int) -> tuple[list[np.ndarr
     return pick(train_i), pick(hold_i)
 
 
-def _pair_accuracy(pool: QualityPool, scores: np.ndarray) -> dict[str, float]:
-    """Per kind: share of (clean, degraded) pairs of one image ordered right."""
-    clean = {int(g): scores[r] for r, g in enumerate(pool.group) if pool.kind[r] < 0}
+def _pair_accuracy(pool: QualityPool, scores: np.ndarray, column: dict[str, int]) -> dict[str, float]:
+    """Per kind: share of (clean, degraded) pairs of one image its family's column orders right."""
     out = {}
     for k, name in enumerate(pool.kinds):
+        c = column[name]
+        clean = {int(g): scores[r, c] for r, g in enumerate(pool.group) if pool.kind[r] < 0}
         rows = np.flatnonzero(pool.kind == k)
-        out[name] = float(np.mean([clean[int(pool.group[r])] > scores[r] for r in rows]))
+        out[name] = float(np.mean([clean[int(pool.group[r])] > scores[r, c] for r in rows]))
     return out
 
 
+def family_floors(clean: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of held-out clean scores (N x F): floors and clean spreads.
+
+    The families' false retakes add up, so each family gets the same share q of the target, the
+    largest whose union stays at the target on these frames. A held-out set of a few dozen
+    frames says little about a 1-in-200 tail, so no floor is set above the normal estimate of
+    that quantile either (mean − z·sd at target / F): with few frames the estimate is the safer one.
+    """
+    from scipy.stats import norm
+
+    n, f = clean.shape
+    scale = clean.std(0)
+    scale[~(scale > 0)] = 1.0
+    best = clean.min(0)  # no held-out clean frame retaken
+    for q in np.linspace(target / f, target, 40):
+        floors = np.quantile(clean, q, axis=0, method="lower")
+        if np.mean((clean < floors).any(1)) <= target:
+            best = floors
+    normal = clean.mean(0) + norm.ppf(target / f) * scale
+    return np.minimum(best, normal), scale
+
+
 def _floor_entry(pool: QualityPool, scores: np.ndarray, spec: QualitySpec) -> dict[str, Any]:
-    """Floor = the target false-retake quantile of held-out clean frames; what it catches per kind."""
-    clean = scores[pool.kind < 0]
-    floor = float(np.quantile(clean, spec.target_false_retake_rate))
+    """Floors from held-out clean frames at the target false-retake rate; what the gate catches per kind."""
+    floors, scale = family_floors(scores[pool.kind < 0], spec.target_false_retake_rate)
+    quality = ((scores - floors) / scale).min(1)  # the gate's quality: weakest family's margin
+    clean = quality[pool.kind < 0]
     caught = {}
     for k, name in enumerate(pool.kinds):
         strong = (pool.kind == k) & (pool.level * 2 > len(TRAIN_GRID[name]))
-        caught[name] = float(np.mean(scores[strong] < floor)) if strong.any() else None
-    return {"floor": floor, "calibration": {
-        "method": "quantile of held-out clean train/good frames at the target false-retake rate (int8 scores)",
+        caught[name] = float(np.mean(quality[strong] < 0)) if strong.any() else None
+    families = [{"name": n, "kinds": list(kinds), "floor": float(f), "scale": float(sd)}
+                for (n, kinds), f, sd in zip(spec.columns(), floors, scale)]
+    return {"floor": 0.0, "families": families, "calibration": {
+        "method": "per family: a quantile of held-out clean train/good frames' int8 scores, the same for every "
+                  "family, the largest whose union of false retakes stays at the target, and at most the normal "
+                  "estimate mean − z·sd of target / families; quality = the weakest family's "
+                  "(score − floor) / clean spread, retaken below 0",
         "target_false_retake_rate": spec.target_false_retake_rate, "n_images": int(len(clean)),
-        "holdout_false_retake_rate": float(np.mean(clean < floor)),
+        "holdout_false_retake_rate": float(np.mean(clean < 0)),
         "retake_rate_upper_half_strengths": caught}}
 
 
@@ -141,7 +195,8 @@ def _export(trained: TrainResult, inp: RankerInput, recipe: RankerRecipe, calib:
         export_onnx(trained.model, inp, fp32)
         # the fp32 leading convolutions are the crop branch's; a crop-less input has none to keep
         ex = recipe.export if inp.crops else replace(recipe.export, fp32_leading_convs=0)
-        int8, best, tried = quantize_ranker(fp32, work, calib, check, ex)
+        ops = ("Gemm", "MatMul") if inp.source == "embedding" else ("Conv",)
+        int8, best, tried = quantize_ranker(fp32, work, calib, check, ex, ops)
         entry = {"input": inp.to_dict(), "input_shape": inp.shape, **entry_fn(ort_scores(int8, check)),
                  "parity": parity_entry(best, tried, recipe.export),
                  "training": {"steps": trained.history[-1]["step"] if trained.history else 0,
@@ -166,13 +221,18 @@ def train_quality(data: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, A
     hold = build_quality_pool(hold_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed + 1)
     log.info("training the quality ranker on %d inputs from %d images (%d held out)", len(pool.inputs),
              len(train_imgs), len(hold_imgs))
-    trained = train_ranknet(pool.inputs, quality_pairs(pool, spec.cross_share), spec.input, spec.train, "quality ranknet")
+    cols = spec.columns()
+    column = {k: c for c, (_, kinds) in enumerate(cols) for k in kinds}
+    families = [[pool.kinds.index(k) for k in kinds] for _, kinds in cols]
+    trained = train_ranknet(pool.inputs, quality_pairs(pool, spec.cross_share, families), spec.input, spec.train,
+                            "quality ranknet", outputs=len(cols))
     calib = pool.inputs[np.random.default_rng(recipe.seed).permutation(len(pool.inputs))[: recipe.export.quant_images]]
-    fp32_val = _pair_accuracy(hold, score_pool(trained.model, hold.inputs))
+    fp32_val = _pair_accuracy(hold, score_pool(trained.model, hold.inputs), column)
 
     def entry(int8_scores: np.ndarray) -> dict[str, Any]:
         return {**_floor_entry(hold, int8_scores, spec),
-                "validation": {"held_out_images": len(hold_imgs), "pairwise_accuracy_int8": _pair_accuracy(hold, int8_scores),
+                "validation": {"held_out_images": len(hold_imgs),
+                               "pairwise_accuracy_int8": _pair_accuracy(hold, int8_scores, column),
                                "pairwise_accuracy_fp32": fp32_val}}
 
     return _export(trained, spec.input, recipe, calib, hold.inputs, bundle, "quality", entry)
@@ -184,11 +244,14 @@ def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, 
     judged = read_judgements(ratings)
     spec = recipe.grade
     prepare = spec.input
-    if spec.input.source == "anomaly":  # the grade reads the bundle's own int8 anomaly map
+    if spec.input.source != "frame":  # the grade reads the bundle's own int8 anomaly model
         from device.runtime import Inspector
 
         insp = Inspector(load_bundle(bundle), "int8", 2)
-        prepare = lambda rgb: spec.input.from_map(anomaly_map(insp, rgb))  # noqa: E731
+        if spec.input.source == "anomaly":
+            prepare = lambda rgb: spec.input.from_map(anomaly_map(insp, rgb))  # noqa: E731
+        else:
+            prepare = lambda rgb: spec.input.from_embedding(*patch_view(insp, rgb))  # noqa: E731
     inputs = judged_inputs(judged.images, prepare, spec.input)
     log.info("training the grade ranker on %d judgements of %d images", len(judged.pairs), len(judged.images))
     trained = train_ranknet(inputs, judgement_pairs(judged.pairs, 4), spec.input, spec.train, "grade ranknet")
@@ -196,8 +259,9 @@ def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, 
     calib = inputs[np.random.default_rng(recipe.seed).permutation(len(inputs))[: recipe.export.quant_images]]
 
     def entry(int8_scores: np.ndarray) -> dict[str, Any]:
-        fit = ranking_metrics(int8_scores, np.asarray(judged.ratings)) if judged.ratings else None
-        return {"reference_scores": sorted(float(s) for s in int8_scores),
+        grades = int8_scores[:, 0]
+        fit = ranking_metrics(grades, np.asarray(judged.ratings)) if judged.ratings else None
+        return {"reference_scores": sorted(float(s) for s in grades),
                 "training_data": {"file": str(ratings), "n_images": len(judged.images), "n_pairs": len(judged.pairs),
                                   "fit_on_training_images_int8": fit}}
 
@@ -215,13 +279,15 @@ def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path:
         raise KenpinError(f"{data / 'test' / 'good'}: no held-out good images to evaluate on")
     images, _ = read_many(paths, "reading test/good")
     cost = gate_cost(bundle, (images * 3)[:300], precision)
-    table = degradation_table(gate.score, images, seed)
-    clean = np.asarray(table["clean_scores"])
+    score, column = _gate_columns(gate)
+    table = degradation_table(score, images, seed, column)
+    clean = np.asarray(table["clean_scores"])[:, 0]
     for r in table["rows"]:
-        r["retake_rate"] = float(np.mean(np.asarray(r["scores"]) < gate.floor))
+        r["retake_rate"] = float(np.mean(np.asarray(r["gate_scores"]) < gate.floor))
     out = {"bundle": str(bundle), "precision": precision, "n_images": len(images), "floor": gate.floor,
+           "families": [f.to_dict() for f in gate.ranker.families],
            "clean_false_retake_rate": float(np.mean(clean < gate.floor)),
-           "cost": cost, "rows": [{k: v for k, v in r.items() if k != "scores"} for r in table["rows"]]}
+           "cost": cost, "rows": [{k: v for k, v in r.items() if not k.endswith("scores")} for r in table["rows"]]}
     if report is not None:
         out["plot"] = str(plot_strength(table, report / "quality_vs_strength.png", gate.floor))
     if json_path is not None:
@@ -231,10 +297,26 @@ def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path:
           f"clean frames retaken {out['clean_false_retake_rate']:.3f}")
     print(f"  cost per frame: gate {cost['gate']['median_ms']:.2f} ms vs anomaly model ({cost['anomaly_input']}) "
           f"{cost['anomaly']['median_ms']:.2f} ms: {100 * cost['ratio']:.1f} % (medians, side by side)")
-    print(f"  {'kind':<13}{'strength':>9} {'path':<6} {'pair acc':>8} {'retaken':>8}")
+    print(f"  {'kind':<13}{'strength':>9} {'path':<6} {'family':<12} {'pair acc':>8} {'gate acc':>8} {'retaken':>8}")
     for r in out["rows"]:
-        print(f"  {r['kind']:<13}{r['param']:>9g} {r['path']:<6} {r['pairwise_accuracy']:>8.4f} {r['retake_rate']:>8.3f}")
+        print(f"  {r['kind']:<13}{r['param']:>9g} {r['path']:<6} {r['family']:<12} {r['pairwise_accuracy']:>8.4f} "
+              f"{r['gate_pairwise_accuracy']:>8.4f} {r['retake_rate']:>8.3f}")
     return out
+
+
+def _gate_columns(gate: QualityGate) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[str], tuple[int, str]]]:
+    """A frame → [gate quality, each family's margin], and a kind → (the column that ranks it, its family).
+    Kinds no family was trained on are judged by the gate's quality."""
+    fams = gate.ranker.families
+    if not fams:
+        return (lambda f: np.array([gate.score(f)])), (lambda kind: (0, "quality"))
+    col = {k: (1 + i, f.name) for i, f in enumerate(fams) for k in f.kinds}
+
+    def score(frame: np.ndarray) -> np.ndarray:
+        m = gate.margins(frame)
+        return np.concatenate([[m.min()], m])
+
+    return score, (lambda kind: col.get(kind, (0, "(gate)")))
 
 
 def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", anomaly_threads: int = 2) -> dict[str, Any]:

@@ -10,10 +10,14 @@ Everything here reads ``DATA/train/good`` only (never ``test/``):
 3. ``grade-map BUNDLE RATINGS/train.csv``: Kendall τ of each :data:`device.quality.MAP_STATS`
    against the ratings of the TRAIN half only, and a seeded split of it into ``trainA.csv`` /
    ``valB.csv`` (3:1) next to it, for choosing grade settings without the held-out half.
+4. ``grade-embedding BUNDLE RATINGS``: on that trainA / valB split, Kendall τ on valB of rankers
+   over pooled patch embeddings (:func:`device.quality.grade_vector` parts): ridge regression on
+   log area, and RankNet scorers (linear, 16 and 32 hidden units, three weight decays).
 
     .venv/bin/python scripts/quality_stats_probe.py stats    ../shared/datasets/magnetic_tile [noise,defocus,...]
     .venv/bin/python scripts/quality_stats_probe.py exposure ../shared/datasets/magnetic_tile
     .venv/bin/python scripts/quality_stats_probe.py grade-map BUNDLE RATINGS/train.csv
+    .venv/bin/python scripts/quality_stats_probe.py grade-embedding BUNDLE RATINGS     # after grade-map
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def _fit(x: torch.Tensor, pool: QualityPool, hidden: int, steps: int = 3000) -> 
         torch.nn.Linear(n, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
     opt, sample, rng = torch.optim.Adam(m.parameters(), 0.01), quality_pairs(pool, 0.25), np.random.default_rng(0)
     for _ in range(steps):
-        a, b, t = sample(rng, 128)
+        a, b, t, _ = sample(rng, 128)
         loss = torch.nn.functional.binary_cross_entropy_with_logits((m(x[a]) - m(x[b]))[:, 0], torch.tensor(t))
         opt.zero_grad()
         loss.backward()
@@ -117,11 +121,74 @@ def probe_grade_map(bundle: Path, ratings: Path) -> None:
         (ratings.parent / name).write_text("\n".join([head] + [r for i, r in enumerate(rows) if keep(i)]) + "\n")
 
 
+def _rated(path: Path) -> tuple[list[str], np.ndarray]:
+    from training.rank_pairs import read_judgements
+
+    j = read_judgements(path)
+    return [str(p) for p in j.images], np.asarray(j.ratings)
+
+
+def _ranknet_tau(a: np.ndarray, ya: np.ndarray, b: np.ndarray, yb: np.ndarray, hidden: int, wd: float) -> float:
+    """RankNet on standardized vectors (all unequal pairs of ``a``), Kendall τ on ``b``."""
+    from scipy.stats import kendalltau
+
+    torch.manual_seed(0)
+    mu, sd = a.mean(0), a.std(0) + 1e-6
+    xa, xb = (torch.tensor((v - mu) / sd, dtype=torch.float32) for v in (a, b))
+    i, j = np.triu_indices(len(ya), 1)
+    keep = ya[i] != ya[j]
+    i, j, t = i[keep], j[keep], (ya[i] > ya[j])[keep].astype(np.float32)
+    n = xa.shape[1]
+    m = torch.nn.Linear(n, 1) if not hidden else torch.nn.Sequential(
+        torch.nn.Dropout(0.2), torch.nn.Linear(n, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    opt, rng = torch.optim.AdamW(m.parameters(), 0.003, weight_decay=wd), np.random.default_rng(0)
+    for _ in range(600):
+        k = rng.integers(0, len(i), 64)
+        s = m(xa)[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(s[i[k]] - s[j[k]], torch.tensor(t[k]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        return float(kendalltau(m(xb)[:, 0].numpy(), yb).statistic)
+
+
+def probe_grade_embedding(bundle: Path, ratings: Path) -> None:
+    """Pooled patch embeddings vs defect area on trainA → valB (both from the TRAIN half)."""
+    from scipy.stats import kendalltau
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from device.bundle import load_bundle
+    from device.quality import grade_vector, patch_view
+    from device.runtime import Inspector
+
+    insp = Inspector(load_bundle(bundle), "int8", 1)
+    (pa, ya), (pb, yb) = _rated(ratings / "trainA.csv"), _rated(ratings / "valB.csv")
+    xa, xb = (np.array([grade_vector(*patch_view(insp, read_rgb(p))) for p in ps]) for ps in (pa, pb))
+    d = insp.variant.dim
+    parts = {"mean": slice(0, d), "mean+max": slice(0, 2 * d), "top8": slice(2 * d, 3 * d),
+             "map stats": slice(3 * d, None), "all": slice(None)}
+    print(f"{len(ya)} trainA / {len(yb)} valB images; Kendall τ on valB")
+    for name, sl in parts.items():
+        sc = StandardScaler().fit(xa[:, sl])
+        ridge = [kendalltau(Ridge(alpha=a).fit(sc.transform(xa[:, sl]), np.log(ya + 1e-4)).predict(
+            sc.transform(xb[:, sl])), yb).statistic for a in (1, 10, 100, 1000)]
+        print(f"  {name:<10} ridge α 1/10/100/1000: " + " / ".join(f"{t:.3f}" for t in ridge))
+    for name in ("mean", "all"):
+        for hidden in (0, 16, 32):
+            taus = [_ranknet_tau(xa[:, parts[name]], ya, xb[:, parts[name]], yb, hidden, wd) for wd in (0.01, 0.1, 1.0)]
+            print(f"  {name:<10} RankNet {hidden:>2} hidden, weight decay 0.01/0.1/1: " + " / ".join(f"{t:.3f}" for t in taus))
+
+
 if __name__ == "__main__":
     what, where = sys.argv[1], Path(sys.argv[2])
     if what == "stats":
         probe_stats(where, tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else KINDS)
     elif what == "grade-map":
         probe_grade_map(where, Path(sys.argv[3]))
+    elif what == "grade-embedding":
+        probe_grade_embedding(where, Path(sys.argv[3]))
     else:
         probe_exposure(where)

@@ -18,10 +18,10 @@ TINY_RECIPE = """
 quality:
   input: {size: 32, crops: 2, stats: true}
   images: 0
-  holdout_fraction: 0.2
-  train: {steps: 100, batch_pairs: 16, width: 8}
+  holdout_fraction: 0.4   # 12 clean frames: five family floors need more than the default's 6
+  train: {steps: 300, batch_pairs: 16, width: 8}
 grade:
-  input: {size: 32, crops: 0, stats: true}
+  input: {size: 32, crops: 0}
   train: {steps: 100, batch_pairs: 16, width: 8}
 export:
   quant_images: 16
@@ -85,6 +85,25 @@ def test_the_gate_scores_clean_frames_above_badly_captured_ones(gated, tiny_line
     assert np.mean([gate.passes(gate.score(_bad(f, "defocus", 6.5))) for f in frames]) <= 0.25
 
 
+def test_each_family_has_its_own_floor_and_names_why_a_frame_is_retaken(gated, tiny_line):
+    gate = QualityGate.from_bundle(load_bundle(gated))
+    assert gate.families == ("noise", "sharpness", "dark", "bright", "obstruction") and gate.floor == 0.0
+    frames = _frames(tiny_line)
+    for kind, param, family in (("defocus", 6.5, "sharpness"), ("under", 0.25, "dark"), ("over", 3.0, "bright")):
+        bad = [_bad(f, kind, param) for f in frames]
+        m = np.array([gate.margins(b) for b in bad])
+        # the family the degradation belongs to is below its own floor (others may be too)
+        assert np.mean(m[:, gate.families.index(family)] < 0) >= 0.75, kind
+        # the gate's quality is the weakest family's margin, and that family is named
+        assert np.allclose([gate.score(b) for b in bad], m.min(1), atol=1e-5)
+        assert [gate.weakest(b) for b in bad] == [gate.families[i] for i in m.argmin(1)]
+    # noise raises fine detail, which the sharpness family reads as *better*: only its own column ranks it
+    col = gate.families.index("noise")
+    clean = np.array([gate.family_scores(f)[col] for f in frames])
+    noisy = np.array([gate.family_scores(_bad(f, "noise", 0.05)) for f in frames])
+    assert np.mean(clean > noisy[:, col]) >= 0.75
+
+
 def test_best_of_a_burst_picks_the_clean_frame(gated, tiny_line):
     gate = QualityGate.from_bundle(load_bundle(gated))
     picks = [best_of(gate, [_bad(f, "defocus", 4.5), f, _bad(f, "over", 2.2)])[0] for f in _frames(tiny_line)]
@@ -112,9 +131,15 @@ def test_a_ranker_whose_shape_does_not_match_its_input_is_refused(gated, tmp_pat
         load_bundle(dst)
 
 
-def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, tiny_line, recipe_file, tmp_path):
+@pytest.mark.parametrize("grade_input", ["{size: 32, crops: 0}", "{source: anomaly, size: 32, crops: 0, stats: true}"],
+                         ids=["embedding", "anomaly-map"])
+def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, tiny_line, recipe_file, tmp_path,
+                                                                         grade_input):
     """Operators rate darker captures of a part lower; the grade ranks unseen parts the same way."""
     from kenpin.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_file.read_text().replace("input: {size: 32, crops: 0}\n", f"input: {grade_input}\n"))
 
     gains = (0.35, 0.6, 1.0)
     parts = list_images(tiny_line / "train" / "good")
@@ -127,9 +152,10 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     (tmp_path / "ratings.csv").write_text("\n".join(lines) + "\n")
     dst = shutil.copytree(gated, tmp_path / "graded")
     assert main(["train-ranker", "--bundle", str(dst), "--role", "grade", "--ratings", str(tmp_path / "ratings.csv"),
-                 "--recipe", str(recipe_file)]) == 0
+                 "--recipe", str(recipe)]) == 0
     b = load_bundle(dst)
     assert set(b.rankers) == {"quality", "grade"}  # the gate stays
+    assert b.rankers["grade"].input.source == ("anomaly" if "anomaly" in grade_input else "embedding")
     grader = Grader.from_bundle(b)
     held = [(grader.grade(_bad(read_rgb(p), "under", g)), g) for p in parts[20:26] for g in gains]
     assert kendall_tau(np.array([s for s, _ in held]), np.array([g for _, g in held])) >= 0.5
@@ -157,6 +183,8 @@ def test_eval_ranker_reports_held_out_degradations_cost_and_a_plot(gated, tiny_l
     assert {"noise", "defocus", "motion", "under", "over", "jpeg", "glare", "occlusion"} <= kinds
     assert {r["path"] for r in m["rows"] if r["kind"] == "noise"} == {"uint8", "float"}
     defocus = [r["pairwise_accuracy"] for r in m["rows"] if r["kind"] == "defocus"]
+    assert {r["family"] for r in m["rows"] if r["kind"] in ("under", "gamma_dark")} == {"dark"}
+    assert [f["name"] for f in m["families"]] == ["noise", "sharpness", "dark", "bright", "obstruction"]
     assert min(defocus) >= 0.75 and m["cost"]["ratio"] > 0
     assert (tmp_path / "rep" / "quality_vs_strength.png").stat().st_size > 10_000
     assert "cost per frame" in capsys.readouterr().out

@@ -54,7 +54,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 def test_sampler_draws_both_sides_from_each_images_variants():
     sample = judgement_pairs([(0, 1, 1.0), (2, 1, 0.5)], variants=4)
-    a, b, t = sample(np.random.default_rng(0), 400)
+    a, b, t, col = sample(np.random.default_rng(0), 400)
     assert set(a // 4) <= {0, 2} and set(b // 4) == {1}
     assert set(np.unique(a % 4)) == {0, 1, 2, 3}
     assert np.all(t[a // 4 == 2] == 0.5) and np.all(t[a // 4 == 0] == 1.0)

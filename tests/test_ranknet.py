@@ -147,3 +147,52 @@ def test_the_scorer_reads_the_statistics_plane():
     y = x.clone()
     y[:, -1, 0, 0] += 1.0  # only the first statistic changes
     assert not torch.allclose(m(x), m(y))
+
+
+def test_family_floors_keep_the_union_of_false_retakes_at_the_target():
+    from kenpin.ranker import family_floors
+
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(400, 5)) * [1, 2, 3, 4, 5] + [0, 10, 20, 30, 40]
+    floors, scale = family_floors(clean, 0.02)
+    assert np.mean((clean < floors).any(1)) <= 0.02  # every family's retakes counted once
+    assert np.all(floors < np.quantile(clean, 0.02, axis=0))  # so each family gets less than the whole target
+    assert np.allclose(scale, clean.std(0))
+    few = clean[:6]  # a handful of frames: no floor above the normal estimate of its quantile
+    f6, s6 = family_floors(few, 0.02)
+    assert np.all(f6 <= few.mean(0) - 2.6 * s6) and np.mean((few < f6).any(1)) == 0
+
+
+@pytest.mark.parametrize("families, message", [
+    ({"a": ["noise"], "b": ["noise", "defocus"]}, "'noise' is in both 'a' and 'b'"),
+    ({"a": ["noise"]}, "belong to no family"),
+    ({"a": ["noise", "smudge"]}, "kind 'smudge' unknown"),
+    ({"a": []}, "expected a list of kinds"),
+])
+def test_a_bad_family_map_names_the_kind(tmp_path, families, message):
+    import yaml
+
+    from kenpin.ranker import load_ranker_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"quality": {"families": families}}))
+    with pytest.raises(KenpinError, match=message):
+        load_ranker_recipe(path)
+
+
+def test_the_pair_sampler_judges_each_pair_by_its_kinds_family():
+    from training.rank_pairs import QualityPool, quality_pairs
+
+    kinds = ("noise", "defocus", "under")
+    # two images; rows: clean, then each kind at levels 1 and 2
+    group, kind, level = [], [], []
+    for g in range(2):
+        group += [g] * 7
+        kind += [-1, 0, 0, 1, 1, 2, 2]
+        level += [0, 1, 2, 1, 2, 1, 2]
+    pool = QualityPool(np.zeros((14, 1, 8, 8), np.float16), np.array(group), np.array(kind), np.array(level), kinds)
+    a, b, t, col = quality_pairs(pool, 0.3, [[0], [1, 2]])(np.random.default_rng(0), 2000)
+    assert set(np.unique(col)) == {0, 1} and 0.4 < col.mean() < 0.6
+    for x, y, c in zip(a, b, col):
+        allowed = {-1, 0} if c == 0 else {-1, 1, 2}
+        assert pool.kind[x] in allowed and pool.kind[y] in allowed and not (pool.kind[x] == pool.kind[y] == -1)

@@ -42,3 +42,20 @@ def test_width_must_suit_the_backbone(tmp_path):
 
 def test_the_documented_default_recipe_is_the_built_in_default():
     assert load_recipe(CONFIGS / "recipe.yaml") == Recipe()
+
+
+def test_the_documented_ranker_recipe_is_the_built_in_default():
+    from kenpin.ranker import RankerRecipe, load_ranker_recipe
+
+    assert load_ranker_recipe(CONFIGS / "recipe_ranker.yaml") == RankerRecipe()
+
+
+def test_a_partial_section_keeps_its_own_defaults_not_the_class_defaults(tmp_path):
+    from kenpin.ranker import load_ranker_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("grade:\n  input: {size: 40}\n  train: {steps: 10}\n")
+    r = load_ranker_recipe(path)
+    assert r.grade.input.source == "embedding" and r.grade.input.size == 40  # the grade's default source
+    assert r.grade.train.width == 16 and r.grade.train.steps == 10
+    assert r.quality.input.source == "frame"

@@ -39,6 +39,17 @@ EVAL_GRID: dict[str, tuple[float, ...]] = {
     "occlusion": (0.09, 0.25),
 }
 KINDS = tuple(TRAIN_GRID)
+# Capture-quality families: kinds that move a frame's features the same way, so one score column
+# can rank all of them against the clean frame. Noise adds fine detail that blur and JPEG remove,
+# and under- and over-exposure shift brightness in opposite directions: a single score puts the
+# clean frame between them and orders one side backwards (BENCHMARKS.md, RankNet).
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "noise": ("noise",),
+    "sharpness": ("defocus", "motion", "jpeg"),
+    "dark": ("under", "gamma_dark"),
+    "bright": ("over", "gamma_bright"),
+    "obstruction": ("glare", "occlusion"),
+}
 
 
 def _disk(radius: float) -> np.ndarray:

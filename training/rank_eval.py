@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from training.degrade import EVAL_GRID, degrade, to_float, to_uint8
 
-ScoreFn = Callable[[np.ndarray], float]
+ScoresFn = Callable[[np.ndarray], np.ndarray]  # frame → [gate quality, per-family scores...]
 
 
 def pairwise_accuracy(better: np.ndarray, worse: np.ndarray) -> float:
@@ -47,19 +47,23 @@ def _frames(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] if rgb.ndim == 3 and np.array_equal(rgb[..., 0], rgb[..., 1]) else rgb
 
 
-def degradation_table(score: ScoreFn, images: list[np.ndarray], seed: int,
+def degradation_table(score: ScoresFn, images: list[np.ndarray], seed: int,
+                      column: Callable[[str], tuple[int, str]] = lambda kind: (0, "quality"),
                       grid: dict[str, tuple[float, ...]] = EVAL_GRID, float_kinds: tuple[str, ...] = ("noise",)
                       ) -> dict[str, Any]:
     """Score every image clean and at every held-out step; pairwise accuracy of clean vs degraded.
 
-    The station's path: degraded frames are rounded to 8 bits, like a camera's. For ``float_kinds``
-    also the float path: the degraded frame is scored in float, never rounded (a deeper sensor, or
-    the station's float input), against the same clean frame.
+    ``score`` maps a frame to a vector whose column 0 is the gate's quality; ``column(kind)`` names
+    the column (and its family) that ranks that kind, where pairwise accuracy is measured; the
+    gate's own ordering is reported too. The station's path: degraded frames are rounded to 8
+    bits, like a camera's. For ``float_kinds`` also the float path: the degraded frame is scored in
+    float, never rounded (a deeper sensor, or the station's float input), against the same clean frame.
     """
     rng = np.random.default_rng(seed)
     clean = np.array([score(_frames(im)) for im in images])
     rows: list[dict[str, Any]] = []
     for kind, params in tqdm(grid.items(), desc="degradations", unit="kind", leave=False):
+        c, family = column(kind)
         for level, p in enumerate(params, start=1):
             deg_u8, deg_f = [], []
             for im in images:
@@ -71,8 +75,11 @@ def degradation_table(score: ScoreFn, images: list[np.ndarray], seed: int,
                 if deg:
                     deg = np.asarray(deg)
                     rows.append({"kind": kind, "param": p, "level": level, "path": path, "n": len(deg),
-                                 "pairwise_accuracy": pairwise_accuracy(clean, deg),
-                                 "mean_score": float(deg.mean()), "scores": deg.tolist()})
+                                 "family": family, "column": c,
+                                 "pairwise_accuracy": pairwise_accuracy(clean[:, c], deg[:, c]),
+                                 "gate_pairwise_accuracy": pairwise_accuracy(clean[:, 0], deg[:, 0]),
+                                 "mean_score": float(deg[:, c].mean()), "scores": deg[:, c].tolist(),
+                                 "gate_scores": deg[:, 0].tolist()})
     return {"clean_scores": clean.tolist(), "rows": rows}
 
 
@@ -84,11 +91,13 @@ def plot_strength(table: dict[str, Any], out: Path, floor: float | None = None) 
     import matplotlib.pyplot as plt
 
     kinds = sorted({r["kind"] for r in table["rows"]}, key=list(EVAL_GRID).index)
-    clean = np.asarray(table["clean_scores"])
+    clean_all = np.asarray(table["clean_scores"])
     cols = 5
     fig, axes = plt.subplots((len(kinds) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.8 * ((len(kinds) + cols - 1) // cols)),
                              squeeze=False)
     for ax, kind in zip(axes.flat, kinds):
+        first = next(r for r in table["rows"] if r["kind"] == kind)
+        clean = clean_all[:, first["column"]]
         ax.axhspan(np.percentile(clean, 5), np.percentile(clean, 95), color="tab:green", alpha=0.2, label="clean 5–95 %")
         for path, style in (("uint8", "o-"), ("float", "s--")):
             rs = [r for r in table["rows"] if r["kind"] == kind and r["path"] == path]
@@ -101,7 +110,7 @@ def plot_strength(table: dict[str, Any], out: Path, floor: float | None = None) 
             ax.axhline(floor, color="tab:red", lw=1, label="floor")
         if kind == "noise":
             ax.set_xscale("log")
-        ax.set_title(kind)
+        ax.set_title(f"{kind} ({first['family']})")
         ax.set_xlabel("strength")
     for ax in list(axes.flat)[len(kinds):]:
         ax.axis("off")

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -26,7 +26,8 @@ from device.images import read_rgb
 from device.quality import RankerInput
 from training.degrade import TRAIN_GRID, degrade, to_float, to_uint8
 
-PairBatch = tuple[np.ndarray, np.ndarray, np.ndarray]
+# (index a, index b, P(a above b), output column judging the pair) for one batch; one per step.
+PairBatch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -70,42 +71,50 @@ def build_quality_pool(images: list[np.ndarray], inp: RankerInput, kinds: tuple[
     return QualityPool(np.stack(rows), np.array(group), np.array(kind), np.array(level), kinds)
 
 
-def quality_pairs(pool: QualityPool, cross_share: float) -> Callable[[np.random.Generator, int], PairBatch]:
-    """Sampler of (better, worse) pairs from a :class:`QualityPool`.
+def quality_pairs(pool: QualityPool, cross_share: float,
+                  families: Sequence[Sequence[int]] | None = None) -> Callable[[np.random.Generator, int], PairBatch]:
+    """Sampler of (better, worse) pairs from a :class:`QualityPool`, each judged by one output column.
 
-    Mostly pairs of one image: clean vs any degradation, and a milder vs a stronger step of the
-    same kind. ``cross_share`` of pairs compare a clean image with another image degraded at
-    least half-way up its grid, so scores are comparable across scenes and one floor can gate them.
+    ``families[c]`` lists the kind indices output column ``c`` ranks (None: one column, every kind).
+    Each pair first draws its column (families equally often), then mostly a pair of one image:
+    clean vs a degradation of that family, or a milder vs a stronger step of the same kind.
+    ``cross_share`` of pairs compare a clean image with another image degraded at least half-way
+    up its grid, so scores are comparable across scenes and one floor can gate them.
     """
-    by_group: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(0, int))
-    for g in np.unique(pool.group):
-        by_group[int(g)] = np.flatnonzero(pool.group == g)
-    clean = np.flatnonzero(pool.kind < 0)
+    families = [list(range(len(pool.kinds)))] if families is None else [list(f) for f in families]
     grid_len = np.array([len(TRAIN_GRID[k]) for k in pool.kinds])
-    strong = np.flatnonzero((pool.kind >= 0) & (pool.level * 2 > grid_len[pool.kind]))
-    groups = np.array(sorted(by_group))
+    strong_rows = (pool.kind >= 0) & (pool.level * 2 > grid_len[np.maximum(pool.kind, 0)])
+    clean = np.flatnonzero(pool.kind < 0)
+    groups = np.unique(pool.group)
+    # per column: each image's rows of that family (its clean row first), and the strong rows
+    rows_of = [{int(g): np.flatnonzero((pool.group == g) & ((pool.kind < 0) | np.isin(pool.kind, f))) for g in groups}
+               for f in families]
+    strong = [np.flatnonzero(strong_rows & np.isin(pool.kind, f)) for f in families]
+
+    def one_image(rng: np.random.Generator, rows: np.ndarray) -> tuple[int, int]:
+        x, y = rng.choice(rows, 2, replace=False)
+        kx, ky = pool.kind[x], pool.kind[y]
+        if kx >= 0 and ky >= 0 and kx != ky:  # different kinds: no order known, use clean instead
+            x, kx = rows[0], -1
+        # order: clean first, else the milder of the same kind
+        if ky < 0 or (kx >= 0 and pool.level[y] < pool.level[x]):
+            x, y = y, x
+        return int(x), int(y)
 
     def sample(rng: np.random.Generator, n: int) -> PairBatch:
         a, b = np.empty(n, int), np.empty(n, int)
-        for i in range(n):
-            if rng.random() < cross_share:
-                a[i], b[i] = rng.choice(clean), rng.choice(strong)
-                continue
-            rows = by_group[int(rng.choice(groups))]
-            x, y = rng.choice(rows, 2, replace=False)
-            kx, ky = pool.kind[x], pool.kind[y]
-            if kx >= 0 and ky >= 0 and kx != ky:  # different kinds: no order known, use clean instead
-                x = rows[0]
-                kx = -1
-            # order: clean first, else the milder of the same kind
-            if ky < 0 or (kx >= 0 and pool.level[y] < pool.level[x]):
-                x, y = y, x
-            a[i], b[i] = x, y
+        # (one column draws nothing: a single-score sampler gives the same pairs as before families)
+        column = rng.integers(0, len(families), n) if len(families) > 1 else np.zeros(n, int)
+        for i, c in enumerate(column):
+            if rng.random() < cross_share and len(strong[c]):
+                a[i], b[i] = rng.choice(clean), rng.choice(strong[c])
+            else:
+                a[i], b[i] = one_image(rng, rows_of[c][int(rng.choice(groups))])
         target = np.ones(n, np.float32)
         flip = rng.random(n) < 0.5  # both orders, so the net cannot learn a position
         a[flip], b[flip] = b[flip].copy(), a[flip].copy()
         target[flip] = 0.0
-        return a, b, target
+        return a, b, target, column
 
     return sample
 
@@ -231,7 +240,7 @@ def judgement_pairs(pairs: list[tuple[int, int, float]], variants: int) -> Calla
         pick = arr[rng.integers(0, len(arr), n)]
         a = pick[:, 0].astype(int) * variants + rng.integers(0, variants, n)
         b = pick[:, 1].astype(int) * variants + rng.integers(0, variants, n)
-        return a, b, pick[:, 2].astype(np.float32)
+        return a, b, pick[:, 2].astype(np.float32), np.zeros(n, int)
 
     return sample
 
@@ -239,14 +248,20 @@ def judgement_pairs(pairs: list[tuple[int, int, float]], variants: int) -> Calla
 def judged_inputs(images: list[Path], prepare: Callable[[np.ndarray], np.ndarray], inp: RankerInput) -> np.ndarray:
     """Model inputs (``prepare``: RGB frame → 1 x C x S x S) of judged images with their flips
     (4 rows per image: as is, h-, v-, both flipped; a statistics plane is never flipped, its
-    values describe the whole image and do not change under a flip)."""
+    values describe the whole image and do not change under a flip). An embedding input is a
+    vector, not an image: the frame itself is flipped before the anomaly model embeds it."""
     rows = []
     for p in tqdm(images, desc="reading judged images", unit="img", leave=False):
-        x = prepare(read_rgb(p))[0]
+        rgb = read_rgb(p)
+        if inp.source == "embedding":
+            rows += [prepare(np.ascontiguousarray(np.flip(rgb, flip)))[0] for flip in ((), (1,), (0,), (0, 1))]
+            continue
+        x = prepare(rgb)[0]
         n = inp.channels - int(inp.stats)
         for flip in ((), (2,), (1,), (1, 2)):
             y = x.copy()
             y[:n] = np.flip(x[:n], flip)
             rows.append(y)
-    # float32 when a statistics vector rides along: float16 would round away its small differences
-    return np.ascontiguousarray(np.stack(rows)).astype(np.float32 if inp.stats else np.float16)
+    # float32 when a vector rides along: float16 would round away its small differences
+    vector = inp.stats or inp.source == "embedding"
+    return np.ascontiguousarray(np.stack(rows)).astype(np.float32 if vector else np.float16)

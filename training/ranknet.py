@@ -26,11 +26,10 @@ from tqdm import tqdm
 
 from device.errors import KenpinError
 from device.quality import RankerInput
+from training.rank_pairs import PairBatch
 
 log = logging.getLogger(__name__)
 
-# (index a, index b, P(a above b)) for one batch; the trainer asks for one per step.
-PairBatch = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -38,11 +37,16 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class RankScorer(nn.Module):
-    """N x (1 + crops [+ 1 statistics plane]) x S x S → N x 1 score (higher = better)."""
+    """N x (1 + crops [+ 1 statistics plane]) x S x S → N x outputs scores (higher = better).
+
+    Several outputs share the convolutions and each has its own head: a capture-quality family
+    (noise, sharpness, exposure…) ranks with its own column, so families whose degradations move
+    the features in opposite directions do not fight over one score.
+    """
 
     LEVELS = 3  # Haar levels whose detail energies the crop branch measures
 
-    def __init__(self, inp: RankerInput, width: int = 16) -> None:
+    def __init__(self, inp: RankerInput, width: int = 16, outputs: int = 1) -> None:
         super().__init__()
         self.crops = inp.crops
         self.n_stats = inp.n_stats
@@ -60,11 +64,12 @@ class RankScorer(nn.Module):
         self.thumb = nn.Sequential(_conv(1, width // 2, 2), _conv(width // 2, width, 2), _conv(width, 2 * width, 2))
         self.fine = nn.Sequential(_conv(2, width // 2, 2), _conv(width // 2, width, 2))
         n_fine = width + 3 * self.LEVELS if inp.crops else 0
-        self.head = nn.Sequential(nn.Linear(4 * width + n_fine + self.n_stats, 2 * width), nn.ReLU(),
-                                  nn.Linear(2 * width, 1))
+        n_in = 4 * width + n_fine + self.n_stats
+        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(n_in, 2 * width), nn.ReLU(), nn.Linear(2 * width, 1))
+                                   for _ in range(outputs))
         # A linear path from the statistics to the score as well: "more fine-band energy at equal
         # everything else = noisier" is a monotone rule the head need not rebuild from ReLUs.
-        self.stats_linear = nn.Linear(self.n_stats, 1, bias=False) if self.n_stats else None
+        self.stats_linear = nn.Linear(self.n_stats, outputs, bias=False) if self.n_stats else None
 
     def band_energies(self, c: torch.Tensor) -> torch.Tensor:
         """(M, 1, S, S) crops → (M, 3 * LEVELS) log energies of the Haar detail bands, shifted near 0."""
@@ -88,8 +93,39 @@ class RankScorer(nn.Module):
             feats.append(torch.log(f.mean((2, 3)) + 1e-3).reshape(n, self.crops, -1).mean(1))
         stats = x[:, -1, 0, : self.n_stats] if self.n_stats else None
         t = self.thumb(x[:, :1] - 0.5)
-        score = self.head(torch.cat([t.mean((2, 3)), t.amax((2, 3)), *feats, *([stats] if self.n_stats else [])], 1))
+        pooled = torch.cat([t.mean((2, 3)), t.amax((2, 3)), *feats, *([stats] if self.n_stats else [])], 1)
+        score = torch.cat([head(pooled) for head in self.heads], 1)
         return score + self.stats_linear(stats) if self.n_stats else score
+
+
+class VectorRankScorer(nn.Module):
+    """N x 1 x S x S (a vector in the plane's first cells, ``input.source: embedding``) → N x outputs.
+
+    The vector (pooled patch embeddings of the anomaly model) is standardized with the training
+    inputs' mean and spread, fixed in the model, then a small MLP with dropout: a few hundred
+    rated images are too few for more (on the train half's own split a linear scorer and 16 or 32
+    hidden units ranked within 0.05 Kendall τ of each other).
+    """
+
+    def __init__(self, inp: RankerInput, width: int = 16, outputs: int = 1, pool: np.ndarray | None = None) -> None:
+        super().__init__()
+        n = inp.size * inp.size
+        flat = np.zeros((1, n), np.float32) if pool is None else pool[:, 0].reshape(len(pool), n).astype(np.float32)
+        sd = flat.std(0)
+        self.register_buffer("mu", torch.from_numpy(flat.mean(0)))
+        self.register_buffer("inv_sd", torch.from_numpy(np.where(sd > 1e-6, 1.0 / np.maximum(sd, 1e-6), 0.0).astype(np.float32)))
+        self.mlp = nn.Sequential(nn.Dropout(0.2), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x[:, 0].reshape(x.shape[0], -1)
+        return self.mlp((v - self.mu) * self.inv_sd)
+
+
+def make_scorer(inp: RankerInput, width: int, outputs: int = 1, pool: np.ndarray | None = None) -> nn.Module:
+    """The ranker model for ``inp``: the CNN for frames and maps, the MLP for embedding vectors."""
+    if inp.source == "embedding":
+        return VectorRankScorer(inp, width, outputs, pool)
+    return RankScorer(inp, width, outputs)
 
 
 def ranknet_loss(s_a: torch.Tensor, s_b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -122,7 +158,7 @@ class TrainSpec:
 class TrainResult:
     """The trained scorer and how its loss went."""
 
-    model: RankScorer
+    model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
@@ -134,8 +170,9 @@ def pick_device() -> torch.device:
 
 
 def train_ranknet(pool: np.ndarray, pairs: Callable[[np.random.Generator, int], PairBatch], inp: RankerInput,
-                  spec: TrainSpec, desc: str = "ranknet") -> TrainResult:
-    """Train on pairs of rows of ``pool`` (N x C x S x S, float16 or float32) drawn by ``pairs``."""
+                  spec: TrainSpec, desc: str = "ranknet", outputs: int = 1) -> TrainResult:
+    """Train on pairs of rows of ``pool`` (N x C x S x S, float16 or float32) drawn by ``pairs``;
+    each pair is judged by the output column the sampler names (``outputs`` columns in all)."""
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
     device = pick_device()
@@ -145,14 +182,14 @@ def train_ranknet(pool: np.ndarray, pairs: Callable[[np.random.Generator, int], 
         # busy CPU that made a step 3-18x slower (measured: 0.08 s vs 1.5 s per step).
         torch.set_num_threads(1)
     try:
-        return _train(pool, pairs, inp, spec, desc, rng, device)
+        return _train(pool, pairs, inp, spec, desc, rng, device, outputs)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(pool: np.ndarray, pairs: Callable[[np.random.Generator, int], PairBatch], inp: RankerInput,
-           spec: TrainSpec, desc: str, rng: np.random.Generator, device: torch.device) -> TrainResult:
-    model = RankScorer(inp, spec.width).to(device)
+           spec: TrainSpec, desc: str, rng: np.random.Generator, device: torch.device, outputs: int) -> TrainResult:
+    model = make_scorer(inp, spec.width, outputs, pool).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec.lr, total_steps=spec.steps, pct_start=0.1)
@@ -161,9 +198,9 @@ def _train(pool: np.ndarray, pairs: Callable[[np.random.Generator, int], PairBat
     bar = tqdm(range(1, spec.steps + 1), desc=desc, unit="step", leave=False)
     model.train()
     for step in bar:
-        ia, ib, target = pairs(rng, spec.batch_pairs)
+        ia, ib, target, column = pairs(rng, spec.batch_pairs)
         x = data[np.concatenate([ia, ib])].to(device, torch.float32)
-        s = model(x)
+        s = model(x).gather(1, torch.as_tensor(np.concatenate([column, column]), device=device).view(-1, 1))
         loss = ranknet_loss(s[: len(ia)], s[len(ia):], torch.as_tensor(target, dtype=torch.float32, device=device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,14 +216,14 @@ def _train(pool: np.ndarray, pairs: Callable[[np.random.Generator, int], PairBat
 
 
 @torch.no_grad()
-def score_pool(model: RankScorer, pool: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Scores of every row of ``pool`` with the PyTorch model (for validation and parity)."""
+def score_pool(model: nn.Module, pool: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Scores (N x outputs) of every row of ``pool`` with the PyTorch model (for validation and parity)."""
     model.eval()
-    out = [model(torch.from_numpy(pool[i:i + batch]).float()).numpy()[:, 0] for i in range(0, len(pool), batch)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    out = [model(torch.from_numpy(pool[i:i + batch]).float()).numpy() for i in range(0, len(pool), batch)]
+    return np.concatenate(out)
 
 
-def save_checkpoint(path: Path, model: RankScorer, inp: RankerInput, recipe: dict[str, Any], info: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: nn.Module, inp: RankerInput, recipe: dict[str, Any], info: dict[str, Any]) -> None:
     """The weights with everything needed to rebuild the model (input spec, recipe, figures)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "input": inp.to_dict(), "recipe": recipe, "info": info}, path)

@@ -128,6 +128,8 @@ class Model:
         score = float(norm(raw))
         if quality is not None and not self.gate.passes(quality):
             verdict = "retake"
+            if getattr(self.gate, "families", ()):  # once more on the rare retake: which family failed
+                log.info("retake: capture quality %.2f, weakest family %s", quality, self.gate.weakest(job.frame))
         else:
             verdict = "defect" if score > threshold else "ok"
         # The raw score at which the normalized score equals the station's threshold.
