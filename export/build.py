@@ -26,6 +26,7 @@ from training.dataset import stack_inputs
 from training.features import PatchEmbedder
 from training.fit import (
     EmbedFn,
+    augment_views,
     FittedVariant,
     embed_all,
     fit_variant,
@@ -61,7 +62,7 @@ def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
     pre = recipe.preprocess
     syn = synthetic_defects(split.holdout, recipe.export.synthetic_defects_per_image, recipe.seed)
     return Inputs(
-        bank=stack_inputs(split.bank, pre),
+        bank=stack_inputs(augment_views(split.bank, recipe.bank.augment), pre),
         holdout=stack_inputs(split.holdout, pre),
         synthetic=stack_inputs(syn, pre),
         n_skipped=split.n_skipped,

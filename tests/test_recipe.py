@@ -59,3 +59,22 @@ def test_a_partial_section_keeps_its_own_defaults_not_the_class_defaults(tmp_pat
     assert r.grade.input.source == "embedding" and r.grade.input.size == 40  # the grade's default source
     assert r.grade.train.width == 16 and r.grade.train.steps == 10
     assert r.quality.input.source == "frame"
+
+
+def test_an_unknown_bank_augmentation_names_the_choices(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("bank:\n  augment: rotate\n")
+    with pytest.raises(KenpinError, match="bank.augment = 'rotate': use one of"):
+        load_recipe(f)
+
+
+def test_dihedral_augmentation_gives_each_bank_image_its_eight_orientations():
+    import numpy as np
+
+    from training.fit import augment_views
+
+    img = np.arange(2 * 3 * 3).reshape(2, 3, 3).astype(np.uint8)  # H x W x 3, not square
+    views = augment_views([img, img + 100], "dihedral")
+    assert len(views) == 16 and len({v.tobytes() + bytes(v.shape) for v in views[:8]}) == 8
+    assert {v.shape for v in views} == {(2, 3, 3), (3, 2, 3)}
+    assert len(augment_views([img], "flips")) == 4 and len(augment_views([img], "none")) == 1

@@ -86,6 +86,11 @@ class GoodSplit:
     n_skipped: int
 
 
+def few_shot_pick(n: int, train_images: int, seed: int) -> np.ndarray:
+    """Indices of the ``train_images`` good images a few-shot recipe trains on (of ``n`` readable)."""
+    return np.sort(np.random.default_rng(seed + 1).permutation(n)[:train_images])
+
+
 def read_good_split(data_dir: Path, train_images: int, holdout_fraction: float, seed: int) -> GoodSplit:
     """Read ``data_dir/train/good`` (a seeded pick of ``train_images`` of them when > 0) and split it."""
     ds = scan_mvtec(data_dir)
@@ -93,12 +98,21 @@ def read_good_split(data_dir: Path, train_images: int, holdout_fraction: float, 
     if train_images:
         if train_images > len(images):
             raise KenpinError(f"train_images = {train_images}: {data_dir / 'train' / 'good'} has only {len(images)} readable images")
-        pick = np.sort(np.random.default_rng(seed + 1).permutation(len(images))[:train_images])
-        images = [images[i] for i in pick]
+        images = [images[i] for i in few_shot_pick(len(images), train_images, seed)]
     if len(images) < 4:
         raise KenpinError(f"{data_dir / 'train' / 'good'}: {len(images)} readable image(s); need at least 4 good images")
     bank_idx, hold_idx = split_holdout(len(images), holdout_fraction, seed)
     return GoodSplit([images[i] for i in bank_idx], [images[i] for i in hold_idx], len(ds.train_good) - len(kept))
+
+
+def augment_views(images: list[np.ndarray], mode: str) -> list[np.ndarray]:
+    """Each image followed by its extra views (``bank.augment``): flips, or all eight dihedral views."""
+    if mode == "none":
+        return list(images)
+    ops = [lambda x: x, lambda x: x[:, ::-1], lambda x: x[::-1], lambda x: x[::-1, ::-1]]
+    if mode == "dihedral":
+        ops += [lambda x, f=f: np.swapaxes(f(x), 0, 1) for f in list(ops)]
+    return [np.ascontiguousarray(op(im)) for im in images for op in ops]
 
 
 def synthetic_defects(images: list[np.ndarray], per_image: int, seed: int) -> list[np.ndarray]:

@@ -19,12 +19,23 @@ from training.metric_model import HeadSpec
 from training.pair_sampling import NuisanceSpec
 
 
+AUGMENTS = ("none", "flips", "dihedral")
+
+
 @dataclass(frozen=True)
 class BankSpec:
     """Reference bank: how many patch embeddings the greedy coreset keeps."""
 
     coreset_size: int = 2000
     projection_dim: int = 128
+    # Extra views of each bank image: "flips" (h, v, both: 4 views) or "dihedral" (also the
+    # transposes: 8 views). Only for parts whose look does not depend on orientation (textured
+    # surfaces); with few good images it fills the bank and the texture statistics.
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise KenpinError(f"bank.augment = {self.augment!r}: use one of {list(AUGMENTS)}")
 
 
 @dataclass(frozen=True)
