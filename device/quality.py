@@ -359,13 +359,10 @@ class Grader(_Scorer):
 
     def __init__(self, ranker: "Ranker", precision: str = "int8", threads: int = 1, bundle: "Bundle | None" = None) -> None:
         super().__init__(ranker, precision, threads)
-        self._inspector = None
-        if ranker.input.source != "frame":
-            from device.runtime import Inspector
-
-            if bundle is None:
-                raise BundleError(f"{ranker.model}: this grade reads the anomaly model; open it with Grader.from_bundle")
-            self._inspector = Inspector(bundle, precision, threads)
+        if ranker.input.source != "frame" and bundle is None:
+            raise BundleError(f"{ranker.model}: this grade reads the anomaly model; open it with Grader.from_bundle")
+        self._bundle, self._precision, self._threads = bundle, precision, threads
+        self._inspector: Any = None  # opened on the first whole-frame grade: the station passes its own results
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", threads: int = 1, precision: str = "int8") -> "Grader | None":
@@ -375,11 +372,24 @@ class Grader(_Scorer):
 
     def grade(self, rgb: np.ndarray) -> float:
         """HxWx3 uint8 RGB frame → grade (a score; compare grades, or read :meth:`percentile`)."""
-        if self._inspector is None:
+        if self.prepare.source == "frame":
             return self._score(rgb)
+        if self._inspector is None:
+            from device.runtime import Inspector
+
+            self._inspector = Inspector(self._bundle, self._precision, self._threads)
         if self.prepare.source == "embedding":
             return self.grade_patches(*patch_view(self._inspector, rgb))
         return self.grade_map(anomaly_map(self._inspector, rgb))
+
+    def grade_judged(self, rgb: np.ndarray, patches: np.ndarray, distances: np.ndarray, grid: tuple[int, int]) -> float:
+        """Grade from what judging the frame already computed: its patch embeddings and their
+        distances in units of the threshold (no second run of the anomaly model)."""
+        if self.prepare.source == "embedding":
+            return self.grade_patches(patches, distances)
+        if self.prepare.source == "anomaly":
+            return self.grade_map(distances.reshape(grid))
+        return self._score(rgb)
 
     def grade_patches(self, patches: np.ndarray, distances: np.ndarray) -> float:
         """Grade from patch embeddings and distances (threshold units) the station already computed."""

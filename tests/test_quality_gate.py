@@ -160,6 +160,15 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     held = [(grader.grade(_bad(read_rgb(p), "under", g)), g) for p in parts[20:26] for g in gains]
     assert kendall_tau(np.array([s for s, _ in held]), np.array([g for _, g in held])) >= 0.5
     assert 0.0 <= grader.percentile(held[0][0]) <= 1.0
+    # the station grades a defect from what judging it computed, and agrees with the whole-frame grade
+    import time
+
+    from device.station.pipeline import Job, Model
+
+    frame = read_rgb(parts[21])  # a well-captured frame (a dark one would be retaken by the gate)
+    decision = Model(b, "int8", 1).decide(Job(frame, 0.0, time.perf_counter(), "free-run", None), 1e-6, "line")
+    assert decision.record.verdict == "defect"
+    assert decision.record.grade == pytest.approx(grader.percentile(grader.grade(frame)))
 
 
 def test_cli_errors_are_one_sentence(gated, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The Station end to end on the tiny bundle and a replay folder: verdicts recorded, once each."""
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import re
@@ -221,7 +222,7 @@ class FakeGate:
 def test_quality_gate_below_floor_gives_retake_never_ok(tiny_bundle, replay, tmp_path, monkeypatch):
     import device.station.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "_load_quality_gate", lambda bundle: FakeGate())
+    monkeypatch.setattr(pipeline, "_load_rankers", lambda bundle: (FakeGate(), None))
     dark = replay / "000_dark.png"
     cv2.imwrite(str(dark), np.full((160, 160, 3), 20, np.uint8))
     st = run_replay_once(station_config(tmp_path, tiny_bundle, replay, extra="decision: {threshold: 0.000001}"))
@@ -232,6 +233,33 @@ def test_quality_gate_below_floor_gives_retake_never_ok(tiny_bundle, replay, tmp
     assert first.verdict == "retake" and first.quality < 0.2 and first.frame_ref is not None
     assert status["counters"]["retake"] == 1 and status["bundle"]["quality_gate"]
     assert all(r.quality is not None for r in recs)
+
+
+class FakeGrader:
+    """Stands in for a grade model: every defect ranks above 70 % of the rated parts."""
+
+    def grade_judged(self, rgb, patches, distances, grid):
+        assert patches.shape[0] == distances.shape[0] == grid[0] * grid[1]
+        return 1.0
+
+    def percentile(self, grade):
+        return 0.7
+
+
+def test_defects_carry_a_grade_when_the_bundle_has_one_and_ok_parts_do_not(tiny_bundle, replay, tmp_path, monkeypatch):
+    import device.station.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_load_rankers", lambda bundle: (None, FakeGrader()))
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
+    recs = st.store.query(limit=100)
+    status = st.status()
+    csv_text = io.StringIO()
+    st.store.export_csv(csv_text)
+    st.stop()
+    assert {r.verdict for r in recs} == {"ok", "defect"} and status["bundle"]["grade"]
+    assert all(r.grade == 0.7 for r in recs if r.verdict == "defect")
+    assert all(r.grade is None for r in recs if r.verdict != "defect")
+    assert csv_text.getvalue().splitlines()[0].endswith(",grade")
 
 
 def test_parallel_workers_hand_decisions_to_the_recorder_in_capture_order():

@@ -370,3 +370,25 @@ def test_a_database_from_a_newer_kenpin_is_refused_untouched(tmp_path):
     with pytest.raises(KenpinError, match="newer kenpin"):
         VerdictStore(tmp_path)
     assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 1
+
+
+def test_a_record_from_before_grades_keeps_every_row_and_takes_grades_from_now_on(tmp_path):
+    from dataclasses import replace
+
+    # the schema-1 table, as kenpin wrote it before verdicts had a grade
+    db = sqlite3.connect(tmp_path / "verdicts.sqlite3")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript("""
+        CREATE TABLE verdicts (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, station TEXT NOT NULL,
+            bundle_id TEXT NOT NULL, verdict TEXT NOT NULL, score REAL NOT NULL, threshold REAL NOT NULL,
+            raw_score REAL NOT NULL, raw_threshold REAL NOT NULL, quality REAL, latency_ms REAL NOT NULL,
+            trigger_source TEXT NOT NULL, trigger_id INTEGER, frame_ref TEXT, heatmap_ref TEXT);
+        INSERT INTO verdicts (time, station, bundle_id, verdict, score, threshold, raw_score, raw_threshold,
+            latency_ms, trigger_source) VALUES (1.0, 'line-1', 'b1', 'defect', 0.9, 0.5, 3.0, 2.0, 5.0, 'free-run');
+        PRAGMA user_version=1;""")
+    db.close()
+    with VerdictStore(tmp_path) as s:
+        s.record(replace(rec("defect", 0.8), grade=0.42))
+        old, new = sorted(s.query(limit=10), key=lambda r: r.id)
+    assert old.verdict == "defect" and old.grade is None and new.grade == 0.42
+    assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("PRAGMA user_version").fetchone()[0] == 2

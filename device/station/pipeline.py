@@ -58,13 +58,11 @@ class Decision:
     heatmap: np.ndarray | None
 
 
-def _load_quality_gate(bundle: Bundle) -> Any:
-    """The bundle's capture-quality gate (issue 4) when that module and model exist, else None."""
-    try:
-        from device.quality import QualityGate  # issue 4: may not have landed
-    except ImportError:
-        return None
-    return QualityGate.from_bundle(bundle, threads=1)
+def _load_rankers(bundle: Bundle) -> tuple[Any, Any]:
+    """The bundle's capture-quality gate and grade (RankNet, issue 4), each None when absent."""
+    from device.quality import Grader, QualityGate
+
+    return QualityGate.from_bundle(bundle, threads=1), Grader.from_bundle(bundle, threads=1)
 
 
 def choose_precision(bundle: Bundle, threads: int, frame: np.ndarray, runs: int = 10) -> str:
@@ -86,13 +84,13 @@ def choose_precision(bundle: Bundle, threads: int, frame: np.ndarray, runs: int 
 
 
 class Model:
-    """One loaded bundle: the anomaly inspector and, when the bundle has one, the quality gate."""
+    """One loaded bundle: the anomaly inspector and, when the bundle has them, the quality gate and the grade."""
 
     def __init__(self, bundle: Bundle, precision: str, threads: int) -> None:
         self.bundle = bundle
         self.precision = precision
         self.inspector = Inspector(bundle, precision, threads)
-        self.gate = _load_quality_gate(bundle)
+        self.gate, self.grader = _load_rankers(bundle)
 
     def summary(self) -> dict[str, Any]:
         """The manifest facts an operator asks about."""
@@ -101,8 +99,16 @@ class Model:
         return {"id": self.bundle.bundle_id, "path": str(self.bundle.root), "created": m.get("created_utc"),
                 "dataset": m.get("dataset") or m.get("recipe", {}).get("dataset"), "precision": self.precision,
                 "input": [self.bundle.preprocess.width, self.bundle.preprocess.height],
-                "quality_gate": self.gate is not None,
+                "quality_gate": self.gate is not None, "grade": self.grader is not None,
                 "figures": {"calibration": v.get("calibration"), "evaluation": v.get("evaluation")}}
+
+    def _grade(self, job: Job, distances: np.ndarray) -> float | None:
+        """A defect's grade: the share of the operator-rated parts it ranks above (None without a grade model)."""
+        if self.grader is None:
+            return None
+        v = self.inspector.variant  # the grade was trained on distances in units of the bundle's own threshold
+        units = distances / np.float32(patch_threshold(v.normalization.threshold, v.fusion))
+        return self.grader.percentile(self.grader.grade_judged(job.frame, job.patches, units, v.grid))
 
     def prepare(self, job: Job) -> None:
         """Capture stage: the model's input tensor."""
@@ -134,15 +140,16 @@ class Model:
             verdict = "defect" if score > threshold else "ok"
         # The raw score at which the normalized score equals the station's threshold.
         raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
-        hm = None
+        hm, grade = None, None
         if verdict == "defect":  # 0 where good parts' patches rarely reach, 1 where one patch alone would reject
             h, w = job.frame.shape[:2]
             v = insp.variant
             hm = heat_units(heatmap(scores, v.grid, (w, h), self.bundle.heatmap_sigma),
                             patch_threshold(raw_threshold, v.fusion), v.heat_floor)
+            grade = self._grade(job, scores)
         latency = (time.perf_counter() - job.t0) * 1000.0
         rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, verdict, score, threshold, float(raw),
-                            float(raw_threshold), quality, latency, job.source, job.trigger_id)
+                            float(raw_threshold), quality, latency, job.source, job.trigger_id, grade=grade)
         return Decision(job, rec, hm)
 
 
@@ -447,7 +454,8 @@ class RecorderWorker(threading.Thread):
         for rec in recs:
             self.actuator.fire(rec.verdict)
             self.counters.verdict(rec)
-            log.info("verdict id=%s trigger=%s source=%s verdict=%s score=%.3f quality=%s latency_ms=%.1f",
+            log.info("verdict id=%s trigger=%s source=%s verdict=%s score=%.3f quality=%s grade=%s latency_ms=%.1f",
                      rec.id, rec.trigger_id, rec.trigger_source, rec.verdict, rec.score,
-                     "-" if rec.quality is None else f"{rec.quality:.3f}", rec.latency_ms)
+                     "-" if rec.quality is None else f"{rec.quality:.3f}",
+                     "-" if rec.grade is None else f"{rec.grade:.2f}", rec.latency_ms)
             self.on_recorded(rec)

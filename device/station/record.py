@@ -34,6 +34,9 @@ class VerdictRecord:
     trigger_id: int | None = None  # the trigger this verdict answers (triggered modes)
     frame_ref: str | None = None
     heatmap_ref: str | None = None
+    # defects only, with a grade model in the bundle: the share (0–1) of the operator-rated parts
+    # this one ranks above (a severity in the operators' own order); None otherwise
+    grade: float | None = None
     id: int | None = None
 
     def __post_init__(self) -> None:

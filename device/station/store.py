@@ -27,7 +27,7 @@ from device.errors import KenpinError
 from device.station.record import VERDICTS, VerdictRecord
 from device.station.retention import ImageFolder, heat_overlay
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: verdicts.grade
 COLUMNS = tuple(f.name for f in fields(VerdictRecord) if f.name != "id")
 SELECT_COLS = "id, " + ", ".join(COLUMNS)
 HIST_BINS = 20  # score histogram over 0..1; scores above 1 count in the last bin
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     verdict TEXT NOT NULL CHECK (verdict IN ('ok', 'defect', 'retake')),
     score REAL NOT NULL, threshold REAL NOT NULL, raw_score REAL NOT NULL, raw_threshold REAL NOT NULL,
     quality REAL, latency_ms REAL NOT NULL, trigger_source TEXT NOT NULL, trigger_id INTEGER,
-    frame_ref TEXT, heatmap_ref TEXT);
+    frame_ref TEXT, heatmap_ref TEXT, grade REAL);
 CREATE INDEX IF NOT EXISTS verdicts_time ON verdicts(time);
 CREATE INDEX IF NOT EXISTS verdicts_verdict ON verdicts(verdict, id);
 CREATE INDEX IF NOT EXISTS verdicts_kept ON verdicts(verdict, id) WHERE {KEPT};
@@ -54,6 +54,13 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a record written by an older kenpin up to this schema; every row stays."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(verdicts)")}
+    if "grade" not in have:  # schema 1 → 2
+        db.execute("ALTER TABLE verdicts ADD COLUMN grade REAL")
 
 
 class VerdictStore:
@@ -104,6 +111,7 @@ class VerdictStore:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if mode == "wal" and version <= SCHEMA_VERSION:
                 db.executescript(SCHEMA)
+                _migrate(db)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise KenpinError(f"{self.db_path} is not a usable SQLite database ({e}): it must be one the station's "
