@@ -163,6 +163,9 @@ def pipeline_rate(opts: StationBenchOptions, seconds: float, round_no: int) -> d
         status = st.status()
     finally:
         st.stop()
+    if not lat:  # e.g. an emulated CPU: not one frame through the pipeline in the window
+        raise KenpinError(f"no verdict within {elapsed:.1f} s of free-run: this machine is too slow for a "
+                          f"{seconds:g} s window; give --seconds more")
     lat_a = np.asarray(lat)
     return {"fps": len(lat) / elapsed, "n": len(lat), "p50_ms": float(np.percentile(lat_a, 50)),
             "p99_ms": float(np.percentile(lat_a, 99)), "skipped": status["counters"]["skipped_frames"]}
