@@ -341,9 +341,17 @@ class QualityGate(_Scorer):
             return self._score(rgb)
         return float(self.margins(rgb).min())
 
+    def assess(self, rgb: np.ndarray) -> tuple[float, str]:
+        """Quality and the family that limits it (why a frame is retaken), from one run of the model."""
+        if not self.ranker.families:
+            return self._score(rgb), "quality"
+        m = self.margins(rgb)
+        i = int(np.argmin(m))
+        return float(m[i]), self.families[i]
+
     def weakest(self, rgb: np.ndarray) -> str:
         """The family that limits the frame's quality (why a frame was retaken)."""
-        return self.families[int(np.argmin(self.margins(rgb)))] if self.families else "quality"
+        return self.assess(rgb)[1]
 
     @property
     def floor(self) -> float:

@@ -390,5 +390,5 @@ def test_a_record_from_before_grades_keeps_every_row_and_takes_grades_from_now_o
     with VerdictStore(tmp_path) as s:
         s.record(replace(rec("defect", 0.8), grade=0.42))
         old, new = sorted(s.query(limit=10), key=lambda r: r.id)
-    assert old.verdict == "defect" and old.grade is None and new.grade == 0.42
+    assert old.verdict == "defect" and old.grade is None and old.retake_reason is None and new.grade == 0.42
     assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("PRAGMA user_version").fetchone()[0] == 2

@@ -122,9 +122,9 @@ class Model:
 
     def decide(self, job: Job, threshold: float, station: str) -> Decision:
         """Score stage: quality gate, then the anomaly score of the embedded frame against ``threshold``."""
-        quality = None
+        quality, limit = None, None
         if self.gate is not None:
-            quality = float(self.gate.score(job.frame))
+            quality, limit = self.gate.assess(job.frame)
         insp = self.inspector
         if job.patches is None:  # not pipelined (direct use): embed here
             self.prepare(job)
@@ -132,10 +132,9 @@ class Model:
         raw, scores = insp.image_scorer.score(job.patches)  # the bundle's own image score (texture too)
         norm = insp.variant.normalization
         score = float(norm(raw))
+        retake_reason = None
         if quality is not None and not self.gate.passes(quality):
-            verdict = "retake"
-            if getattr(self.gate, "families", ()):  # once more on the rare retake: which family failed
-                log.info("retake: capture quality %.2f, weakest family %s", quality, self.gate.weakest(job.frame))
+            verdict, retake_reason = "retake", limit
         else:
             verdict = "defect" if score > threshold else "ok"
         # The raw score at which the normalized score equals the station's threshold.
@@ -149,7 +148,8 @@ class Model:
             grade = self._grade(job, scores)
         latency = (time.perf_counter() - job.t0) * 1000.0
         rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, verdict, score, threshold, float(raw),
-                            float(raw_threshold), quality, latency, job.source, job.trigger_id, grade=grade)
+                            float(raw_threshold), quality, latency, job.source, job.trigger_id, grade=grade,
+                            retake_reason=retake_reason)
         return Decision(job, rec, hm)
 
 
@@ -454,8 +454,9 @@ class RecorderWorker(threading.Thread):
         for rec in recs:
             self.actuator.fire(rec.verdict)
             self.counters.verdict(rec)
-            log.info("verdict id=%s trigger=%s source=%s verdict=%s score=%.3f quality=%s grade=%s latency_ms=%.1f",
-                     rec.id, rec.trigger_id, rec.trigger_source, rec.verdict, rec.score,
+            log.info("verdict id=%s trigger=%s source=%s verdict=%s%s score=%.3f quality=%s grade=%s latency_ms=%.1f",
+                     rec.id, rec.trigger_id, rec.trigger_source, rec.verdict,
+                     f" ({rec.retake_reason})" if rec.retake_reason else "", rec.score,
                      "-" if rec.quality is None else f"{rec.quality:.3f}",
                      "-" if rec.grade is None else f"{rec.grade:.2f}", rec.latency_ms)
             self.on_recorded(rec)

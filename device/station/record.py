@@ -37,6 +37,8 @@ class VerdictRecord:
     # defects only, with a grade model in the bundle: the share (0–1) of the operator-rated parts
     # this one ranks above (a severity in the operators' own order); None otherwise
     grade: float | None = None
+    # retakes only: the capture-quality family below its floor (sharpness, dark, noise…)
+    retake_reason: str | None = None
     id: int | None = None
 
     def __post_init__(self) -> None:

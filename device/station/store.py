@@ -27,7 +27,7 @@ from device.errors import KenpinError
 from device.station.record import VERDICTS, VerdictRecord
 from device.station.retention import ImageFolder, heat_overlay
 
-SCHEMA_VERSION = 2  # 2: verdicts.grade
+SCHEMA_VERSION = 2  # 2: verdicts.grade and verdicts.retake_reason
 COLUMNS = tuple(f.name for f in fields(VerdictRecord) if f.name != "id")
 SELECT_COLS = "id, " + ", ".join(COLUMNS)
 HIST_BINS = 20  # score histogram over 0..1; scores above 1 count in the last bin
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     verdict TEXT NOT NULL CHECK (verdict IN ('ok', 'defect', 'retake')),
     score REAL NOT NULL, threshold REAL NOT NULL, raw_score REAL NOT NULL, raw_threshold REAL NOT NULL,
     quality REAL, latency_ms REAL NOT NULL, trigger_source TEXT NOT NULL, trigger_id INTEGER,
-    frame_ref TEXT, heatmap_ref TEXT, grade REAL);
+    frame_ref TEXT, heatmap_ref TEXT, grade REAL, retake_reason TEXT);
 CREATE INDEX IF NOT EXISTS verdicts_time ON verdicts(time);
 CREATE INDEX IF NOT EXISTS verdicts_verdict ON verdicts(verdict, id);
 CREATE INDEX IF NOT EXISTS verdicts_kept ON verdicts(verdict, id) WHERE {KEPT};
@@ -59,8 +59,9 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a record written by an older kenpin up to this schema; every row stays."""
     have = {row[1] for row in db.execute("PRAGMA table_info(verdicts)")}
-    if "grade" not in have:  # schema 1 → 2
-        db.execute("ALTER TABLE verdicts ADD COLUMN grade REAL")
+    for column, kind in (("grade", "REAL"), ("retake_reason", "TEXT")):  # schema 1 → 2
+        if column not in have:
+            db.execute(f"ALTER TABLE verdicts ADD COLUMN {column} {kind}")
 
 
 class VerdictStore:

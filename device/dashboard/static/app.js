@@ -211,7 +211,8 @@
   function cell(child) { const td = node("td"); td.appendChild(child); return td; }
 
   function openVerdict(r) {
-    $("#vd-title").replaceChildren(node("span", `Verdict #${r.id} `), badge(r.verdict));
+    $("#vd-title").replaceChildren(node("span", `Verdict #${r.id} `), badge(r.verdict),
+      ...(r.retake_reason ? [node("span", ` ${r.retake_reason}`)] : []));
     for (const [id, kind, ref] of [["#vd-image", "image", r.frame_ref], ["#vd-heat", "heatmap", r.heatmap_ref]]) {
       const img = $(id);
       img.closest("figure").classList.toggle("hidden", !ref);
