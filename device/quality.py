@@ -1,8 +1,9 @@
 """RankNet scorers on the station: the capture-quality gate and the grade ranker (no torch).
 
-Both are small ONNX models in the bundle (roles ``quality`` and ``grade``) that map a frame to one
-number, higher = better. The gate compares that number with the quality floor calibrated at export
-time: a frame below it gets the verdict ``retake`` instead of being judged.
+Both are small ONNX models in the bundle (roles ``quality`` and ``grade``), higher = better. The
+gate gives one score per quality family (:class:`QualityFamily`) and compares each with its floor
+calibrated at export time: a frame below any floor gets the verdict ``retake`` instead of being
+judged. The grade gives one number, read as the share of operator-rated parts a part ranks above.
 
 The model input (:class:`RankerInput`) is defined here, once, and training imports it, so a frame
 is prepared identically on both sides.

@@ -118,7 +118,8 @@ def load_ranker_recipe(path: str | Path | None) -> RankerRecipe:
     return load_yaml_dataclass(RankerRecipe, path)
 
 
-def _good_split(data: Path, spec: QualitySpec, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def good_split(data: Path, spec: QualitySpec, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The gate's train/good images: (trained on, held out to set the floors and validate), seeded."""
     paths = list_images(data / "train" / "good")
     if len(paths) < 10:
         raise KenpinError(f"{data / 'train' / 'good'}: {len(paths)} images; the quality gate needs at least 10 good images")
@@ -216,7 +217,7 @@ def train_quality(data: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, A
     """Train the capture-quality gate on degraded ``data/train/good`` and add it to ``bundle``."""
     load_bundle(bundle)  # fail before minutes of training, not after
     spec = recipe.quality
-    train_imgs, hold_imgs = _good_split(data, spec, recipe.seed)
+    train_imgs, hold_imgs = good_split(data, spec, recipe.seed)
     pool = build_quality_pool(train_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed)
     hold = build_quality_pool(hold_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed + 1)
     log.info("training the quality ranker on %d inputs from %d images (%d held out)", len(pool.inputs),

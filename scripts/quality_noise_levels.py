@@ -16,7 +16,7 @@ import numpy as np
 
 from device.bundle import load_bundle
 from device.quality import QualityGate
-from kenpin.ranker import QualitySpec, _good_split
+from kenpin.ranker import QualitySpec, good_split
 from training.degrade import degrade, to_float, to_uint8
 from training.rank_eval import pairwise_accuracy
 
@@ -32,7 +32,7 @@ def main() -> None:
     if gate is None:
         raise SystemExit(f"{args.bundle}: no quality model")
     spec = QualitySpec()  # the default images / holdout_fraction: the split train-ranker made
-    _, hold = _good_split(args.data, spec, args.seed)
+    _, hold = good_split(args.data, spec, args.seed)
     col = gate.families.index("noise") if "noise" in gate.families else None
     score = (lambda f: gate.family_scores(f)[col]) if col is not None else gate.score
     gray = [im[..., 0] for im in hold]
