@@ -263,11 +263,15 @@ def grade_vector(patches: np.ndarray, distances: np.ndarray) -> np.ndarray:
     return np.concatenate([patches.mean(0), patches.max(0), top.mean(0), map_stats(distances)]).astype(np.float32)
 
 
+def distance_unit(variant: Any) -> np.float32:
+    """The patch distance at the bundle's own threshold: rankers read distances in this unit."""
+    return np.float32(patch_threshold(variant.normalization.threshold, variant.fusion))
+
+
 def patch_view(inspector: Any, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A frame's patch embeddings and their distances to the reference bank in units of the threshold."""
-    v = inspector.variant
     patches = inspector.embed(rgb)
-    return patches, inspector.scorer.distances(patches) / np.float32(patch_threshold(v.normalization.threshold, v.fusion))
+    return patches, inspector.scorer.distances(patches) / distance_unit(inspector.variant)
 
 
 def anomaly_map(inspector: Any, rgb: np.ndarray) -> np.ndarray:
@@ -292,8 +296,12 @@ class _Scorer:
             raise BundleError(f"{self.model}: output shape {out.shape} is not (1, {columns}); "
                               "not the ranker its manifest describes")
 
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """One prepared input (1 x C x S x S) → its output row."""
+        return self.session.run(None, {self._input: x})[0][0]
+
     def _raw(self, frame: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: self.prepare(frame)})[0][0]
+        return self._run(self.prepare(frame))
 
     def _score(self, frame: np.ndarray) -> float:
         return float(self._raw(frame)[0])
@@ -338,9 +346,7 @@ class QualityGate(_Scorer):
 
     def score(self, rgb: np.ndarray) -> float:
         """HxWx3 uint8 RGB frame (or a float frame in [0, 1], or uint16) → capture quality."""
-        if not self.ranker.families:
-            return self._score(rgb)
-        return float(self.margins(rgb).min())
+        return self.assess(rgb)[0]
 
     def assess(self, rgb: np.ndarray) -> tuple[float, str]:
         """Quality and the family that limits it (why a frame is retaken), from one run of the model."""
@@ -387,9 +393,8 @@ class Grader(_Scorer):
             from device.runtime import Inspector
 
             self._inspector = Inspector(self._bundle, self._precision, self._threads)
-        if self.prepare.source == "embedding":
-            return self.grade_patches(*patch_view(self._inspector, rgb))
-        return self.grade_map(anomaly_map(self._inspector, rgb))
+        patches, distances = patch_view(self._inspector, rgb)
+        return self.grade_judged(rgb, patches, distances, self._inspector.variant.grid)
 
     def grade_judged(self, rgb: np.ndarray, patches: np.ndarray, distances: np.ndarray, grid: tuple[int, int]) -> float:
         """Grade from what judging the frame already computed: its patch embeddings and their
@@ -402,11 +407,11 @@ class Grader(_Scorer):
 
     def grade_patches(self, patches: np.ndarray, distances: np.ndarray) -> float:
         """Grade from patch embeddings and distances (threshold units) the station already computed."""
-        return float(self.session.run(None, {self._input: self.prepare.from_embedding(patches, distances)})[0][0, 0])
+        return float(self._run(self.prepare.from_embedding(patches, distances))[0])
 
     def grade_map(self, distances: np.ndarray) -> float:
         """Grade from a patch-distance map the station already computed (anomaly-map grades only)."""
-        return float(self.session.run(None, {self._input: self.prepare.from_map(distances)})[0][0, 0])
+        return float(self._run(self.prepare.from_map(distances))[0])
 
     def percentile(self, grade: float) -> float:
         """Share (0–1) of the images it was trained on that grade below ``grade``."""

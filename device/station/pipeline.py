@@ -25,6 +25,7 @@ import numpy as np
 
 from device.bundle import Bundle
 from device.errors import KenpinError
+from device.quality import Grader, QualityGate, distance_unit
 from device.runtime import Inspector
 from device.scoring import heat_units, heatmap, patch_threshold, patches_from_map
 from device.station.camera import Backoff, Camera, CameraLost
@@ -60,8 +61,6 @@ class Decision:
 
 def _load_rankers(bundle: Bundle) -> tuple[Any, Any]:
     """The bundle's capture-quality gate and grade (RankNet, issue 4), each None when absent."""
-    from device.quality import Grader, QualityGate
-
     return QualityGate.from_bundle(bundle, threads=1), Grader.from_bundle(bundle, threads=1)
 
 
@@ -107,7 +106,7 @@ class Model:
         if self.grader is None:
             return None
         v = self.inspector.variant  # the grade was trained on distances in units of the bundle's own threshold
-        units = distances / np.float32(patch_threshold(v.normalization.threshold, v.fusion))
+        units = distances / distance_unit(v)
         return self.grader.percentile(self.grader.grade_judged(job.frame, job.patches, units, v.grid))
 
     def prepare(self, job: Job) -> None:
