@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from device.errors import KenpinError
 from device.images import list_images, read_rgb
 from device.runtime import Inspector
 from device.scoring import NearestNeighbourScorer
@@ -48,6 +49,32 @@ def test_batch_pairs_the_two_views_of_each_place_and_flags_only_defect_patches()
     assert np.array_equal(first[clean], second[clean])  # same place, both views: the positive pair
     assert not np.isin(second[b.negatives[half:]], first).any()  # a defect patch is nobody's positive
     assert len(np.unique(first)) == half  # every place of a first view is its own id
+
+
+def test_area_fraction_paints_area_wide_defects_that_flag_many_patches():
+    r = metric_recipe()
+
+    def defect_patches(area_fraction: float) -> float:
+        b = make_metric_batch(_good(), [], np.random.default_rng(2), 8, r.preprocess, 0, 16, 0.5, 1.0,
+                              NuisanceSpec(), False, area_fraction)
+        return b.negatives.sum() / b.n_defect_views  # defect patches per painted view (grid of 64)
+
+    local, area = defect_patches(0.0), defect_patches(1.0)
+    assert local < 6 and area > 10  # spots and scratches cover a few patches; area-wide ones 10-50 %
+    with pytest.raises(KenpinError, match="metric.area_fraction"):
+        MetricSpec(area_fraction=1.5)
+
+
+def test_validation_defects_mix_local_and_area_wide_like_kenpin_tune():
+    from training.metric_train import make_valset
+
+    r = replace(metric_recipe(), preprocess=replace(tiny_recipe().preprocess, width=128, height=128))
+    good = _good(12)
+    val = make_valset(good[:10], good[10:] * 4, r)
+    changed = np.abs(val.defects - val.good).max(axis=1) > 1e-6  # pixels each painted defect touched
+    share = changed.reshape(len(changed), -1).mean(axis=1)
+    assert share.min() < 0.08 and share.max() > 0.10  # local defects and area-wide ones
+    assert len(val.fusion) == 2 and not any(np.array_equal(f, b) for f in val.fusion for b in val.bank)
 
 
 def test_with_defect_flags_two_good_patches_are_never_a_negative_pair():

@@ -1,8 +1,9 @@
 """Training batches for metric learning: two views of each good image, a defect on some second views.
 
 Per good image of a step: view 1 is the image under a nuisance, view 2 the same image under
-another nuisance, and for ``defect_fraction`` of them a painted defect (``defect_negative``) or,
-where the dataset has some, a real few-shot defect from ``train/<defect>/``. Both views are cut
+another nuisance, and for ``defect_fraction`` of them a painted defect (``defect_negative``, or for
+``area_fraction`` of those an area-wide one from ``training.area_defects``) or, where the dataset
+has some, a real few-shot defect from ``train/<defect>/``. Both views are cut
 at the same crop window (around the defect when there is one).
 
 Labels, per patch of the embedder's grid (what ``metric_losses`` takes):
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from device.preprocess import Preprocess
+from training.area_defects import paint_area_defect
 from training.pair_sampling import IGNORE, NuisanceSpec, defect_negative, nuisance, patch_labels
 
 
@@ -69,7 +71,7 @@ def _crop_origin(mask: np.ndarray, crop_hw: tuple[int, int], stride: int,
 
 
 def _views(good: list[np.ndarray], few_shot: list[FewShot], rng: np.random.Generator, is_defect: bool,
-           nuis: NuisanceSpec, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+           nuis: NuisanceSpec, scale: float, area_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """(view 1, view 2, mask of view 2, views share places) for one sample."""
     image = good[int(rng.integers(len(good)))]
     v1 = nuisance(image, rng, nuis)
@@ -79,14 +81,17 @@ def _views(good: list[np.ndarray], few_shot: list[FewShot], rng: np.random.Gener
         return v1, fs.image, fs.mask, False
     v2 = nuisance(image, rng, nuis)
     if is_defect:
-        v2, mask = defect_negative(v2, rng, scale, donors=good)
+        if area_fraction and rng.random() < area_fraction:
+            v2, mask, _ = paint_area_defect(v2, rng)
+        else:
+            v2, mask = defect_negative(v2, rng, scale, donors=good)
         return v1, v2, mask, True
     return v1, v2, np.zeros(v2.shape[:2], np.uint8), True
 
 
 def make_metric_batch(good: list[np.ndarray], few_shot: list[FewShot], rng: np.random.Generator, n: int,
                       pre: Preprocess, crop: int, stride: int, defect_fraction: float, scale: float,
-                      nuis: NuisanceSpec, image_level: bool) -> Batch:
+                      nuis: NuisanceSpec, image_level: bool, area_fraction: float = 0.0) -> Batch:
     """``n`` pairs of views of good images (already at input size), labelled for the metric losses."""
     crop_h = crop_w = crop
     if not crop:
@@ -96,7 +101,7 @@ def make_metric_batch(good: list[np.ndarray], few_shot: list[FewShot], rng: np.r
     first, second, lab1, lab2, neg2 = [], [], [], [], []
     is_defect = rng.permutation(np.arange(n) < round(n * defect_fraction))
     for i in range(n):
-        v1, v2, mask, twin = _views(good, few_shot, rng, bool(is_defect[i]), nuis, scale)
+        v1, v2, mask, twin = _views(good, few_shot, rng, bool(is_defect[i]), nuis, scale, area_fraction)
         y, x = _crop_origin(mask, (crop_h, crop_w), stride, rng)
         win = (slice(y, y + crop_h), slice(x, x + crop_w))
         first.append(v1[win])

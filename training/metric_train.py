@@ -28,9 +28,10 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from device.errors import KenpinError
-from device.scoring import NearestNeighbourScorer
+from device.scoring import ImageScorer, NearestNeighbourScorer
 from training.coreset import greedy_coreset
-from training.fit import flatten_patches, image_scores, read_good_split
+from training.area_defects import validation_defect
+from training.fit import fit_fusion, fit_texture, flatten_patches, image_scores, read_good_split
 from training.metric_batches import Batch, FewShot, make_metric_batch, normalize, resize_all
 from training.metric_losses import (
     collapse_stats,
@@ -43,11 +44,12 @@ from training.metric_losses import (
     triplet_margin_loss,
 )
 from training.metric_model import TrainedEmbedder, TrainingView, save_embedder
-from training.pair_sampling import defect_negative, labeled_defects
+from training.pair_sampling import labeled_defects
 from training.recipe import MetricSpec, Recipe
 
 log = logging.getLogger(__name__)
 MINERS = {"semi_hard": mine_semi_hard, "hard": mine_hard, "all": mine_all}
+VAL_FUSION_IMAGES = 16  # training images (outside the validation bank) that standardize a fused score
 
 
 @dataclass
@@ -80,22 +82,30 @@ def setup_distributed() -> Dist:
 
 @dataclass
 class ValSet:
-    """Validation inputs: a bank from training images, held-out good, synthetic defects on them."""
+    """Validation inputs: a bank from training images, held-out good, synthetic defects on them, and
+    other training images that standardize the texture-fused score (``scoring.texture``)."""
 
     bank: np.ndarray
     good: np.ndarray
     defects: np.ndarray
+    fusion: np.ndarray
 
 
 def make_valset(train: list[np.ndarray], holdout: list[np.ndarray], recipe: Recipe) -> ValSet:
-    """Fixed for the whole run (own seed), so every validation compares like with like."""
+    """Fixed for the whole run (own seed), so every validation compares like with like.
+
+    The defects are the mix ``kenpin train`` and ``kenpin tune`` validate on (``validation_defect``:
+    local and area-wide, half each), so training is selected on what the frozen recipe was.
+    """
     m, pre = recipe.metric, recipe.preprocess
     rng = np.random.default_rng(recipe.seed + 104729)
-    bank = [train[i] for i in np.sort(rng.permutation(len(train))[: m.val_bank_images])]
+    order = rng.permutation(len(train))
+    bank = [train[i] for i in np.sort(order[: m.val_bank_images])]
+    # Training images outside the validation bank: their patches are not in it, like held-out ones.
+    fusion = [train[i] for i in np.sort(order[m.val_bank_images:][:VAL_FUSION_IMAGES])] or bank[:VAL_FUSION_IMAGES]
     good = [holdout[i] for i in np.sort(rng.permutation(len(holdout))[: m.val_images])]
-    # Full-strength defects at half scale as well: small ones are what a frozen model misses.
-    defects = [defect_negative(im, rng, scale=(1.0, 0.5)[k % 2], donors=train)[0] for k, im in enumerate(good)]
-    return ValSet(normalize(bank, pre), normalize(good, pre), normalize(defects, pre))
+    defects = [validation_defect(im, rng, donors=train)[0] for im in good]
+    return ValSet(*(normalize(x, pre) for x in (bank, good, defects, fusion)))
 
 
 @torch.no_grad()
@@ -104,13 +114,16 @@ def _embed(model: TrainedEmbedder, x: np.ndarray, device: torch.device, batch: i
     return np.concatenate(out)
 
 
-def validate(model: TrainedEmbedder, val: ValSet, spec: MetricSpec, device: torch.device, batch: int,
-             seed: int) -> dict[str, float]:
-    """Synthetic-defect AUROC as the station would score, and the spread of good embeddings."""
+def validate(model: TrainedEmbedder, val: ValSet, recipe: Recipe, device: torch.device) -> dict[str, float]:
+    """Synthetic-defect AUROC with the recipe's own image score, and the spread of good embeddings."""
     model.eval()
+    spec, batch = recipe.metric, recipe.batch_size
     bank_maps = _embed(model, val.bank, device, batch)
     patches = flatten_patches(bank_maps)
-    scorer = NearestNeighbourScorer(patches[greedy_coreset(patches, spec.val_coreset, 128, seed)])
+    scorer = ImageScorer(NearestNeighbourScorer(patches[greedy_coreset(patches, spec.val_coreset, 128, recipe.seed)]))
+    if recipe.scoring.texture:
+        texture = fit_texture(bank_maps)
+        scorer = ImageScorer(scorer.patch, texture, fit_fusion(scorer.patch, texture, _embed(model, val.fusion, device, batch)))
     good = image_scores(scorer, _embed(model, val.good, device, batch))
     bad = image_scores(scorer, _embed(model, val.defects, device, batch))
     y = np.r_[np.zeros(len(good)), np.ones(len(bad))]
@@ -273,7 +286,8 @@ def train_embedding(data_dir: Path, out: Path, recipe: Recipe, resume: bool = Fa
         for g, base in zip(opt.param_groups, (spec.lr, spec.lr * spec.backbone_lr_factor)):
             g["lr"] = base * _lr_factor(state.step, spec.steps)
         batch = make_metric_batch(train, few, rng, spec.batch_images, pre, spec.crop, model.stride,
-                                  spec.defect_fraction, spec.defect_scale, spec.nuisance, spec.head.level == "image")
+                                  spec.defect_fraction, spec.defect_scale, spec.nuisance, spec.head.level == "image",
+                                  spec.area_fraction)
         step_view.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             emb, ref = step_view(torch.from_numpy(batch.inputs).to(ctx.device))
@@ -296,7 +310,7 @@ def _checkpoint(out: Path, ctx: Dist, model: TrainedEmbedder, view: TrainingView
                 elapsed: float) -> None:
     """Validate, keep the best, save the resumable state (rank 0); other ranks wait."""
     if ctx.main:
-        v = validate(model, val, recipe.metric, ctx.device, recipe.batch_size, recipe.seed)
+        v = validate(model, val, recipe, ctx.device)
         state.validated_step = state.step
         if state.step == 0:
             state.frozen_auroc = v["val_auroc"]

@@ -32,10 +32,16 @@ class BankSpec:
     # transposes: 8 views). Only for parts whose look does not depend on orientation (textured
     # surfaces); with few good images it fills the bank and the texture statistics.
     augment: str = "none"
+    # Extra views of each (augmented) bank image under the line's nuisance (``metric.nuisance``:
+    # placement, focus, exposure, noise, tone): with few good images the bank has not seen how far
+    # a good part varies between frames.
+    nuisance_views: int = 0
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
             raise KenpinError(f"bank.augment = {self.augment!r}: use one of {list(AUGMENTS)}")
+        if not isinstance(self.nuisance_views, int) or not 0 <= self.nuisance_views <= 32:
+            raise KenpinError(f"bank.nuisance_views = {self.nuisance_views!r}: use a whole number 0–32")
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class MetricSpec:
     drift_weight: float = 0.05  # weight of the pull of good patches back to frozen features
     defect_fraction: float = 0.5  # share of second views that get a painted defect
     defect_scale: float = 1.0
+    area_fraction: float = 0.0  # share of painted defects that are area-wide (training.area_defects)
     max_rows: int = 2048  # patch embeddings per step entering the loss (subsampled)
     val_every: int = 50
     val_bank_images: int = 48  # train images forming the validation bank
@@ -115,6 +122,8 @@ class MetricSpec:
             raise KenpinError(f"metric.crop = {self.crop}: use 0 (whole input) or a multiple of 32")
         if not 0 < self.defect_fraction < 1:
             raise KenpinError(f"metric.defect_fraction = {self.defect_fraction}: use (0, 1)")
+        if not 0 <= self.area_fraction <= 1:
+            raise KenpinError(f"metric.area_fraction = {self.area_fraction}: use 0–1")
         for key in ("margin", "neg_margin", "lr", "defect_scale"):
             if getattr(self, key) <= 0:
                 raise KenpinError(f"metric.{key} = {getattr(self, key)}: must be > 0")
