@@ -31,6 +31,7 @@ from training.fit import (
     embed_all,
     fit_variant,
     flatten_patches,
+    nuisance_views,
     read_good_split,
     synthetic_defects,
     torch_embed_fn,
@@ -56,13 +57,21 @@ class Inputs:
     n_skipped: int
 
 
+def _bank_views(images: list[np.ndarray], recipe: Recipe) -> list[np.ndarray]:
+    """The bank images with their ``bank.augment`` orientations and ``bank.nuisance_views``."""
+    views = augment_views(images, recipe.bank.augment)
+    if recipe.bank.nuisance_views:
+        views = nuisance_views(views, recipe.bank.nuisance_views, recipe.metric.nuisance, recipe.seed)
+    return views
+
+
 def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
     """Read train/good, split off the calibration hold-out, paint synthetic defects on it."""
     split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     pre = recipe.preprocess
     syn = synthetic_defects(split.holdout, recipe.export.synthetic_defects_per_image, recipe.seed)
     return Inputs(
-        bank=stack_inputs(augment_views(split.bank, recipe.bank.augment), pre),
+        bank=stack_inputs(_bank_views(split.bank, recipe), pre),
         holdout=stack_inputs(split.holdout, pre),
         synthetic=stack_inputs(syn, pre),
         n_skipped=split.n_skipped,

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from device.errors import KenpinError
-from training.recipe import Recipe, load_recipe
+from training.recipe import BankSpec, Recipe, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -78,3 +78,19 @@ def test_dihedral_augmentation_gives_each_bank_image_its_eight_orientations():
     assert len(views) == 16 and len({v.tobytes() + bytes(v.shape) for v in views[:8]}) == 8
     assert {v.shape for v in views} == {(2, 3, 3), (3, 2, 3)}
     assert len(augment_views([img], "flips")) == 4 and len(augment_views([img], "none")) == 1
+
+
+def test_nuisance_views_add_seeded_copies_of_each_bank_image_as_the_line_varies():
+    import numpy as np
+
+    from training.fit import nuisance_views
+    from training.pair_sampling import NuisanceSpec
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(40, 200, (32, 48, 3), dtype=np.uint8) for _ in range(2)]
+    views = nuisance_views(imgs, 3, NuisanceSpec(), seed=0)
+    assert len(views) == 8 and views[0] is imgs[0] and views[4] is imgs[1]
+    assert all(v.shape == (32, 48, 3) and not np.array_equal(v, imgs[0]) for v in views[1:4])
+    assert all(np.array_equal(a, b) for a, b in zip(views, nuisance_views(imgs, 3, NuisanceSpec(), seed=0)))
+    with pytest.raises(KenpinError, match="bank.nuisance_views"):
+        BankSpec(nuisance_views=-1)

@@ -20,6 +20,7 @@ from device.scoring import (HEAT_FLOOR_QUANTILE, Fusion, ImageScorer, NearestNei
 from training.area_defects import validation_defect
 from training.calibrate import calibrate
 from training.dataset import read_many, scan_mvtec
+from training.pair_sampling import NuisanceSpec, nuisance
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 
@@ -113,6 +114,12 @@ def augment_views(images: list[np.ndarray], mode: str) -> list[np.ndarray]:
     if mode == "dihedral":
         ops += [lambda x, f=f: np.swapaxes(f(x), 0, 1) for f in list(ops)]
     return [np.ascontiguousarray(op(im)) for im in images for op in ops]
+
+
+def nuisance_views(images: list[np.ndarray], n: int, spec: NuisanceSpec, seed: int) -> list[np.ndarray]:
+    """Each image followed by ``n`` copies under a fresh draw of the line's nuisance (``bank.nuisance_views``)."""
+    rng = np.random.default_rng(seed + 7907)
+    return [v for im in images for v in [im, *(nuisance(im, rng, spec) for _ in range(n))]]
 
 
 def synthetic_defects(images: list[np.ndarray], per_image: int, seed: int) -> list[np.ndarray]:
