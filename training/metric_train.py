@@ -123,7 +123,8 @@ def validate(model: TrainedEmbedder, val: ValSet, recipe: Recipe, device: torch.
     scorer = ImageScorer(NearestNeighbourScorer(patches[greedy_coreset(patches, spec.val_coreset, 128, recipe.seed)]))
     if recipe.scoring.texture:
         texture = fit_texture(bank_maps)
-        scorer = ImageScorer(scorer.patch, texture, fit_fusion(scorer.patch, texture, _embed(model, val.fusion, device, batch)))
+        fusion = fit_fusion(scorer.patch, texture, _embed(model, val.fusion, device, batch))
+        scorer = ImageScorer(scorer.patch, texture, fusion)
     good = image_scores(scorer, _embed(model, val.good, device, batch))
     bad = image_scores(scorer, _embed(model, val.defects, device, batch))
     y = np.r_[np.zeros(len(good)), np.ones(len(bad))]
