@@ -91,7 +91,7 @@ class Listener:
 @pytest.fixture
 def broker(tmp_path):
     if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.skip("no mosquitto (Debian package mosquitto; ./scripts/setup.sh installs it as root)")
     b = Broker(tmp_path / "broker")
     b.start()
     yield b
