@@ -21,13 +21,19 @@ from device.scoring import Fusion, Normalization, TextureModel
 
 MANIFEST = "manifest.json"
 SCHEMA = "kenpin.bundle"
-SCHEMA_VERSION = 2  # the newest this runtime reads; 2 added the texture model (image score fusion)
+# The newest schema this runtime reads: 2 added the texture model (image score fusion), 3 the
+# probe set and several int8 variants (the station proves them on its own CPU).
+SCHEMA_VERSION = 3
 
 
 def schema_version_for(body: dict[str, Any]) -> int:
     """The oldest schema that describes ``body``: a runtime older than that would score it wrongly."""
+    if "probes" in body:
+        return 3
     variants = body.get("variants", {})
     return 2 if any("texture" in v for v in variants.values() if isinstance(v, dict)) else 1
+
+
 PRECISIONS = ("int8", "fp32")
 
 
@@ -50,9 +56,22 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One precision of the anomaly model: embedder, its reference bank, its calibrated threshold."""
+class ProbeScores:
+    """A variant's raw image scores of the probe set where it was exported."""
 
+    good: np.ndarray
+    defect: np.ndarray
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant of the anomaly model: embedder, its reference bank, its calibrated threshold.
+
+    ``name`` is the manifest's key (``fp32``, ``int8-w8``, ``int8-w7``; ``int8`` in bundles from
+    before the station's own check); ``precision`` is ``int8`` or ``fp32``.
+    """
+
+    name: str
     precision: str
     model: Path
     bank: Path
@@ -62,6 +81,16 @@ class Variant:
     texture: TextureModel | None = None  # with ``fusion``: the image score also weighs texture
     fusion: Fusion | None = None
     heat_floor: float | None = None  # patch distance good parts rarely exceed (heat maps start there)
+    probe_scores: ProbeScores | None = None  # schema 3
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """The bundle's probe set: good and synthetic-defect images at the model input size."""
+
+    path: Path
+    n_good: int
+    n_defect: int
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,7 @@ class Bundle:
     preprocess: Preprocess
     variants: dict[str, Variant]
     rankers: dict[str, Ranker] = field(default_factory=dict)
+    probes: ProbeSpec | None = None  # None: a bundle from before the station's own check
 
     @property
     def bundle_id(self) -> str:
@@ -95,12 +125,23 @@ class Bundle:
     def heatmap_sigma(self) -> float:
         return float(self.manifest["scoring"]["heatmap_sigma"])
 
-    def variant(self, precision: str) -> Variant:
-        if precision not in self.variants:
-            raise BundleError(
-                f"{self.root / MANIFEST}: no '{precision}' model in this bundle; it has {sorted(self.variants)}"
-            )
-        return self.variants[precision]
+    @property
+    def int8_default(self) -> str | None:
+        """The int8 variant that passed the parity gate where the bundle was exported (None: no int8)."""
+        name = self.manifest.get("int8_default", "int8")
+        return name if name in self.variants else None
+
+    def variant(self, name: str) -> Variant:
+        """A variant by its manifest key; ``int8`` is the export's own int8 choice."""
+        key = self.int8_default if name == "int8" else name
+        if key not in self.variants:
+            raise BundleError(f"{self.root / MANIFEST}: no '{name}' model in this bundle; it has {sorted(self.variants)}")
+        return self.variants[key]
+
+    def int8_variants(self) -> list[Variant]:
+        """Every int8 variant, the export's own choice first."""
+        return sorted((v for v in self.variants.values() if v.precision == "int8"),
+                      key=lambda v: v.name != self.int8_default)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -143,8 +184,31 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
             raise BundleError(f"{path}: SHA-256 does not match the manifest; the file was changed or corrupted")
 
 
-def _variant(root: Path, manifest: dict[str, Any], precision: str, spec: dict[str, Any]) -> Variant:
-    where = f"{root / MANIFEST}: variants.{precision}"
+def _precision(name: str, spec: Any) -> str | None:
+    """``int8`` / ``fp32`` for a manifest variant key (a newer kind of variant: None, ignored)."""
+    if not isinstance(spec, dict):
+        return None
+    precision = spec.get("precision", name)
+    return precision if precision in PRECISIONS else None
+
+
+def _probe_scores(where: str, spec: dict[str, Any], probes: ProbeSpec | None) -> ProbeScores | None:
+    if probes is None:
+        return None
+    try:
+        ps = spec["probe_scores"]
+        scores = ProbeScores(np.asarray(ps["good"], np.float64), np.asarray(ps["defect"], np.float64))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}.probe_scores: missing or invalid ({e}); every variant records its probe scores") from None
+    if len(scores.good) != probes.n_good or len(scores.defect) != probes.n_defect or not (
+            np.isfinite(scores.good).all() and np.isfinite(scores.defect).all()):
+        raise BundleError(f"{where}.probe_scores: need {probes.n_good} good and {probes.n_defect} defect finite scores")
+    return scores
+
+
+def _variant(root: Path, manifest: dict[str, Any], name: str, spec: dict[str, Any],
+             probes: ProbeSpec | None) -> Variant:
+    where = f"{root / MANIFEST}: variants.{name}"
     for key in ("model", "bank"):
         if spec.get(key) not in manifest["files"]:
             raise BundleError(f"{where}.{key} = {spec.get(key)!r} is not a file listed in 'files'")
@@ -162,8 +226,28 @@ def _variant(root: Path, manifest: dict[str, Any], precision: str, spec: dict[st
     floor = spec.get("heat_floor")  # optional: bundles exported before it have none
     if floor is not None and not (isinstance(floor, (int, float)) and np.isfinite(floor) and floor >= 0):
         raise BundleError(f"{where}.heat_floor = {floor!r}: must be a non-negative patch distance")
-    return Variant(precision, root / spec["model"], bank_path, norm, grid, dim, texture, fusion,
-                   None if floor is None else float(floor))
+    return Variant(name, str(_precision(name, spec)), root / spec["model"], bank_path, norm, grid, dim, texture,
+                   fusion, None if floor is None else float(floor), _probe_scores(where, spec, probes))
+
+
+def _probes(root: Path, manifest: dict[str, Any]) -> ProbeSpec | None:
+    """The ``probes`` entry (schema 3); None for older bundles."""
+    spec = manifest.get("probes")
+    if spec is None:
+        if manifest["schema_version"] >= 3:
+            raise BundleError(f"{root / MANIFEST}: schema_version 3 needs a 'probes' entry (the station's own check)")
+        return None
+    where = f"{root / MANIFEST}: probes"
+    if not isinstance(spec, dict) or spec.get("file") not in manifest["files"]:
+        raise BundleError(f"{where}.file = {spec.get('file') if isinstance(spec, dict) else spec!r} "
+                          "is not a file listed in 'files'")
+    try:
+        n_good, n_defect = int(spec["n_good"]), int(spec["n_defect"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: n_good/n_defect missing or invalid ({e})") from None
+    if n_good < 2 or n_defect < 1:
+        raise BundleError(f"{where}: {n_good} good and {n_defect} defect probes; need at least 2 and 1")
+    return ProbeSpec(root / spec["file"], n_good, n_defect)
 
 
 def _texture(root: Path, manifest: dict[str, Any], where: str, spec: dict[str, Any],
@@ -220,15 +304,19 @@ def load_bundle(root: str | Path) -> Bundle:
         specs = manifest["variants"]
     except KeyError as e:
         raise BundleError(f"{root / MANIFEST}: missing key {e}") from None
-    variants = {p: _variant(root, manifest, p, s) for p, s in specs.items() if p in PRECISIONS}
+    probes = _probes(root, manifest)
+    variants = {n: _variant(root, manifest, n, s, probes) for n, s in specs.items() if _precision(n, s)}
     if not variants:
         raise BundleError(f"{root / MANIFEST}: no model variant among {PRECISIONS}")
+    if "fp32" not in variants and probes is not None:
+        raise BundleError(f"{root / MANIFEST}: a bundle with probes needs its fp32 variant (the reference)")
     for v in variants.values():
         expected = [1, 3, pre.height, pre.width]
-        actual = list(manifest["variants"][v.precision]["input_shape"])
+        actual = list(manifest["variants"][v.name]["input_shape"])
         if actual[1:] != expected[1:]:
             raise BundleError(f"{v.model}: input shape {actual} does not match the preprocessing {expected}")
     rankers = manifest.get("rankers", {})  # optional: a bundle without them stays valid
     if not isinstance(rankers, dict):
         raise BundleError(f"{root / MANIFEST}: 'rankers' must map a role to its model")
-    return Bundle(root, manifest, pre, variants, {r: _ranker(root, manifest, r, s) for r, s in rankers.items()})
+    return Bundle(root, manifest, pre, variants, {r: _ranker(root, manifest, r, s) for r, s in rankers.items()},
+                  probes)

@@ -10,6 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+# Published reference points (DESIGN.md) and the MACs of the networks they time.
+PI_REFERENCES = {
+    "Raspberry Pi 4": {"model": "MobileNetV2 1.0 224 int8 (PyTorch qnnpack)", "ms": 26.0, "gmacs": 0.300},
+    "Raspberry Pi 5": {"model": "EfficientNet-B0 224 fp32 (ncnn)", "ms": 12.0, "gmacs": 0.390},
+}
+
+
+def pi_model_ms(gmacs: float, board: str) -> float:
+    """An ESTIMATE of one model run on ``board``: the MACs at the board's published rate."""
+    ref = PI_REFERENCES[board]
+    return gmacs * ref["ms"] / ref["gmacs"]
+
 
 def model_gmacs(model: Path) -> float | None:
     """GMACs of one run (batch 1) of a model's Conv nodes; None without ``onnx`` or convolutions."""

@@ -1,6 +1,7 @@
 """The station's inspection path: frame → preprocess → ONNX Runtime → nearest-reference score."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,18 @@ import onnxruntime as ort
 
 from device.bundle import Bundle, Variant, load_bundle
 from device.errors import BundleError
-from device.scoring import NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, heatmap, patches_from_map
+from device.quality import Grader, QualityGate, distance_unit
+from device.scoring import (NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, Normalization, heat_units,
+                            heatmap, patch_threshold, patches_from_map)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One inspected part. ``score`` is normalized (0–1, threshold at 0.5); raw values kept for audit."""
+    """One judged part. ``score`` is normalized (0–1, the bundle's threshold at 0.5); raw values kept for audit.
+
+    ``heatmap`` is in the station's units (0 where good parts' patches rarely reach, 1 where one
+    patch alone would reject); ``distances`` are the patches' nearest-reference distances.
+    """
 
     verdict: str
     score: float
@@ -24,6 +31,10 @@ class Verdict:
     raw_threshold: float
     latency_ms: float
     heatmap: np.ndarray | None = None
+    quality: float | None = None
+    retake_reason: str | None = None
+    grade: float | None = None
+    distances: np.ndarray | None = None
 
 
 def make_session(model: Path, threads: int) -> ort.InferenceSession:
@@ -41,23 +52,40 @@ def make_session(model: Path, threads: int) -> ort.InferenceSession:
         raise BundleError(f"{model}: ONNX Runtime cannot load this model ({e})") from None
 
 
-class Inspector:
-    """Judges frames with one precision of a verified bundle."""
+def load_rankers(bundle: Bundle) -> tuple[QualityGate | None, Grader | None]:
+    """The bundle's capture-quality gate and grade (RankNet), each None when absent."""
+    return QualityGate.from_bundle(bundle, threads=1), Grader.from_bundle(bundle, threads=1)
 
-    def __init__(self, bundle: Bundle, precision: str = "int8", threads: int = 2) -> None:
+
+def raw_threshold_at(norm: Normalization, threshold: float) -> float:
+    """The raw score at which the normalized score equals ``threshold`` (the station's may differ from 0.5)."""
+    return norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
+
+
+class Inspector:
+    """Judges frames with one variant of a verified bundle: the one judging path of kenpin.
+
+    The station, ``kenpin eval``, the benchmarks and the station's own check all call
+    :meth:`judge` (gate → embed → score → verdict → heat map, grade); the station's pipeline only
+    splits the embedding off into its own stage (:meth:`run`) and passes the patches in.
+    ``rankers``: also load the bundle's capture-quality gate and grade, where it has them.
+    """
+
+    def __init__(self, bundle: Bundle, variant: str | Variant = "int8", threads: int = 2, rankers: bool = False) -> None:
         self.bundle = bundle
-        self.variant: Variant = bundle.variant(precision)
+        self.variant: Variant = variant if isinstance(variant, Variant) else bundle.variant(variant)
         self.preprocess = bundle.preprocess
         self.session = make_session(self.variant.model, threads)
         self._input = self.session.get_inputs()[0].name
         self.scorer = NearestNeighbourScorer(np.load(self.variant.bank))
         self.image_scorer = ImageScorer(self.scorer, self.variant.texture, self.variant.fusion)
         self._check_output_shape()
+        self.gate, self.grader = load_rankers(bundle) if rankers else (None, None)
 
     @classmethod
-    def open(cls, root: str | Path, precision: str = "int8", threads: int = 2) -> "Inspector":
+    def open(cls, root: str | Path, variant: str = "int8", threads: int = 2) -> "Inspector":
         """Verify and load a bundle directory."""
-        return cls(load_bundle(root), precision, threads)
+        return cls(load_bundle(root), variant, threads)
 
     def _check_output_shape(self) -> None:
         probe = np.zeros((1, 3, self.preprocess.height, self.preprocess.width), np.float32)
@@ -66,23 +94,44 @@ class Inspector:
         if out.shape != expected:
             raise BundleError(f"{self.variant.model}: output shape {out.shape} does not match the manifest's {expected}")
 
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Patch embeddings, (h*w) x C, of a preprocessed 1x3xHxW tensor (the model alone)."""
+        return patches_from_map(self.session.run(None, {self._input: tensor})[0])
+
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         """Patch embeddings of a frame, (h*w) x C."""
-        return patches_from_map(self.session.run(None, {self._input: self.preprocess(rgb)})[0])
+        return self.run(self.preprocess(rgb))
 
     def inspect(self, rgb: np.ndarray, with_heatmap: bool = False) -> Verdict:
-        """Judge one HxWx3 uint8 RGB frame."""
-        t0 = time.perf_counter()
-        return self.judge(self.embed(rgb), (rgb.shape[1], rgb.shape[0]), with_heatmap, t0)
+        """Judge one HxWx3 uint8 RGB frame (heat map always or never)."""
+        return self.judge(rgb, heat="always" if with_heatmap else "never")
 
-    def judge(self, patches: np.ndarray, frame_size: tuple[int, int], with_heatmap: bool = False,
-              t0: float | None = None) -> Verdict:
-        """Verdict from a frame's patch embeddings; ``frame_size`` (width, height) sizes the heat map."""
+    def judge(self, frame: np.ndarray, patches: np.ndarray | None = None, threshold: float = NORMALIZED_THRESHOLD,
+              heat: str = "defect", t0: float | None = None) -> Verdict:
+        """Gate → embed → score → verdict → heat map (and grade) of one frame against a normalized ``threshold``.
+
+        ``patches``: the frame's embeddings when a pipeline stage already ran the model.
+        ``heat``: ``defect`` (a heat map and grade for rejected parts only), ``always`` or ``never``.
+        Latency counts from ``t0`` (default: now).
+        """
         t0 = time.perf_counter() if t0 is None else t0
-        raw, scores = self.image_scorer.score(patches)
-        norm = self.variant.normalization
+        quality, limit = self.gate.assess(frame) if self.gate is not None else (None, None)
+        patches = self.embed(frame) if patches is None else patches
+        raw, distances = self.image_scorer.score(patches)
+        norm, v = self.variant.normalization, self.variant
         score = float(norm(raw))
-        hm = heatmap(scores, self.variant.grid, frame_size, self.bundle.heatmap_sigma) if with_heatmap else None
+        raw_threshold = raw_threshold_at(norm, threshold)
+        retake = quality is not None and not self.gate.passes(quality)
+        verdict = "retake" if retake else "defect" if score > threshold else "ok"
+        hm, grade = None, None
+        if heat == "always" or heat == "defect" and verdict == "defect":
+            h, w = frame.shape[:2]
+            hm = heat_units(heatmap(distances, v.grid, (w, h), self.bundle.heatmap_sigma),
+                            patch_threshold(raw_threshold, v.fusion), v.heat_floor)
+        if verdict == "defect" and self.grader is not None:
+            # the grade was trained on distances in units of the bundle's own threshold
+            units = distances / distance_unit(v)
+            grade = self.grader.percentile(self.grader.grade_judged(frame, patches, units, v.grid))
         latency = (time.perf_counter() - t0) * 1000.0
-        verdict = "defect" if score > NORMALIZED_THRESHOLD else "ok"
-        return Verdict(verdict, score, NORMALIZED_THRESHOLD, raw, norm.threshold, latency, hm)
+        return Verdict(verdict, score, threshold, float(raw), float(raw_threshold), latency, hm, quality,
+                       limit if retake else None, grade, distances)

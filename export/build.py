@@ -15,8 +15,9 @@ import torch
 from device.bundle import sha256_file
 from device.errors import KenpinError
 from device.macs import model_gmacs
+from device.probes import PROBES_FILE, write_probes
 from device.runtime import make_session
-from device.scoring import NORMALIZED_THRESHOLD
+from device.scoring import NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, patches_from_map
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
 from export.parity import Parity, compare, pick_best
@@ -49,12 +50,15 @@ def ort_embed_fn(model_path: Path, threads: int = 2) -> EmbedFn:
 
 @dataclass
 class Inputs:
-    """Preprocessed training inputs, split once."""
+    """Preprocessed training inputs, split once; the probes are the hold-out and synthetic images
+    the bundle carries (uint8 at the model's input size, a seeded subset) and their indices."""
 
     bank: np.ndarray
     holdout: np.ndarray
     synthetic: np.ndarray
     n_skipped: int
+    probe_good: list[np.ndarray]
+    probe_defect: list[np.ndarray]
 
 
 def _bank_views(images: list[np.ndarray], recipe: Recipe) -> list[np.ndarray]:
@@ -70,20 +74,27 @@ def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
     split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     pre = recipe.preprocess
     syn = synthetic_defects(split.holdout, recipe.export.synthetic_defects_per_image, recipe.seed)
+    rng = np.random.default_rng(recipe.seed + 104729)
+    good = [split.holdout[i] for i in np.sort(rng.permutation(len(split.holdout))[: recipe.export.probe_good])]
+    bad = [syn[i] for i in np.sort(rng.permutation(len(syn))[: recipe.export.probe_defects])]
     return Inputs(
         bank=stack_inputs(_bank_views(split.bank, recipe), pre),
         holdout=stack_inputs(split.holdout, pre),
         synthetic=stack_inputs(syn, pre),
         n_skipped=split.n_skipped,
+        probe_good=[pre.resize(im) for im in good],
+        probe_defect=[pre.resize(im) for im in bad],
     )
 
 
-def _variant_entry(v: FittedVariant, model: str, bank: str, grid: tuple[int, int], pre_shape: list[int],
-                   texture: str | None = None) -> dict[str, Any]:
-    extra = {} if texture is None else {"texture": texture, "fusion": v.fusion.to_dict()}
+def _variant_entry(v: FittedVariant, name: str, grid: tuple[int, int], pre_shape: list[int],
+                   texture: str | None, probe_scores: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, Any]:
+    if texture is not None:
+        extra = {**extra, "texture": texture, "fusion": v.fusion.to_dict()}
     return {**extra,
-        "model": model,
-        "bank": bank,
+        "precision": "fp32" if name == "fp32" else "int8",
+        "model": f"embedder_{name}.onnx",
+        "bank": f"bank_{name}.npy",
         "input_name": INPUT_NAME,
         "input_shape": pre_shape,
         "output_name": OUTPUT_NAME,
@@ -103,27 +114,60 @@ def _variant_entry(v: FittedVariant, model: str, bank: str, grid: tuple[int, int
             "synthetic_escape_rate": v.synthetic_escape_rate,
             "n_synthetic_defects": int(len(v.synthetic_scores)),
         },
+        "probe_scores": probe_scores,
     }
 
 
-def _quantize_best(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: FittedVariant,
-                   recipe: Recipe, work: Path) -> tuple[Path, FittedVariant, Parity, list[Parity]]:
-    """Try each calibration method; keep the int8 model the parity gate prefers."""
+@dataclass
+class Int8Variant:
+    """One int8 variant as exported: its model file, fitted state and parity here."""
+
+    name: str
+    weight_bits: int
+    path: Path
+    fitted: FittedVariant
+    parity: Parity
+    tried: list[Parity]
+
+
+def _quantize_variant(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: FittedVariant, recipe: Recipe,
+                      work: Path, bits: int) -> Int8Variant:
+    """Quantize with ``bits``-bit weights by each calibration method; keep the one closest to fp32 here."""
     ex, rng = recipe.export, np.random.default_rng(recipe.seed)
     calib = inputs.bank[rng.permutation(len(inputs.bank))[: ex.quant_images]]
     tried: list[tuple[Path, FittedVariant, Parity]] = []
     for method in ex.quant_methods:
-        path = work / f"embedder_int8_{method}.onnx"
-        log.info("int8 quantization, %s calibration on %d good images", method, len(calib))
-        quantize_int8(fp32_onnx, path, calib, method, ex.fp32_leading_convs, reduce_range=ex.reduce_range)
+        path = work / f"embedder_int8_w{bits}_{method}.onnx"
+        log.info("int8 quantization (%d-bit weights), %s calibration on %d good images", bits, method, len(calib))
+        quantize_int8(fp32_onnx, path, calib, method, ex.fp32_leading_convs, reduce_range=bits == 7)
         embed = ort_embed_fn(path)
-        bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, f"int8 bank ({method})")
+        bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, f"int8 w{bits} bank ({method})")
         v = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
                         recipe.calibration.target_false_reject_rate, recipe.batch_size, recipe.scoring.texture)
-        tried.append((path, v, compare(method, fp32.normalized(), v.normalized())))
-    best = pick_best([t[2] for t in tried], ex.parity_min_spearman, ex.parity_max_mean_abs_diff)
-    path, v, _ = next(t for t in tried if t[2] is best)
-    return path, v, best, [t[2] for t in tried]
+        tried.append((path, v, compare(f"w{bits} {method}", fp32.normalized(), v.normalized())))
+    path, v, parity = max(tried, key=lambda t: (t[2].passes(ex.parity_min_spearman, ex.parity_max_mean_abs_diff),
+                                                t[2].spearman, -t[2].mean_abs_diff))
+    return Int8Variant(f"int8-w{bits}", bits, path, v, parity, [t[2] for t in tried])
+
+
+def _int8_variants(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: FittedVariant, recipe: Recipe,
+                   work: Path) -> tuple[list[Int8Variant], Int8Variant]:
+    """Every int8 variant the recipe ships, and the one the parity gate prefers on this CPU.
+
+    All are kept (another CPU's kernels may favour another one; the station checks on its own);
+    the export fails only when none passes here.
+    """
+    variants = [_quantize_variant(fp32_onnx, inputs, coreset, fp32, recipe, work, b) for b in recipe.export.int8_weights]
+    ex = recipe.export
+    best = pick_best([v.parity for v in variants], ex.parity_min_spearman, ex.parity_max_mean_abs_diff)
+    return variants, next(v for v in variants if v.parity is best)
+
+
+def probe_scores(embed: EmbedFn, v: FittedVariant, probes: np.ndarray, n_good: int) -> dict[str, list[float]]:
+    """A variant's raw scores of the probe tensors, one image per run as the station scores them."""
+    scorer = ImageScorer(NearestNeighbourScorer(v.bank), v.texture, v.fusion)
+    raw = [float(scorer.score(patches_from_map(embed(probes[i : i + 1])))[0]) for i in range(len(probes))]
+    return {"good": raw[:n_good], "defect": raw[n_good:]}
 
 
 def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = None
@@ -168,6 +212,45 @@ def load_trained(path: Path, recipe: Recipe) -> tuple[torch.nn.Module, str]:
     return model, about
 
 
+def _body(staged: Path, inputs: Inputs, recipe: Recipe, about: str, grid: tuple[int, int], fp32: FittedVariant,
+          int8s: list[Int8Variant], default: Int8Variant) -> dict[str, Any]:
+    """Write the banks, textures and probes into ``staged``; the manifest body that describes them."""
+    pre, shape = recipe.preprocess, [1, 3, recipe.preprocess.height, recipe.preprocess.width]
+    write_probes(staged / PROBES_FILE, inputs.probe_good, inputs.probe_defect)
+    tensors = stack_inputs([*inputs.probe_good, *inputs.probe_defect], pre)
+    n_good = len(inputs.probe_good)
+    fitted = [("fp32", fp32, {}), *((v.name, v.fitted, {"weight_bits": v.weight_bits, "parity": v.parity.to_dict()})
+                                    for v in int8s)]
+    variants = {}
+    for name, v, extra in fitted:
+        np.save(staged / f"bank_{name}.npy", v.bank)
+        scores = probe_scores(ort_embed_fn(staged / f"embedder_{name}.onnx"), v, tensors, n_good)
+        variants[name] = _variant_entry(v, name, grid, shape, _save_texture(v, staged / f"texture_{name}.npz"),
+                                        scores, extra)
+    ex = recipe.export
+    return {
+        "preprocessing": pre.to_dict(),
+        "roles": {"embedder": "anomaly: patch embeddings scored by nearest-reference distance"},
+        "backbone": about,
+        "scoring": {"method": "patch-nearest-neighbour", "distance": "euclidean",
+                    "image_score": ("max(z(worst patch), z(texture Mahalanobis))" if recipe.scoring.texture
+                                    else "max"),
+                    "heatmap_sigma": recipe.heatmap_sigma, "patch_stride": recipe.features.stride},
+        "variants": variants,
+        "int8_default": default.name,
+        "probes": {"file": PROBES_FILE, "n_good": n_good, "n_defect": len(inputs.probe_defect),
+                   "what": "held-out good images (calibration) and synthetic defects (parity) at the model input "
+                           "size, lossless WebP; each variant records its raw scores of them here"},
+        "calibration": {"target_false_reject_rate": recipe.calibration.target_false_reject_rate,
+                        "holdout": "train/good images kept out of the reference bank",
+                        "n_bank_images": int(len(inputs.bank)), "n_holdout_images": int(len(inputs.holdout)),
+                        "n_unreadable_skipped": inputs.n_skipped},
+        "parity": {"chosen": default.parity.to_dict(), "tried": [p.to_dict() for v in int8s for p in v.tried],
+                   "tolerance": {"min_spearman": ex.parity_min_spearman, "max_mean_abs_diff": ex.parity_max_mean_abs_diff}},
+        "recipe": recipe.to_dict(),
+    }
+
+
 def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path | None = None) -> dict[str, Any]:
     """Fit on ``data_dir/train/good`` and write the bundle to ``out_dir``; returns its manifest body.
 
@@ -184,37 +267,14 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
     staged = staging_dir(out_dir)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            export_embedder(model, staged / "embedder_fp32.onnx", pre.height, pre.width)
-            int8_path, int8, parity, tried = _quantize_best(staged / "embedder_fp32.onnx", inputs, coreset, fp32, recipe, work)
-            int8_path.replace(staged / "embedder_int8.onnx")
-        np.save(staged / "bank_fp32.npy", fp32.bank)
-        np.save(staged / "bank_int8.npy", int8.bank)
-        tex = {p: _save_texture(v, staged / f"texture_{p}.npz") for p, v in (("int8", int8), ("fp32", fp32))}
-        shape = [1, 3, pre.height, pre.width]
-        body = {
-            "preprocessing": pre.to_dict(),
-            "roles": {"embedder": "anomaly: patch embeddings scored by nearest-reference distance"},
-            "backbone": about,
-            "scoring": {"method": "patch-nearest-neighbour", "distance": "euclidean",
-                        "image_score": ("max(z(worst patch), z(texture Mahalanobis))" if recipe.scoring.texture
-                                        else "max"),
-                        "heatmap_sigma": recipe.heatmap_sigma, "patch_stride": recipe.features.stride},
-            "variants": {
-                "int8": _variant_entry(int8, "embedder_int8.onnx", "bank_int8.npy", grid, shape, tex["int8"]),
-                "fp32": _variant_entry(fp32, "embedder_fp32.onnx", "bank_fp32.npy", grid, shape, tex["fp32"]),
-            },
-            "calibration": {"target_false_reject_rate": recipe.calibration.target_false_reject_rate,
-                            "holdout": "train/good images kept out of the reference bank",
-                            "n_bank_images": int(len(inputs.bank)), "n_holdout_images": int(len(inputs.holdout)),
-                            "n_unreadable_skipped": inputs.n_skipped},
-            "parity": {"chosen": parity.to_dict(), "tried": [p.to_dict() for p in tried],
-                       "tolerance": {"min_spearman": recipe.export.parity_min_spearman,
-                                     "max_mean_abs_diff": recipe.export.parity_max_mean_abs_diff}},
-            "model_gmacs": round(model_gmacs(staged / "embedder_fp32.onnx") or 0.0, 4),
-            "recipe": recipe.to_dict(),
-            "training_seconds": round(time.perf_counter() - t0, 1),
-        }
+            fp32_onnx = staged / "embedder_fp32.onnx"
+            export_embedder(model, fp32_onnx, pre.height, pre.width)
+            int8s, default = _int8_variants(fp32_onnx, inputs, coreset, fp32, recipe, Path(tmp))
+            for v in int8s:
+                v.path.replace(staged / f"embedder_{v.name}.onnx")
+        body = _body(staged, inputs, recipe, about, grid, fp32, int8s, default)
+        body["model_gmacs"] = round(model_gmacs(fp32_onnx) or 0.0, 4)
+        body["training_seconds"] = round(time.perf_counter() - t0, 1)
         write_bundle(out_dir, staged, body)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -18,6 +18,7 @@ from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import read_rgb
 from device.runtime import Inspector
+from device.selfcheck import self_check
 from device.scoring import NearestNeighbourScorer, image_score, patches_from_map
 from export.build import build_bundle
 from training.dataset import scan_mvtec
@@ -49,10 +50,10 @@ def global_embedding_auroc(inspector: Inspector, data: Path) -> float:
     return float(roc_auc_score([t.is_defective for t in test], scorer.distances(q)))
 
 
-def latency(bundle: Path, recipe: Recipe, frames: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """torch vs ORT fp32 vs ORT int8 (preprocess + model + scoring), and the bare int8 model."""
+def latency(bundle: Path, recipe: Recipe, frames: list[np.ndarray], int8: str) -> dict[str, dict[str, float]]:
+    """torch vs ORT fp32 vs ORT int8 (the variant ``int8``; preprocess + model + scoring), and the bare int8 model."""
     torch.set_num_threads(2)
-    i8, f32 = Inspector.open(bundle, "int8"), Inspector.open(bundle, "fp32")
+    i8, f32 = Inspector.open(bundle, int8), Inspector.open(bundle, "fp32")
     model = PatchEmbedder(recipe.features).eval()
     pre = i8.preprocess
 
@@ -62,13 +63,12 @@ def latency(bundle: Path, recipe: Recipe, frames: list[np.ndarray]) -> dict[str,
         return image_score(f32.scorer.distances(patches_from_map(fmap)))
 
     x = pre(frames[0])
-    name = i8.session.get_inputs()[0].name
     patches = {id(f): i8.embed(f) for f in frames}  # each frame's own, as the station searches them
     return time_side_by_side({
         "torch fp32": torch_path,
         "ORT fp32": lambda f: f32.inspect(f),
         "ORT int8": lambda f: i8.inspect(f),
-        "bare ORT int8 model": lambda f: i8.session.run(None, {name: x}),
+        "bare ORT int8 model": lambda f: i8.run(x),
         "int8 bank search": lambda f: i8.scorer.distances(patches[id(f)]),
     }, frames)
 
@@ -87,18 +87,27 @@ def bench_dataset(data: Path, work: Path, recipe: Recipe, n_images: int) -> dict
     res: dict[str, Any] = {"dataset": data.name, "input": f"{recipe.preprocess.width}x{recipe.preprocess.height}",
                            "bank_size": body["variants"]["int8"]["bank_size"],
                            "quant_method": body["parity"]["chosen"]["method"]}
-    for precision in ("int8", "fp32"):
-        m = metrics(score_test_set(Inspector.open(bundle, precision), data))
-        res[precision] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "false_reject_rate", "escape_rate", "per_defect")}
+    b = load_bundle(bundle)
+    full = self_check(b, 2, full=True)
+    res["self_check"] = full.to_dict()
+    parity = {c.variant: c for c in full.checks}
+    res["variants"] = {}
+    for name, v in full.checked.items():  # each at the threshold the station would recalibrate here
+        m = metrics(score_test_set(Inspector(b, v, 2), data))
+        res["variants"][name] = {**{k: m[k] for k in ("image_auroc", "pixel_auroc", "false_reject_rate", "escape_rate",
+                                                     "per_defect")}, "check": parity[name].to_dict()}
+    res["int8_variant"] = self_check(b, 2, "int8").chosen  # what a station asked for int8 runs here
+    res["int8"], res["fp32"] = res["variants"][res["int8_variant"]], res["variants"]["fp32"]
     res["global_embedding_auroc_fp32"] = global_embedding_auroc(Inspector.open(bundle, "fp32"), data)
     ds = scan_mvtec(data, need_test=True)
     paths = [t.path for t in ds.test][:: max(1, len(ds.test) // n_images)][:n_images]
     frames = [read_rgb(p) for p in paths]
-    res["latency"] = latency(bundle, recipe, frames)
-    b = load_bundle(bundle)
+    res["latency"] = latency(bundle, recipe, frames, res["int8_variant"])
     sizes = {n: (bundle / n).stat().st_size for n in b.manifest["files"]}
+    v8 = b.variant(res["int8_variant"])
     res["bundle_mb"] = round(sum(sizes.values()) / 1e6, 2)
-    res["int8_only_mb"] = round((sizes["embedder_int8.onnx"] + sizes["bank_int8.npy"]) / 1e6, 2)
+    res["int8_only_mb"] = round((v8.model.stat().st_size + v8.bank.stat().st_size) / 1e6, 2)
+    res["probes_mb"] = round(b.probes.path.stat().st_size / 1e6, 2) if b.probes else 0.0
     res["runtime_memory"] = peak_memory(bundle, paths[:30])
     return res
 
@@ -123,6 +132,24 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variants_markdown(results: list[dict[str, Any]]) -> str:
+    """Per variant on this CPU: probe parity, test AUROC, FRR on test/good at the station's recalibrated
+    threshold, escapes; and which variant the station runs."""
+    lines = ["", f"Variants on this CPU ({results[0]['self_check']['cpu'] if results else ''}):", "",
+             "| dataset | variant | probe check | probe spearman / mean abs Δ | threshold here (export) | "
+             "image AUROC | FRR test/good | escapes | station runs |", "|" + "---|" * 9]
+    for r in results:
+        for name, v in r["variants"].items():
+            c = v["check"]
+            th = f"{c['threshold']:.4f} ({c['export_threshold']:.4f})" if c["threshold"] is not None else "-"
+            lines.append(f"| {r['dataset']} | {name} | {c['status']} | {c['spearman']:.4f} / {c['mean_abs_diff']:.4f} | "
+                         f"{th} | {v['image_auroc']:.4f} | {v['false_reject_rate']:.3f} | {v['escape_rate']:.3f} | "
+                         f"{'yes' if name == r['self_check']['chosen'] else ''} |")
+    lines += ["", *(f"{r['dataset']}: probe set {r['probes_mb']} MB, full self-check {r['self_check']['seconds']:.1f} s "
+                    f"({r['self_check']['model_runs']} model runs)" for r in results)]
+    return "\n".join(lines) + "\n"
+
+
 def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path: str | None, n_images: int) -> int:
     """Bench every dataset, print the table, write JSON (and markdown)."""
     recipes = _recipes(recipe_specs)
@@ -134,7 +161,7 @@ def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path
               f"recipe {recipes.get(data.name, 'defaults')}", flush=True)
         results.append(bench_dataset(data, work, recipe, n_images))
         (work / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
+    table = markdown(results) + variants_markdown(results)
     print(table)
     if md_path:
         Path(md_path).write_text(table)

@@ -4,6 +4,7 @@
     kenpin train --data DIR --out BUNDLE [--recipe configs/recipe.yaml] [--embedder RUN/embedder.pt]
     kenpin train-embedding --data DIR --out RUN [--recipe R] [--resume]   # metric learning
     kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
+    kenpin verify --bundle BUNDLE                   # prove the bundle on this CPU (what the station does)
     kenpin bench --data DIR [DIR ...] [--markdown FILE]
     kenpin compare --data DIR --recipe R [--train-images 16]   # frozen vs trained embedder
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
@@ -58,6 +59,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             Path(args.json) if args.json else None, Path(args.report) if args.report else None,
                             Path(args.compare) if args.compare else None)
     return 0 if m["image_auroc"] is not None else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from device.bundle import load_bundle
+    from device.selfcheck import self_check, startup_estimate, table
+
+    bundle = load_bundle(Path(args.bundle))
+    full = self_check(bundle, args.threads, full=True)
+    start = self_check(bundle, args.threads, args.precision)  # what `kenpin run` does at start-up
+    print(f"bundle {bundle.bundle_id} on this CPU ({full.cpu}):")
+    print(table(full) if full.verified else "  not verifiable: no probe set (exported before the station's own check)")
+    est = startup_estimate(bundle, start)
+    print(f"start-up check (bundle.precision {args.precision}): runs {start.chosen}; {start.model_runs} model runs "
+          f"in {start.seconds:.2f} s here" + (f", ESTIMATE {est:.1f} s on a Raspberry Pi 4" if est else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bundle": bundle.bundle_id, "full": full.to_dict(),
+                                               "startup": {**start.to_dict(), "pi4_estimate_s": est}}, indent=2) + "\n")
+    passed = [c.variant for c in full.checks if c.status == "passed"]
+    if full.verified and not passed:
+        print("no int8 variant passes on this CPU: the station would run fp32")
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -180,10 +205,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--json", help="write the metrics here")
     e.add_argument("--report", help="write the plots into this folder")
-    e.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    e.add_argument("--precision", default="auto",
+                   help="auto (default: what the station would run on this CPU, after its self-check), int8 "
+                        "(the best int8 variant that passes here), fp32, or a variant name (int8-w8, int8-w7)")
     e.add_argument("--compare", help="a second bundle (e.g. the frozen one) scored on the same images: "
                                      "both figures, and the embedding map before and after")
     e.set_defaults(func=cmd_eval)
+
+    vf = sub.add_parser("verify", help="prove a bundle on this CPU: each variant's parity with fp32 on the bundle's "
+                                       "probes, thresholds recalibrated here, the variant the station would run")
+    vf.add_argument("--bundle", required=True)
+    vf.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
+                    help="the station's bundle.precision for the start-up check (default auto)")
+    vf.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (the station's bundle.threads)")
+    vf.add_argument("--json", help="also write the figures here")
+    vf.set_defaults(func=cmd_verify)
 
     d = sub.add_parser("demo", help="the whole path on a generated sample line (no camera, no GPU, no data)")
     d.add_argument("--workdir", default="demo-run", help="where the line, bundle and report go")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from device.runtime import Inspector
+from device.selfcheck import open_checked
 from export.build import build_bundle
 from training.evaluate import metrics, score_test_set, write_json
 from device.errors import KenpinError
@@ -29,17 +29,19 @@ def recipe_for(path: str | None, embedder: Path | None) -> Recipe:
 def train_and_report(data: Path, out: Path, recipe: Recipe, embedder: Path | None = None) -> dict[str, Any]:
     """Build the bundle and print what was calibrated and how int8 compares."""
     body = build_bundle(data, out, recipe, embedder)
-    v8, v32 = body["variants"]["int8"], body["variants"]["fp32"]
-    par = body["parity"]["chosen"]
-    print(f"bundle written: {out}")
+    print(f"bundle written: {out} ({body['probes']['n_good']} good + {body['probes']['n_defect']} defect probes "
+          f"for the station's own check)")
     print(f"  held-out good images: {body['calibration']['n_holdout_images']}, target false-reject rate "
           f"{body['calibration']['target_false_reject_rate']:.3f}")
-    for name, v in (("int8", v8), ("fp32", v32)):
-        ev = v["evaluation"]
+    for name, v in body["variants"].items():
+        ev, par = v["evaluation"], v.get("parity")
         print(f"  {name}: threshold {v['threshold']:.4f}, synthetic-defect AUROC {ev['synthetic_auroc']:.4f}, "
-              f"synthetic escapes {ev['synthetic_escape_rate']:.3f}")
-    print(f"  int8 parity ({par['method']}): spearman {par['spearman']:.4f}, mean |Δscore| {par['mean_abs_diff']:.4f}")
-    print(f"next: kenpin eval --bundle {out} --data {data} --json {out}-eval.json --report {out}-report")
+              f"synthetic escapes {ev['synthetic_escape_rate']:.3f}"
+              + (f"; parity here ({par['method']}): spearman {par['spearman']:.4f}, mean |Δscore| "
+                 f"{par['mean_abs_diff']:.4f}" + (" (export's choice)" if name == body["int8_default"] else "")
+                 if par else ""))
+    print(f"next: kenpin verify --bundle {out}   # then: kenpin eval --bundle {out} --data {data} "
+          f"--json {out}-eval.json --report {out}-report")
     return body
 
 
@@ -67,10 +69,13 @@ def evaluate_and_report(bundle: Path, data: Path, precision: str, json_path: Pat
     With ``compare`` (another bundle, e.g. the frozen one), both are scored on the same images, the
     JSON holds both and the report gains the embedding map before (``compare``) and after (``bundle``).
     """
-    ev = score_test_set(Inspector.open(bundle, precision), data)
+    inspector, check = open_checked(bundle, precision)
+    print(f"variant {inspector.variant.name}: {check.summary()}")
+    ev = score_test_set(inspector, data)
     m = metrics(ev)
+    m["self_check"] = check.to_dict()
     if compare is not None:
-        ev0 = score_test_set(Inspector.open(compare, precision), data)
+        ev0 = score_test_set(open_checked(compare, precision)[0], data)
         m["compared_with"] = {"bundle": str(compare), **metrics(ev0)}
     if report is not None:
         from training.report import plot_embeddings_before_after, write_report

@@ -39,7 +39,7 @@ def main() -> None:
         "bare model": lambda f: insp.session.run(None, {name: x}),
         "preprocess": lambda f: insp.preprocess(f),
         "search": lambda f: insp.scorer.distances(patches[id(f)]),
-        "judge (search + texture + verdict)": lambda f: insp.judge(patches[id(f)], (f.shape[1], f.shape[0])),
+        "judge (search + texture + verdict)": lambda f: insp.judge(f, patches[id(f)], heat="never"),
     }, frames * a.repeat)
     for k, v in res.items():
         print(f"{k:36s} {v['median_ms']:6.2f} ms")

@@ -19,29 +19,36 @@ def copy(tiny_bundle, tmp_path):
 
 def test_manifest_carries_preprocessing_thresholds_hashes_and_figures(tiny_bundle):
     m = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert m["schema_version"] == 1 and m["preprocessing"]["width"] == 128
-    for precision in ("int8", "fp32"):
-        v = m["variants"][precision]
+    assert m["schema_version"] == 3 and m["preprocessing"]["width"] == 128
+    for name in ("int8-w8", "int8-w7", "fp32"):
+        v = m["variants"][name]
         assert v["threshold"] > 0 and v["calibration"]["n_images"] >= 5
         assert 0 <= v["evaluation"]["synthetic_auroc"] <= 1
-    assert set(m["files"]) == {"embedder_fp32.onnx", "embedder_int8.onnx", "bank_fp32.npy", "bank_int8.npy"}
-    assert m["parity"]["chosen"]["method"] == "MinMax"
+        # every variant's scores of the probes, where it was exported: what the station checks against
+        assert len(v["probe_scores"]["good"]) == m["probes"]["n_good"] >= 5
+        assert len(v["probe_scores"]["defect"]) == m["probes"]["n_defect"] >= 5
+    assert m["int8_default"] in ("int8-w8", "int8-w7")
+    assert set(m["files"]) == {f"{kind}_{name}.{ext}" for name in ("fp32", "int8-w8", "int8-w7")
+                               for kind, ext in (("embedder", "onnx"), ("bank", "npy"))} | {"probes.npz"}
+    assert m["parity"]["chosen"]["method"].endswith("MinMax")
     assert m["recipe"]["bank"]["coreset_size"] == 300
     assert m["model_gmacs"] > 0  # what a Pi (no onnx there) estimates its speed from
 
 
-def test_a_changed_byte_is_refused_naming_the_file(copy):
-    path = copy / "bank_int8.npy"
+@pytest.mark.parametrize("name", ["bank_int8-w8.npy", "probes.npz"])
+def test_a_changed_byte_is_refused_naming_the_file(copy, name):
+    path = copy / name
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"bank_int8\.npy.*SHA-256"):
+    with pytest.raises(BundleError, match=rf"{name}.*SHA-256"):
         load_bundle(copy)
 
 
-def test_a_missing_file_is_refused(copy):
-    (copy / "embedder_int8.onnx").unlink()
-    with pytest.raises(BundleError, match=r"embedder_int8\.onnx.*missing"):
+@pytest.mark.parametrize("name", ["embedder_int8-w7.onnx", "probes.npz"])
+def test_a_missing_file_is_refused(copy, name):
+    (copy / name).unlink()
+    with pytest.raises(BundleError, match=rf"{name}.*missing"):
         Inspector.open(copy)
 
 
@@ -58,7 +65,7 @@ def test_a_newer_schema_is_refused(copy):
 
 def test_a_hand_edited_threshold_is_refused(copy):
     m = json.loads((copy / MANIFEST).read_text())
-    m["variants"]["int8"]["threshold"] = 0.0
+    m["variants"]["int8-w8"]["threshold"] = 0.0
     (copy / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="manifest was edited"):
         Inspector.open(copy)
@@ -92,7 +99,7 @@ def test_failed_training_leaves_the_previous_bundle_untouched(tiny_bundle, tiny_
 def test_int8_model_keeps_the_stem_in_fp32_and_quantizes_the_rest(tiny_bundle):
     import onnx
 
-    g = onnx.load(str(tiny_bundle / "embedder_int8.onnx")).graph
+    g = onnx.load(str(tiny_bundle / "embedder_int8-w8.onnx")).graph
     dq_outputs = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
     int8_weights = [c.input[1] in dq_outputs for c in convs]

@@ -70,10 +70,10 @@ def test_eval_writes_the_promised_json_and_report(capsys, tmp_path, tiny_bundle,
 def test_eval_refuses_a_tampered_bundle_naming_the_file(capsys, tmp_path, tiny_bundle, tiny_line):
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
-    with open(b / "embedder_int8.onnx", "ab") as f:
+    with open(b / "embedder_int8-w8.onnx", "ab") as f:
         f.write(b"\0")
     code, _, err = run(capsys, "eval", "--bundle", str(b), "--data", str(tiny_line))
-    assert code == 2 and "embedder_int8.onnx" in one_line_error(err)
+    assert code == 2 and "embedder_int8-w8.onnx" in one_line_error(err)
 
 
 def test_unreadable_images_are_skipped_and_named(tmp_path, caplog):

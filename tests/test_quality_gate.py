@@ -163,10 +163,12 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     # the station grades a defect from what judging it computed, and agrees with the whole-frame grade
     import time
 
+    from device.selfcheck import self_check
     from device.station.pipeline import Job, Model
 
     frame = read_rgb(parts[21])  # a well-captured frame (a dark one would be retaken by the gate)
-    decision = Model(b, "int8", 1).decide(Job(frame, 0.0, time.perf_counter(), "free-run", None), 1e-6, "line")
+    model = Model(b, self_check(b, 1, "int8"), 1)
+    decision = model.decide(Job(frame, 0.0, time.perf_counter(), "free-run", None), 1e-6, "line")
     assert decision.record.verdict == "defect"
     assert decision.record.grade == pytest.approx(grader.percentile(grader.grade(frame)))
 

@@ -4,7 +4,7 @@ import pytest
 
 from device.scoring import (Fusion, ImageScorer, NearestNeighbourScorer, Normalization, TextureModel, heatmap,
                             image_score, texture_descriptor)
-from training.calibrate import calibrate
+from device.calibrate import calibrate
 from training.coreset import greedy_coreset
 
 

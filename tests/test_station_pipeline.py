@@ -6,6 +6,7 @@ import logging
 import queue
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,7 +120,7 @@ def test_bundle_swap_verifies_and_rolls_back(tiny_bundle, replay, tmp_path):
     try:
         bad = tmp_path / "bad_bundle"
         shutil.copytree(tiny_bundle, bad)
-        (bad / "bank_int8.npy").write_bytes(b"tampered")
+        (bad / "bank_int8-w8.npy").write_bytes(b"tampered")
         with pytest.raises(KenpinError, match="SHA-256 does not match"):
             st.activate_bundle(bad, who="qe")
         assert st.status()["bundle"]["path"] == str(tiny_bundle)
@@ -223,9 +224,9 @@ class FakeGate:
 
 
 def test_quality_gate_below_floor_gives_retake_never_ok(tiny_bundle, replay, tmp_path, monkeypatch):
-    import device.station.pipeline as pipeline
+    import device.runtime as runtime
 
-    monkeypatch.setattr(pipeline, "_load_rankers", lambda bundle: (FakeGate(), None))
+    monkeypatch.setattr(runtime, "load_rankers", lambda bundle: (FakeGate(), None))
     dark = replay / "000_dark.png"
     cv2.imwrite(str(dark), np.full((160, 160, 3), 20, np.uint8))
     st = run_replay_once(station_config(tmp_path, tiny_bundle, replay, extra="decision: {threshold: 0.000001}"))
@@ -251,9 +252,9 @@ class FakeGrader:
 
 
 def test_defects_carry_a_grade_when_the_bundle_has_one_and_ok_parts_do_not(tiny_bundle, replay, tmp_path, monkeypatch):
-    import device.station.pipeline as pipeline
+    import device.runtime as runtime
 
-    monkeypatch.setattr(pipeline, "_load_rankers", lambda bundle: (None, FakeGrader()))
+    monkeypatch.setattr(runtime, "load_rankers", lambda bundle: (None, FakeGrader()))
     st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
     recs = st.store.query(limit=100)
     status = st.status()
@@ -387,3 +388,22 @@ dashboard: {{enabled: false}}
         st.stop()
     assert len(recs) == 6 and all(r.id is not None and r.frame_ref is None for r in recs)
     assert "disk nearly full" in str(health)
+
+
+def test_the_daemon_records_the_scores_kenpin_eval_reports(tiny_bundle, tiny_line, tmp_path):
+    """One judging path: the station's recorded score of a part is eval's score of the same image and variant."""
+    from device.selfcheck import open_checked
+    from training.evaluate import metrics, score_test_set
+
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay_folder(tiny_line, tmp_path / "replay")))
+    variant = st.status()["bundle"]["precision"]
+    recs = sorted(st.store.query(limit=100), key=lambda r: r.id)
+    st.stop()
+    inspector, _ = open_checked(tiny_bundle, variant, threads=1)
+    evaluated = {Path(i["path"]): i for i in metrics(score_test_set(inspector, tiny_line))["images"]}
+    # what replay_folder copied, in its order: the first 4 good test parts, then the first 2 cracked ones
+    sources = sorted((tiny_line / "test" / "good").iterdir())[:4] + sorted((tiny_line / "test" / "crack").iterdir())[:2]
+    assert len(recs) == len(sources) == 6
+    for rec, src in zip(recs, sources):
+        assert rec.raw_score == pytest.approx(evaluated[src]["raw_score"], rel=1e-6)
+        assert rec.score == pytest.approx(evaluated[src]["score"], rel=1e-6) and rec.verdict == evaluated[src]["verdict"]

@@ -27,13 +27,14 @@ def test_good_parts_stay_below_the_threshold_on_the_anomaly_map(fixture, request
 
 def test_a_fused_bundles_reject_heat_map_shows_the_defect_not_the_part(tiny_texture_bundle, tiny_line):
     from device.bundle import load_bundle
+    from device.selfcheck import self_check
     from device.station.pipeline import Job, Model
     from device.station.retention import OVERLAY_ALPHA, heat_overlay
 
     bundle = load_bundle(tiny_texture_bundle)
     v = bundle.variant("int8")
     assert v.heat_floor is not None and 0 < v.heat_floor < v.fusion.patch_distance_at(v.normalization.threshold)
-    model = Model(bundle, "int8", 1)
+    model = Model(bundle, self_check(bundle, 1, "int8"), 1)
     paths = [q for d in ("crack", "spot", "scratch") for q in list_images(tiny_line / "test" / d)]
     heats = [d.heatmap for p in paths
              if (d := model.decide(Job(read_rgb(p), 0.0, 0.0, "free-run", None), 0.5, "s")).heatmap is not None]

@@ -75,14 +75,14 @@ def score_test_set(inspector: Inspector, data_dir: Path) -> Evaluation:
             skipped.append(str(e))
             continue
         patches = inspector.embed(rgb)
-        v = inspector.judge(patches, (rgb.shape[1], rgb.shape[0]), with_heatmap=True)
-        worst = patches[int(np.argmax(inspector.scorer.distances(patches)))]
+        v = inspector.judge(rgb, patches, heat="always")
+        worst = patches[int(np.argmax(v.distances))]
         has_mask = item.is_defective and item.mask is not None
         mask = _small(_read_mask(item.mask, rgb.shape[:2]), cv2.INTER_NEAREST) if has_mask or not item.is_defective else None
         results.append(Scored(item, v.raw_score, v.score, v.verdict, worst, _small(v.heatmap, cv2.INTER_AREA), mask))
     if skipped:
         log.warning("skipped %d unreadable test image(s): %s", len(skipped), "; ".join(skipped[:10]))
-    return Evaluation(results, inspector.variant.normalization.threshold, inspector.variant.precision,
+    return Evaluation(results, inspector.variant.normalization.threshold, inspector.variant.name,
                       inspector.bundle.bundle_id, skipped)
 
 
@@ -121,6 +121,8 @@ def metrics(ev: Evaluation) -> dict[str, Any]:
         "raw_threshold": ev.raw_threshold,
         "precision": ev.precision,
         "bundle_id": ev.bundle_id,
+        "images": [{"path": str(r.item.path), "defect": r.item.defect, "score": r.score, "raw_score": r.raw,
+                    "verdict": r.verdict} for r in ev.results],
     }
 
 

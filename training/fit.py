@@ -18,7 +18,7 @@ from device.errors import KenpinError
 from device.scoring import (HEAT_FLOOR_QUANTILE, Fusion, ImageScorer, NearestNeighbourScorer, Normalization,
                             TextureModel, image_score, patches_from_map, texture_descriptor)
 from training.area_defects import validation_defect
-from training.calibrate import calibrate
+from device.calibrate import calibrate
 from training.dataset import read_many, scan_mvtec
 from training.pair_sampling import NuisanceSpec, nuisance
 

@@ -73,7 +73,11 @@ class ExportSpec:
     parity_min_spearman: float = 0.9
     parity_max_mean_abs_diff: float = 0.08
     synthetic_defects_per_image: int = 1
-    reduce_range: bool = True  # 7-bit weights (export.quantize.quantize_int8 says why)
+    # int8 variants shipped, by weight bits: onnxruntime's int8 kernels differ by CPU (8-bit weights
+    # saturate on AVX2 without VNNI; 7-bit ones lose precision on VNNI), so the station picks on its own
+    int8_weights: tuple[int, ...] = (8, 7)
+    probe_good: int = 40  # held-out good images stored in the bundle for the station's own check
+    probe_defects: int = 24  # synthetic-defect images stored with them
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,12 @@ class Recipe:
         bad = set(self.export.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
         if bad or not self.export.quant_methods:
             raise KenpinError(f"export.quant_methods: {sorted(bad)} unknown; use MinMax, Entropy, Percentile, Distribution")
+        w = self.export.int8_weights
+        if not w or set(w) - {7, 8} or len(set(w)) != len(w):
+            raise KenpinError(f"export.int8_weights = {list(w)}: list 8 and/or 7 (weight bits), each once")
+        if self.export.probe_good < 4 or self.export.probe_defects < 1:
+            raise KenpinError(f"export.probe_good = {self.export.probe_good}, probe_defects = "
+                              f"{self.export.probe_defects}: need at least 4 good and 1 defect probe")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest and checkpoints."""

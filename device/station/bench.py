@@ -37,18 +37,14 @@ from threadpoolctl import threadpool_limits
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
-from device.macs import model_gmacs
+from device.macs import PI_REFERENCES, model_gmacs, pi_model_ms
 from device.runtime import Inspector
+from device.selfcheck import self_check
 from device.station.config import parse_config
 from device.station.station import Station
 
 log = logging.getLogger("kenpin.station.bench")
 
-# Published reference points (issue 5 / DESIGN.md) and the MACs of the networks they time.
-PI_REFERENCES = {
-    "Raspberry Pi 4": {"model": "MobileNetV2 1.0 224 int8 (PyTorch qnnpack)", "ms": 26.0, "gmacs": 0.300},
-    "Raspberry Pi 5": {"model": "EfficientNet-B0 224 fp32 (ncnn)", "ms": 12.0, "gmacs": 0.390},
-}
 
 
 @dataclass(frozen=True)
@@ -275,8 +271,7 @@ def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dic
     out = {}
     other_ms = max(frame_ms_here - model_ms_here, 0.0)
     for board, ref in PI_REFERENCES.items():
-        rate = ref["gmacs"] / ref["ms"]  # GMAC per ms the published run achieved
-        model_ms = gmacs / rate
+        model_ms = pi_model_ms(gmacs, board)
         factor = model_ms / model_ms_here
         total = model_ms + other_ms * factor
         out[board] = {"reference": f"{ref['model']} ≈ {ref['ms']} ms", "model_ms": round(model_ms, 1),
@@ -308,9 +303,10 @@ def _run(opts: StationBenchOptions) -> int:
     """The measurements, in order: alternating throughput rounds, triggered run, memory run, Pi estimate."""
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
-    sessions = {t: Inspector(bundle, "int8", t) for t in sorted({1, opts.threads, os.cpu_count() or 1})}
+    variant = self_check(bundle, opts.threads, "int8").variant  # the one the station (precision int8) runs here
+    sessions = {t: Inspector(bundle, variant, t) for t in sorted({1, opts.threads, os.cpu_count() or 1})}
     insp = sessions[opts.threads]
-    layout = [insp] + [Inspector(bundle, "int8", opts.threads) for _ in range(opts.workers - 1)]
+    layout = [insp] + [Inspector(bundle, variant, opts.threads) for _ in range(opts.workers - 1)]
     bare, pipe = [], []
     for r in range(opts.rounds):  # alternate, so machine noise hits both
         bare.append(bare_rates(sessions, layout, frames, opts.seconds / opts.rounds))
@@ -321,7 +317,7 @@ def _run(opts: StationBenchOptions) -> int:
     ort_fps = float(np.median([b["ort_fps"] for b in bare]))
     insp_fps = float(np.median([b["inspector_fps"] for b in bare]))
     best = sorted(pipe, key=lambda p: p["fps"])[len(pipe) // 2]  # the median round
-    res: dict[str, Any] = {"bundle": bundle.bundle_id, "input": [bundle.preprocess.width, bundle.preprocess.height],
+    res: dict[str, Any] = {"bundle": bundle.bundle_id, "variant": variant.name, "input": [bundle.preprocess.width, bundle.preprocess.height],
                            "threads": opts.threads, "workers": opts.workers, "ort_fps": round(ort_fps, 1), "inspector_fps": round(insp_fps, 1),
                            "pipeline": best, "rounds": {"bare": bare, "pipeline": pipe}}
     res["ratio_vs_ort"] = round(best["fps"] / ort_fps, 3)

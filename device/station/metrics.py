@@ -120,10 +120,16 @@ def _status_metrics(name: str, s: dict[str, Any]) -> Iterator[Metric]:
                             value=s.get("threshold") or 0.0)
     yield GaugeMetricFamily("kenpin_start_time_seconds", "Unix time the station started",
                             value=s.get("started_at") or 0.0)
-    info = GaugeMetricFamily("kenpin_station_info", "Constant 1: station name, version and bundle in use",
-                             labels=["station", "version", "bundle"])
-    info.add_metric([name, str(s.get("version", "")), str((s.get("bundle") or {}).get("id", ""))], 1.0)
+    bundle = s.get("bundle") or {}
+    info = GaugeMetricFamily("kenpin_station_info", "Constant 1: station name, version, bundle and variant in use",
+                             labels=["station", "version", "bundle", "variant"])
+    info.add_metric([name, str(s.get("version", "")), str(bundle.get("id", "")), str(bundle.get("precision", ""))], 1.0)
     yield info
+    yield GaugeMetricFamily("kenpin_bundle_verified", "1 when the bundle in use passed its self-check on this CPU, "
+                            "0 when it could not be verified here (no probe set)",
+                            value=1.0 if bundle.get("verified_on_this_cpu") else 0.0)
+    yield GaugeMetricFamily("kenpin_self_check_seconds", "Time the bundle's self-check took at load",
+                            value=bundle.get("self_check_seconds") or 0.0)
 
 
 def _record_metrics(h: dict[str, Any]) -> Iterator[Metric]:

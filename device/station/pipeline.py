@@ -25,9 +25,8 @@ import numpy as np
 
 from device.bundle import Bundle
 from device.errors import KenpinError
-from device.quality import Grader, QualityGate, distance_unit
 from device.runtime import Inspector
-from device.scoring import heat_units, heatmap, patch_threshold, patches_from_map
+from device.selfcheck import SelfCheck
 from device.station.camera import Backoff, Camera, CameraLost
 from device.station.record import VerdictRecord
 from device.station.triggers import FreeRun, TriggerQueue
@@ -59,55 +58,32 @@ class Decision:
     heatmap: np.ndarray | None
 
 
-def _load_rankers(bundle: Bundle) -> tuple[Any, Any]:
-    """The bundle's capture-quality gate and grade (RankNet, issue 4), each None when absent."""
-    return QualityGate.from_bundle(bundle, threads=1), Grader.from_bundle(bundle, threads=1)
-
-
-def choose_precision(bundle: Bundle, threads: int, frame: np.ndarray, runs: int = 10) -> str:
-    """The faster precision on this CPU (int8 is often not faster on ARM), timed on ``frame``."""
-    if len(bundle.variants) == 1:
-        return next(iter(bundle.variants))
-    best, best_ms = "int8", math.inf
-    for precision in bundle.variants:
-        insp = Inspector(bundle, precision, threads)
-        insp.embed(frame)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            insp.embed(frame)
-        ms = (time.perf_counter() - t0) * 1000 / runs
-        log.info("precision %s: %.2f ms per frame", precision, ms)
-        if ms < best_ms:
-            best, best_ms = precision, ms
-    return best
-
-
 class Model:
-    """One loaded bundle: the anomaly inspector and, when the bundle has them, the quality gate and the grade."""
+    """One loaded bundle, proven on this CPU: the variant its self-check chose, with the bundle's
+    quality gate and grade where it has them. Judging is :meth:`Inspector.judge`; the stages below
+    only split the model's run off so that it overlaps the previous frame's search."""
 
-    def __init__(self, bundle: Bundle, precision: str, threads: int) -> None:
+    def __init__(self, bundle: Bundle, check: SelfCheck, threads: int) -> None:
         self.bundle = bundle
-        self.precision = precision
-        self.inspector = Inspector(bundle, precision, threads)
-        self.gate, self.grader = _load_rankers(bundle)
+        self.check = check
+        self.inspector = Inspector(bundle, check.variant, threads, rankers=True)
+
+    @property
+    def precision(self) -> str:
+        """The variant that runs (``int8-w8``, ``int8-w7``, ``fp32``; ``int8`` in older bundles)."""
+        return self.check.chosen
 
     def summary(self) -> dict[str, Any]:
-        """The manifest facts an operator asks about."""
+        """The manifest facts an operator asks about, and what the self-check found on this CPU."""
         m = self.bundle.manifest
         v = m["variants"][self.precision]
         return {"id": self.bundle.bundle_id, "path": str(self.bundle.root), "created": m.get("created_utc"),
                 "dataset": m.get("dataset") or m.get("recipe", {}).get("dataset"), "precision": self.precision,
+                "verified_on_this_cpu": self.check.verified, "self_check": self.check.summary(),
+                "self_check_seconds": round(self.check.seconds, 2),
                 "input": [self.bundle.preprocess.width, self.bundle.preprocess.height],
-                "quality_gate": self.gate is not None, "grade": self.grader is not None,
+                "quality_gate": self.inspector.gate is not None, "grade": self.inspector.grader is not None,
                 "figures": {"calibration": v.get("calibration"), "evaluation": v.get("evaluation")}}
-
-    def _grade(self, job: Job, distances: np.ndarray) -> float | None:
-        """A defect's grade: the share of the operator-rated parts it ranks above (None without a grade model)."""
-        if self.grader is None:
-            return None
-        v = self.inspector.variant  # the grade was trained on distances in units of the bundle's own threshold
-        units = distances / distance_unit(v)
-        return self.grader.percentile(self.grader.grade_judged(job.frame, job.patches, units, v.grid))
 
     def prepare(self, job: Job) -> None:
         """Capture stage: the model's input tensor."""
@@ -115,41 +91,16 @@ class Model:
 
     def embed(self, job: Job) -> None:
         """Embed stage: ONNX Runtime only, so the model runs back to back."""
-        insp = self.inspector
-        job.patches = patches_from_map(insp.session.run(None, {insp.session.get_inputs()[0].name: job.tensor})[0])
+        job.patches = self.inspector.run(job.tensor)
         job.tensor = None
 
     def decide(self, job: Job, threshold: float, station: str) -> Decision:
-        """Score stage: quality gate, then the anomaly score of the embedded frame against ``threshold``."""
-        quality, limit = None, None
-        if self.gate is not None:
-            quality, limit = self.gate.assess(job.frame)
-        insp = self.inspector
-        if job.patches is None:  # not pipelined (direct use): embed here
-            self.prepare(job)
-            self.embed(job)
-        raw, scores = insp.image_scorer.score(job.patches)  # the bundle's own image score (texture too)
-        norm = insp.variant.normalization
-        score = float(norm(raw))
-        retake_reason = None
-        if quality is not None and not self.gate.passes(quality):
-            verdict, retake_reason = "retake", limit
-        else:
-            verdict = "defect" if score > threshold else "ok"
-        # The raw score at which the normalized score equals the station's threshold.
-        raw_threshold = norm.threshold + norm.scale * math.log(threshold / (1 - threshold))
-        hm, grade = None, None
-        if verdict == "defect":  # 0 where good parts' patches rarely reach, 1 where one patch alone would reject
-            h, w = job.frame.shape[:2]
-            v = insp.variant
-            hm = heat_units(heatmap(scores, v.grid, (w, h), self.bundle.heatmap_sigma),
-                            patch_threshold(raw_threshold, v.fusion), v.heat_floor)
-            grade = self._grade(job, scores)
-        latency = (time.perf_counter() - job.t0) * 1000.0
-        rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, verdict, score, threshold, float(raw),
-                            float(raw_threshold), quality, latency, job.source, job.trigger_id, grade=grade,
-                            retake_reason=retake_reason)
-        return Decision(job, rec, hm)
+        """Score stage: the judgement of the embedded frame (embedded here when not pipelined) against ``threshold``."""
+        v = self.inspector.judge(job.frame, job.patches, threshold, t0=job.t0)
+        rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, v.verdict, v.score, threshold, v.raw_score,
+                            v.raw_threshold, v.quality, v.latency_ms, job.source, job.trigger_id, grade=v.grade,
+                            retake_reason=v.retake_reason)
+        return Decision(job, rec, v.heatmap)
 
 
 class Counters:

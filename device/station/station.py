@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from device.bundle import load_bundle
+from device.selfcheck import self_check
 from device.errors import KenpinError
 from device.station.actuator import make_actuator
 from device.station.camera import Backoff, Camera, CameraLost, make_camera
 from device.station.config import StationConfig
 from device.station.overrides import OverrideFile, Overrides
 from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decision, EmbedWorker, InOrder,
-                                     InspectWorker, Job, Model, RecorderWorker, ScoreWorker, choose_precision)
+                                     InspectWorker, Job, Model, RecorderWorker, ScoreWorker)
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
 from device.station.triggers import FreeRun, GpioTrigger, TriggerQueue
@@ -188,14 +188,11 @@ class Station:
 
     # -- model and bundle swap ------------------------------------------------------------
     def _load_model(self, path: Path) -> Model:
+        """Verify the bundle, prove it on this CPU (the self-check chooses the variant), load it."""
         bundle = load_bundle(path)
-        precision = self.config.bundle.precision
-        if precision == "auto":
-            frame = np.zeros((bundle.preprocess.height, bundle.preprocess.width, 3), np.uint8)
-            precision = choose_precision(bundle, self.config.bundle.threads, frame)
-        elif precision not in bundle.variants:
-            raise KenpinError(f"bundle.precision = {precision}: {path} has only {sorted(bundle.variants)}")
-        return Model(bundle, precision, self.config.bundle.threads)
+        check = self_check(bundle, self.config.bundle.threads, self.config.bundle.precision)
+        self.store.audit("self_check", {"bundle": bundle.bundle_id, **check.to_dict()})
+        return Model(bundle, check, self.config.bundle.threads)
 
     def _load_start_model(self) -> Model:
         """The bundle last activated from the dashboard if it still loads, else the config's."""
