@@ -80,12 +80,24 @@ def peak_memory(bundle: Path, images: list[Path]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_dataset(data: Path, work: Path, recipe: Recipe, n_images: int) -> dict[str, Any]:
+def _bundle_for(data: Path, bundle: Path, recipe: Recipe, reuse: bool) -> dict[str, Any]:
+    """Build the bundle, or with ``reuse`` take the one a previous run left in the workdir when it
+    verifies and was built from the same recipe (re-running the figures without re-training)."""
+    if reuse and bundle.is_dir():
+        manifest = load_bundle(bundle).manifest
+        if manifest.get("recipe") == recipe.to_dict():
+            print(f"reusing {bundle} (same recipe; built {manifest.get('created_utc')})", flush=True)
+            return manifest
+        print(f"{bundle}: built from another recipe; rebuilding", flush=True)
+    return build_bundle(data, bundle, recipe)
+
+
+def bench_dataset(data: Path, work: Path, recipe: Recipe, n_images: int, reuse: bool = False) -> dict[str, Any]:
     """All figures for one dataset."""
     bundle = work / f"{data.name}-bundle"
-    body = build_bundle(data, bundle, recipe)
+    body = _bundle_for(data, bundle, recipe, reuse)
     res: dict[str, Any] = {"dataset": data.name, "input": f"{recipe.preprocess.width}x{recipe.preprocess.height}",
-                           "bank_size": body["variants"]["int8"]["bank_size"],
+                           "bank_size": body["variants"]["fp32"]["bank_size"],
                            "quant_method": body["parity"]["chosen"]["method"]}
     b = load_bundle(bundle)
     full = self_check(b, 2, full=True)
@@ -150,7 +162,8 @@ def variants_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path: str | None, n_images: int) -> int:
+def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path: str | None, n_images: int,
+              reuse: bool = False) -> int:
     """Bench every dataset, print the table, write JSON (and markdown)."""
     recipes = _recipes(recipe_specs)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,7 +172,7 @@ def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path
         recipe = load_recipe(recipes.get(data.name))
         print(f"== {data.name}: input {recipe.preprocess.width}x{recipe.preprocess.height}, "
               f"recipe {recipes.get(data.name, 'defaults')}", flush=True)
-        results.append(bench_dataset(data, work, recipe, n_images))
+        results.append(bench_dataset(data, work, recipe, n_images, reuse))
         (work / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results) + variants_markdown(results)
     print(table)

@@ -100,7 +100,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from kenpin.bench import run_bench
 
-    return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images)
+    return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images,
+                     args.reuse_bundles)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -240,6 +241,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--workdir", default="bench-run")
     b.add_argument("--markdown", help="also write the results table to this file")
     b.add_argument("--images", type=int, default=100, help="images timed per precision")
+    b.add_argument("--reuse-bundles", action="store_true",
+                   help="take a bundle a previous run left in --workdir if it verifies and has the same recipe")
     b.set_defaults(func=cmd_bench)
     u = sub.add_parser("tune", help="compare recipes on held-out good vs synthetic defects (never test/)")
     u.add_argument("--data", required=True)

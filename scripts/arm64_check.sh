@@ -27,7 +27,10 @@
 # Results (and the excluded tests, with the reason) are in BENCHMARKS.md, "Station daemon (issue 5)".
 #
 # Environment: KENPIN_REF, KENPIN_TEST_PREBUILT as above; KENPIN_ARM64_TIME_BUNDLE=DIR also times
-# that bundle's int8 model; KENPIN_ARM64_PYTEST_ARGS replaces the test selection below.
+# that bundle's int8 model and proves it with `kenpin verify`; KENPIN_ARM64_PYTEST_ARGS replaces the
+# test selection below. QEMU_CPU=cortex-a72 (default: a Pi 4, no dot-product instructions) or
+# cortex-a76 (a Pi 5, with them) picks the emulated core: onnxruntime picks its int8 kernels by it,
+# and step 6 prints each bundle's self-check table and the variant a station on that core runs.
 # Emulated timings say nothing about a Pi's speed (qemu-user translates every instruction).
 set -euo pipefail
 
@@ -47,10 +50,19 @@ TESTS=(
   tests/test_device_no_torch.py tests/test_station_config.py tests/test_store.py
   tests/test_bundle.py tests/test_station_pipeline.py tests/test_station_gpio.py
   tests/test_station_service.py tests/test_durability.py tests/test_mqtt.py tests/test_dashboard.py
-  tests/test_station_bench.py tests/test_bundle_archive.py tests/test_body_limit.py
+  tests/test_station_bench.py tests/test_bundle_archive.py tests/test_body_limit.py tests/test_selfcheck.py
   --deselect tests/test_bundle.py::test_failed_training_leaves_the_previous_bundle_untouched
   --deselect tests/test_bundle.py::test_int8_model_keeps_the_stem_in_fp32_and_quantizes_the_rest
+  --deselect tests/test_selfcheck.py::test_a_variant_with_corrupted_scales_is_refused_and_the_station_falls_back
 )
+# (that last one rewrites an ONNX graph with the onnx package, which the Pi does not install)
+QEMU_CPU=${QEMU_CPU:-cortex-a72}
+case "$QEMU_CPU" in  # what the emulated core reports in /proc/cpuinfo (see below)
+  cortex-a72) CPU_PART=0xd08; CPU_FEATURES="fp asimd evtstrm crc32 cpuid" ;;
+  cortex-a76) CPU_PART=0xd0b; CPU_FEATURES="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
+  *) die "QEMU_CPU=$QEMU_CPU: use cortex-a72 (Pi 4) or cortex-a76 (Pi 5)" ;;
+esac
+export QEMU_CPU
 
 say() { printf '\n== %s\n' "$*"; }
 die() { echo "arm64_check: $*" >&2; exit 1; }
@@ -69,12 +81,12 @@ for d in proc sys dev; do
 done
 # qemu-user (7.2 here) shows the tree the host's x86 /proc/cpuinfo; onnxruntime's CPU probe
 # (pytorch/cpuinfo) finds no Arm core in it and segfaults on import. Lay an aarch64 one over it:
-# a Raspberry Pi 4's Cortex-A72 entry per host CPU (a real Pi has its own).
+# the emulated core's entry (QEMU_CPU) per host CPU (a real Pi has its own).
 if ! grep -q "CPU implementer" "$ROOT/proc/cpuinfo"; then
   mkdir -p "$ROOT$CHECK"
   for ((i=0; i<$(nproc --all); i++)); do
-    printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n' "$i"
-    printf 'CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+    printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: 0x41\n' "$i" "$CPU_FEATURES"
+    printf 'CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: %s\nCPU revision\t: 3\n\n' "$CPU_PART"
   done > "$ROOT$CHECK/cpuinfo"
   mount --bind "$ROOT$CHECK/cpuinfo" "$ROOT/proc/cpuinfo"; MOUNTED+=("$ROOT/proc/cpuinfo")
 fi
@@ -87,7 +99,7 @@ done
 # Everything in the tree runs with a clean environment (this host's pip settings point at paths
 # that do not exist there) at the lowest priority.
 in_tree() {
-  nice -n 19 chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  nice -n 19 chroot "$ROOT" /usr/bin/env -i QEMU_CPU="$QEMU_CPU" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=180 ${CA:+PIP_CERT=$CA SSL_CERT_FILE=$CA REQUESTS_CA_BUNDLE=$CA} "$@"
 }
@@ -183,4 +195,11 @@ for name in ("prebuilt/tiny", "time-bundle"):
           f"{statistics.median(runs)*1e3:.0f} ms (min {min(runs)*1e3:.0f}, 5 runs, 1 thread); "
           f"whole inspect (preprocess+embed+search) {whole*1e3:.0f} ms; verdict {v.verdict}, score {v.score:.3f}")
 EOF
+
+say "6. the station's self-check on the emulated $QEMU_CPU (kenpin verify: parity on the probes, the variant run)"
+for name in prebuilt/tiny time-bundle; do
+  [ -d "$ROOT$CHECK/$name" ] || continue
+  in_tree sh -c "cd $CHECK/src && $VENV/bin/python -m kenpin.cli verify --bundle $CHECK/$name --threads 1 \
+    --json $CHECK/verify-$(basename $name)-$QEMU_CPU.json" || echo "(kenpin verify exit $?: see above)"
+done
 exit $rc

@@ -16,7 +16,6 @@ import pytest
 
 from device.bundle import MANIFEST, load_bundle, manifest_digest, sha256_file
 from device.errors import BundleError, KenpinError
-from device.images import list_images, read_rgb
 from device.scoring import Normalization
 from device.selfcheck import open_checked, recalibrate, self_check
 from device.station.metrics import exposition
@@ -164,11 +163,10 @@ def test_a_bundle_without_probes_runs_unverified_and_says_so(copy, tmp_path, tin
         st.stop()
 
 
-def test_the_chosen_int8_variant_judges_the_test_parts_like_fp32(tiny_bundle, tiny_line):
+def test_eval_opens_what_the_station_would_run_at_its_recalibrated_threshold(tiny_bundle):
     i8, check = open_checked(tiny_bundle, "int8", threads=1)
-    f32, _ = open_checked(tiny_bundle, "fp32", threads=1)
-    paths = list_images(tiny_line / "test" / "good") + list_images(tiny_line / "test" / "spot")
-    s8 = np.array([i8.inspect(read_rgb(p)).score for p in paths])
-    s32 = np.array([f32.inspect(read_rgb(p)).score for p in paths])
-    assert i8.variant.name == check.chosen
-    assert np.mean(np.abs(s8 - s32)) < 0.15
+    assert i8.variant.name == check.chosen and i8.variant.normalization == check.variant.normalization
+    named, full = open_checked(tiny_bundle, "int8-w7", threads=1)
+    assert named.variant == full.checked["int8-w7"]
+    with pytest.raises(BundleError, match="int8-w9"):
+        open_checked(tiny_bundle, "int8-w9", threads=1)
