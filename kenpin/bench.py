@@ -85,7 +85,7 @@ def _bundle_for(data: Path, bundle: Path, recipe: Recipe, reuse: bool) -> dict[s
     verifies and was built from the same recipe (re-running the figures without re-training)."""
     if reuse and bundle.is_dir():
         manifest = load_bundle(bundle).manifest
-        if manifest.get("recipe") == recipe.to_dict():
+        if manifest.get("recipe") == json.loads(json.dumps(recipe.to_dict())):  # as the manifest stores it
             print(f"reusing {bundle} (same recipe; built {manifest.get('created_utc')})", flush=True)
             return manifest
         print(f"{bundle}: built from another recipe; rebuilding", flush=True)
