@@ -22,7 +22,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -186,7 +186,8 @@ def _timed(sessions: list[Inspector], frames: list[np.ndarray]) -> list[float]:
     return best
 
 
-def _choose(timed: list[tuple[float, Inspector]], ms32: float, want: str, full: bool, check_one) -> tuple[str | None, dict]:
+def _choose(timed: list[tuple[float, Inspector]], ms32: float, want: str, full: bool,
+            check_one: Callable[[Inspector, float], VariantCheck]) -> tuple[str | None, dict[str, VariantCheck]]:
     """Walk the int8 variants from the fastest; the first that passes (and, for ``auto``, beats fp32)
     is chosen. Variants within :data:`SAME_SPEED` of the fastest count as equally fast (the export's
     choice first among them); unless ``full``, the rest are not checked."""
@@ -196,7 +197,8 @@ def _choose(timed: list[tuple[float, Inspector]], ms32: float, want: str, full: 
         name = insp.variant.name
         slower_than_fp32 = want == "auto" and ms32 <= ms
         if not full and (chosen is not None or slower_than_fp32):
-            checks[name] = VariantCheck(name, "not checked", f"{chosen or 'fp32'} runs faster here", ms)
+            why = f"{chosen} passed and runs as fast" if chosen else "fp32 runs as fast here"
+            checks[name] = VariantCheck(name, "not checked", why, ms)
             continue
         checks[name] = check_one(insp, ms)
         if checks[name].status == "passed" and chosen is None and not slower_than_fp32:
