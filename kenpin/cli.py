@@ -8,6 +8,7 @@
     kenpin bench --data DIR [DIR ...] [--markdown FILE]
     kenpin compare --data DIR --recipe R [--train-images 16]   # frozen vs trained embedder
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
+    kenpin split-defects --data DIR --per-type K --out NEW   # K real defects per type into train/
     kenpin run   --config configs/station.yaml     # the station daemon (systemd service)
     kenpin bench station --bundle B --replay DIR  # station throughput, latency, memory, triggers
     kenpin hash-token                              # dashboard.token_hash for the station config
@@ -122,6 +123,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from kenpin.tune import run_tune
 
     return run_tune(Path(args.data), args.recipe)
+
+
+def cmd_split_defects(args: argparse.Namespace) -> int:
+    from training.split_defects import SplitSpec, split_defects
+
+    rec = split_defects(Path(args.data), Path(args.out), SplitSpec(args.per_type, args.seed))
+    moved = ", ".join(f"{d} {len(v)}" for d, v in rec["moved_to_train"].items())
+    print(f"{args.out}: train/<defect>/ holds {moved or 'nothing'} (seed {args.seed}); test/ keeps "
+          + ", ".join(f"{d} {n}" for d, n in rec["left_in_test"].items()) + "; report on test/ only")
+    return 0
 
 
 def cmd_hash_token(args: argparse.Namespace) -> int:
@@ -248,6 +259,14 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--data", required=True)
     u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
     u.set_defaults(func=cmd_tune)
+
+    sd = sub.add_parser("split-defects", help="a new dataset folder (links) with K defective images per type "
+                                              "moved from test/ to train/<defect>/, masks with them")
+    sd.add_argument("--data", required=True, help="MVTec-layout dataset folder (read only)")
+    sd.add_argument("--per-type", type=int, required=True, help="defective images moved per defect type (K)")
+    sd.add_argument("--seed", type=int, default=0, help="seed of the pick")
+    sd.add_argument("--out", required=True, help="new dataset folder to create (must not exist)")
+    sd.set_defaults(func=cmd_split_defects)
 
     r = sub.add_parser("run", help="the station daemon: camera → verdict → reject signal → record")
     r.add_argument("--config", required=True, help="station YAML (every key documented in configs/station.yaml)")
