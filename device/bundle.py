@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from device.calibrate import calibrate
 from device.errors import BundleError
 from device.errors import KenpinError
 from device.preprocess import Preprocess
@@ -82,6 +83,16 @@ class Variant:
     fusion: Fusion | None = None
     heat_floor: float | None = None  # patch distance good parts rarely exceed (heat maps start there)
     probe_scores: ProbeScores | None = None  # schema 3
+    # raw scores of the held-out good images that set the threshold (as this CPU sees them once the
+    # self-check has recalibrated); None in bundles from before they were recorded
+    holdout_scores: np.ndarray | None = None
+
+    def threshold_at(self, false_reject_rate: float) -> float | None:
+        """The raw threshold at another false-reject budget, by the export's quantile rule on the
+        held-out good scores; None where the bundle did not record them."""
+        if self.holdout_scores is None:
+            return None
+        return calibrate(self.holdout_scores, false_reject_rate).threshold
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,19 @@ def _probe_scores(where: str, spec: dict[str, Any], probes: ProbeSpec | None) ->
     return scores
 
 
+def _holdout_scores(where: str, spec: dict[str, Any]) -> np.ndarray | None:
+    raw = (spec.get("calibration") or {}).get("holdout_scores")
+    if raw is None:  # optional: bundles exported before it have none
+        return None
+    try:
+        scores = np.asarray(raw, np.float64)
+    except (TypeError, ValueError):
+        scores = np.empty(0)
+    if scores.ndim != 1 or len(scores) == 0 or not np.isfinite(scores).all():
+        raise BundleError(f"{where}.calibration.holdout_scores: must be a non-empty list of finite scores")
+    return scores
+
+
 def _variant(root: Path, manifest: dict[str, Any], name: str, spec: dict[str, Any],
              probes: ProbeSpec | None) -> Variant:
     where = f"{root / MANIFEST}: variants.{name}"
@@ -227,7 +251,8 @@ def _variant(root: Path, manifest: dict[str, Any], name: str, spec: dict[str, An
     if floor is not None and not (isinstance(floor, (int, float)) and np.isfinite(floor) and floor >= 0):
         raise BundleError(f"{where}.heat_floor = {floor!r}: must be a non-negative patch distance")
     return Variant(name, str(_precision(name, spec)), root / spec["model"], bank_path, norm, grid, dim, texture,
-                   fusion, None if floor is None else float(floor), _probe_scores(where, spec, probes))
+                   fusion, None if floor is None else float(floor), _probe_scores(where, spec, probes),
+                   _holdout_scores(where, spec))
 
 
 def _probes(root: Path, manifest: dict[str, Any]) -> ProbeSpec | None:

@@ -159,7 +159,15 @@ def _check_int8(insp: Inspector, probes: Probes, ref: np.ndarray, fp32_norm: Nor
                          "" if ok else f"needs spearman ≥ {rules.min_spearman}, mean |Δ| ≤ {rules.max_mean_abs_diff}",
                          ms, p.spearman, p.mean_abs_diff, p.verdict_agreement, norm.threshold,
                          v.normalization.threshold, float(np.mean(good > norm.threshold)))
-    return check, dataclasses.replace(v, normalization=norm)
+    return check, recalibrated(v, norm)
+
+
+def recalibrated(v: Variant, norm: Normalization) -> Variant:
+    """The variant at its threshold on this CPU; its held-out good scores move with the threshold,
+    so other false-reject budgets (``Variant.threshold_at``) follow the same recalibration."""
+    shift = norm.threshold - v.normalization.threshold
+    held = None if v.holdout_scores is None else v.holdout_scores + shift
+    return dataclasses.replace(v, normalization=norm, holdout_scores=held)
 
 
 def _open(bundle: Bundle, v: Variant, threads: int) -> tuple[Inspector | None, str]:

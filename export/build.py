@@ -108,6 +108,9 @@ def _variant_entry(v: FittedVariant, name: str, grid: tuple[int, int], pre_shape
             "method": "quantile of held-out good scores at 1 - target false-reject rate; logistic normalization",
             "n_images": int(len(v.holdout_scores)),
             "holdout_false_reject_rate": v.holdout_false_reject_rate,
+            # raw scores of the held-out good images: evaluations set any other false-reject
+            # budget from these (never from test/), e.g. the 1 % operating point
+            "holdout_scores": [round(float(x), 6) for x in v.holdout_scores],
         },
         "evaluation": {
             "synthetic_auroc": v.synthetic_auroc,

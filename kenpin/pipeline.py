@@ -114,10 +114,17 @@ def _fmt(x: float | None) -> str:
 def print_summary(m: dict[str, Any]) -> None:
     """The verdict summary an engineer reads first."""
     print(f"evaluated {m['n_good']} good + {m['n_defective']} defective test images ({m['precision']} bundle {m['bundle_id']})")
-    print(f"  image AUROC {_fmt(m['image_auroc'])}   pixel AUROC {_fmt(m['pixel_auroc'])}")
+    print(f"  image AUROC {_fmt(m['image_auroc'])}   pixel AUROC {_fmt(m['pixel_auroc'])}   "
+          f"pixel AUPRO {_fmt(m.get('pixel_aupro'))}")
+    op = m.get("operating_point") or {}
+    if op.get("escape_rate") is not None:
+        print(f"  at {op['target_false_reject_rate']:.0%} false rejects (threshold from {op['threshold_from']}): "
+              f"escapes {op['escape_rate']:.3f}, false rejects on test/good {op['false_reject_rate']:.3f}")
+    elif op:
+        print(f"  at {op['target_false_reject_rate']:.0%} false rejects: n/a, {op['threshold_from']}")
     v = m["verdicts"]
     print(f"  verdicts: good parts {v['good']['ok']} ok / {v['good']['defect']} rejected; "
           f"defective parts {v['defective']['defect']} rejected / {v['defective']['ok']} passed (escapes)")
-    print(f"  at the calibrated threshold: false rejects {m['false_reject_rate']:.3f}, escapes {m['escape_rate']:.3f}")
+    print(f"  at the bundle's threshold: false rejects {m['false_reject_rate']:.3f}, escapes {m['escape_rate']:.3f}")
     for d, v in m["per_defect"].items():
         print(f"    {d:<18} n={v['n']:<4} AUROC {_fmt(v['auroc'])}  escapes {v['escape_rate']:.3f}")

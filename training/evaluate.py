@@ -15,6 +15,7 @@ from tqdm import tqdm
 from device.errors import ImageError
 from device.images import read_rgb
 from device.runtime import Inspector
+from training.aupro import aupro
 from training.dataset import TestImage, scan_mvtec
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,25 @@ class Evaluation:
     precision: str
     bundle_id: str
     skipped: list[str] = field(default_factory=list)
+    # raw threshold at the operating point (OPERATING_FRR of held-out good images), and where it came from
+    operating_threshold: float | None = None
+    operating_source: str = ""
+
+
+# The false-reject budget a line runs at by default: every evaluation reports the escapes there.
+OPERATING_FRR = 0.01
+
+
+def operating_threshold(inspector: Inspector) -> tuple[float | None, str]:
+    """The raw threshold at OPERATING_FRR from the bundle's held-out good scores (never test/)."""
+    v = inspector.variant
+    t = v.threshold_at(OPERATING_FRR)
+    if t is not None:
+        return t, f"held-out good images ({len(v.holdout_scores)}), quantile at {1 - OPERATING_FRR:g}"
+    target = inspector.bundle.manifest.get("calibration", {}).get("target_false_reject_rate")
+    if target == OPERATING_FRR:
+        return v.normalization.threshold, "the bundle's threshold (calibrated at the same budget)"
+    return None, "the bundle records no held-out good scores (exported before they were kept)"
 
 
 def _small(a: np.ndarray, interpolation: int) -> np.ndarray:
@@ -83,15 +103,26 @@ def score_test_set(inspector: Inspector, data_dir: Path) -> Evaluation:
     if skipped:
         log.warning("skipped %d unreadable test image(s): %s", len(skipped), "; ".join(skipped[:10]))
     return Evaluation(results, inspector.variant.normalization.threshold, inspector.variant.name,
-                      inspector.bundle.bundle_id, skipped)
+                      inspector.bundle.bundle_id, skipped, *operating_threshold(inspector))
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
+def _operating_point(ev: Evaluation, y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    """Escapes and false rejects on test/ at the OPERATING_FRR threshold set on held-out good."""
+    t = ev.operating_threshold
+    out: dict[str, Any] = {"target_false_reject_rate": OPERATING_FRR, "threshold_from": ev.operating_source,
+                           "raw_threshold": t, "false_reject_rate": None, "escape_rate": None}
+    if t is not None:
+        out.update(false_reject_rate=float(np.mean(s[~y] > t)), escape_rate=float(np.mean(s[y] <= t)))
+    return out
+
+
 def metrics(ev: Evaluation) -> dict[str, Any]:
-    """Image/pixel AUROC, per-defect AUROC, false-reject and escape rates at the bundle's threshold."""
+    """Image/pixel AUROC, pixel AUPRO, per-defect AUROC, false-reject and escape rates at the bundle's
+    threshold and at the operating point (OPERATING_FRR on held-out good)."""
     y = np.array([r.item.is_defective for r in ev.results])
     s = np.array([r.raw for r in ev.results])
     flagged = s > ev.raw_threshold
@@ -101,13 +132,16 @@ def metrics(ev: Evaluation) -> dict[str, Any]:
         dd = np.array([r.item.defect == d for r in ev.results])
         per_defect[d] = {"auroc": _auroc(y[sel], s[sel]), "n": int(dd.sum()), "escape_rate": float(np.mean(~flagged[dd]))}
     with_mask = [r for r in ev.results if r.mask is not None]
-    pixel = None
+    pixel = pro = None
     if any(r.item.is_defective for r in with_mask):
         labels = np.concatenate([r.mask.ravel() for r in with_mask])
         pixel = _auroc(labels, np.concatenate([r.heatmap.ravel() for r in with_mask]))
+        pro = aupro([r.heatmap for r in with_mask], [r.mask for r in with_mask])
     return {
         "image_auroc": _auroc(y, s),
         "pixel_auroc": pixel,
+        "pixel_aupro": pro,
+        "operating_point": _operating_point(ev, y, s),
         "false_reject_rate": float(np.mean(flagged[~y])),
         "escape_rate": float(np.mean(~flagged[y])),
         "per_defect": per_defect,
