@@ -254,11 +254,13 @@ def _body(staged: Path, inputs: Inputs, recipe: Recipe, about: str, grid: tuple[
     }
 
 
-def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path | None = None) -> dict[str, Any]:
+def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path | None = None,
+                 recipe_choice: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit on ``data_dir/train/good`` and write the bundle to ``out_dir``; returns its manifest body.
 
     ``embedder``: a checkpoint of ``kenpin train-embedding`` to use instead of the frozen embedder;
     its bank and threshold are rebuilt here, and it goes through the same export and parity gate.
+    ``recipe_choice``: how the recipe was chosen (``training.recipe_choice``), kept in the manifest.
     """
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
@@ -278,6 +280,8 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
         body = _body(staged, inputs, recipe, about, grid, fp32, int8s, default)
         body["model_gmacs"] = round(model_gmacs(fp32_onnx) or 0.0, 4)
         body["training_seconds"] = round(time.perf_counter() - t0, 1)
+        if recipe_choice is not None:
+            body["recipe_choice"] = recipe_choice
         write_bundle(out_dir, staged, body)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -1,7 +1,7 @@
 """``kenpin bench``: train, export, evaluate and time each dataset in one run.
 
     kenpin bench --data ../shared/datasets/magnetic_tile ../shared/datasets/ball_screw \\
-        --recipe ball_screw=configs/recipe_wide.yaml --markdown bench-run/bench.md
+        --markdown bench-run/bench.md          # recipes chosen on validation; --recipe NAME=R.yaml forces one
 """
 from __future__ import annotations
 
@@ -80,9 +80,19 @@ def peak_memory(bundle: Path, images: list[Path]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _bundle_for(data: Path, bundle: Path, recipe: Recipe, reuse: bool) -> dict[str, Any]:
+def _bundle_for(data: Path, bundle: Path, recipe: Recipe | None, reuse: bool) -> dict[str, Any]:
     """Build the bundle, or with ``reuse`` take the one a previous run left in the workdir when it
-    verifies and was built from the same recipe (re-running the figures without re-training)."""
+    verifies and was built from the same recipe (re-running the figures without re-training).
+    No recipe: it chooses itself as in ``kenpin train`` (a reused bundle must have chosen too)."""
+    if recipe is None:
+        if reuse and bundle.is_dir() and "recipe_choice" in (manifest := load_bundle(bundle).manifest):
+            print(f"reusing {bundle} (its recipe chose itself: {manifest['recipe_choice']['chosen']})", flush=True)
+            return manifest
+        from training.recipe_choice import choose_recipe
+
+        recipe, choice = choose_recipe(data)
+        print(f"chose {choice['chosen']}: {choice['reason']}", flush=True)
+        return build_bundle(data, bundle, recipe, recipe_choice=choice)
     if reuse and bundle.is_dir():
         manifest = load_bundle(bundle).manifest
         if manifest.get("recipe") == json.loads(json.dumps(recipe.to_dict())):  # as the manifest stores it
@@ -92,13 +102,18 @@ def _bundle_for(data: Path, bundle: Path, recipe: Recipe, reuse: bool) -> dict[s
     return build_bundle(data, bundle, recipe)
 
 
-def bench_dataset(data: Path, work: Path, recipe: Recipe, n_images: int, reuse: bool = False) -> dict[str, Any]:
-    """All figures for one dataset."""
+def bench_dataset(data: Path, work: Path, recipe: Recipe | None, n_images: int, reuse: bool = False) -> dict[str, Any]:
+    """All figures for one dataset (no recipe: chosen on validation, as ``kenpin train`` does)."""
     bundle = work / f"{data.name}-bundle"
     body = _bundle_for(data, bundle, recipe, reuse)
+    if recipe is None:
+        from training.recipe import recipe_from_dict
+
+        recipe = recipe_from_dict(body["recipe"], f"{bundle} (its chosen recipe)")
     res: dict[str, Any] = {"dataset": data.name, "input": f"{recipe.preprocess.width}x{recipe.preprocess.height}",
                            "bank_size": body["variants"]["fp32"]["bank_size"],
-                           "quant_method": body["parity"]["chosen"]["method"]}
+                           "quant_method": body["parity"]["chosen"]["method"],
+                           "recipe_choice": body.get("recipe_choice")}
     b = load_bundle(bundle)
     full = self_check(b, 2, full=True)
     res["self_check"] = full.to_dict()
@@ -182,9 +197,9 @@ def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for data in datasets:
-        recipe = load_recipe(recipes.get(data.name))
-        print(f"== {data.name}: input {recipe.preprocess.width}x{recipe.preprocess.height}, "
-              f"recipe {recipes.get(data.name, 'defaults')}", flush=True)
+        recipe = load_recipe(recipes[data.name]) if data.name in recipes else None
+        print(f"== {data.name}: recipe {recipes.get(data.name, 'chosen on validation (as kenpin train does)')}",
+              flush=True)
         results.append(bench_dataset(data, work, recipe, n_images, reuse))
         (work / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results) + variants_markdown(results)

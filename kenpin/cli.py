@@ -1,7 +1,7 @@
 """The ``kenpin`` command: one tool, a subcommand per job.
 
     kenpin demo                                     # synthetic line → train → bundle → inspect
-    kenpin train --data DIR --out BUNDLE [--recipe configs/recipe.yaml] [--embedder RUN/embedder.pt]
+    kenpin train --data DIR --out BUNDLE [--recipe R.yaml: else chosen on validation] [--embedder RUN/embedder.pt]
     kenpin train-embedding --data DIR --out RUN [--recipe R] [--resume]   # metric learning
     kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
     kenpin verify --bundle BUNDLE                   # prove the bundle on this CPU (what the station does)
@@ -199,8 +199,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fit on DATA/train/good and write an int8 + fp32 bundle")
     t.add_argument("--data", required=True, help="dataset folder in the MVTec AD layout")
     t.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
-    t.add_argument("--recipe", help="recipe YAML (default: built-in defaults, as configs/recipe.yaml; "
-                                    "with --embedder: the recipe it was trained with)")
+    t.add_argument("--recipe", help="recipe YAML (default: chosen on validation among the default recipe at the "
+                                    "frames' aspect, 224² or 384² pixels, with or without the texture score — "
+                                    "never on test/; with --embedder: the recipe it was trained with)")
     t.add_argument("--embedder", help="trained embedder (kenpin train-embedding's embedder.pt) instead of the frozen one")
     t.set_defaults(func=cmd_train)
 

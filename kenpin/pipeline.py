@@ -11,10 +11,13 @@ from device.errors import KenpinError
 from training.recipe import Recipe, load_recipe
 
 
-def recipe_for(path: str | None, embedder: Path | None) -> Recipe:
-    """The recipe file, or (none given, with an embedder) the recipe the embedder was trained with."""
-    if path is not None or embedder is None:
+def recipe_for(path: str | None, embedder: Path | None) -> Recipe | None:
+    """The recipe file; none given: the recipe the embedder was trained with, or without an
+    embedder None (``train_and_report`` then lets the recipe choose itself)."""
+    if path is not None:
         return load_recipe(path)
+    if embedder is None:
+        return None
     import torch
 
     from training.recipe import recipe_from_dict
@@ -26,9 +29,17 @@ def recipe_for(path: str | None, embedder: Path | None) -> Recipe:
     return recipe_from_dict(saved, f"{embedder} (its recipe)")
 
 
-def train_and_report(data: Path, out: Path, recipe: Recipe, embedder: Path | None = None) -> dict[str, Any]:
-    """Build the bundle and print what was calibrated and how int8 compares."""
-    body = build_bundle(data, out, recipe, embedder)
+def train_and_report(data: Path, out: Path, recipe: Recipe | None, embedder: Path | None = None) -> dict[str, Any]:
+    """Build the bundle and print what was calibrated and how int8 compares; with no recipe, first
+    choose one on validation (``training.recipe_choice``)."""
+    choice = None
+    if recipe is None:
+        from training.recipe_choice import choose_recipe
+
+        print("choosing the recipe on validation (held-out good, synthetic and train/ defects; never test/):")
+        recipe, choice = choose_recipe(data)
+        print(f"chose {choice['chosen']}: {choice['reason']}")
+    body = build_bundle(data, out, recipe, embedder, choice)
     print(f"bundle written: {out} ({body['probes']['n_good']} good + {body['probes']['n_defect']} defect probes "
           f"for the station's own check)")
     print(f"  held-out good images: {body['calibration']['n_holdout_images']}, target false-reject rate "

@@ -1,0 +1,69 @@
+"""`kenpin train` without --recipe chooses the recipe on validation, never on test/, and says why."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from device.bundle import load_bundle
+from kenpin.cli import main
+from training import recipe_choice
+from training.recipe_choice import candidates, choose_recipe, frame_aspect, input_size
+
+SMALL = (("96", 96 * 96), ("128", 128 * 128))  # the tiny line's scale, so the test stays fast
+
+
+def test_a_tall_frame_gets_a_tall_input_not_a_square():
+    w, h = input_size(500 / 1250, 224 * 224)
+    assert h > 2 * w and w % 32 == 0 and h % 32 == 0
+    assert abs(w * h - 224 * 224) / (224 * 224) < 0.2
+    assert input_size(1.0, 384 * 384) == (384, 384)
+    assert input_size(1130 / 460, 384 * 384)[0] / input_size(1130 / 460, 384 * 384)[1] == pytest.approx(2.4, abs=0.3)
+
+
+def test_candidates_follow_the_frames_aspect(tmp_path):
+    good = tmp_path / "d" / "train" / "good"
+    good.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(good / f"{i}.png"), np.zeros((1250, 500), np.uint8))
+    assert frame_aspect(tmp_path / "d") == pytest.approx(0.4)
+    from training.recipe import Recipe
+
+    cands = candidates(Recipe(), 0.4)
+    assert len(cands) == 4 and {c.recipe.scoring.texture for c in cands} == {False, True}
+    assert all(c.recipe.preprocess.height > c.recipe.preprocess.width for c in cands)
+
+
+def test_the_choice_is_the_fewest_validation_escapes_and_never_reads_test(tiny_line, tmp_path, monkeypatch):
+    from tests.conftest import tiny_recipe
+
+    seen = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda p, *a: seen.append(str(p)) or real_imread(p, *a))
+    recipe, record = choose_recipe(tiny_line, tiny_recipe(), SMALL)
+    assert not [p for p in seen if "/test/" in p]
+    rows = record["candidates"]
+    assert len(rows) == 4 and record["chosen"] in {r["name"] for r in rows}
+    best = min(r["validation_escape_rate"] for r in rows)
+    chosen = next(r for r in rows if r["name"] == record["chosen"])
+    assert chosen["validation_escape_rate"] < best + recipe_choice.ESCAPE_TIE
+    assert f"{recipe.preprocess.width}x{recipe.preprocess.height}" == chosen["input"]
+    assert "never test/" in record["reason"]
+
+
+def test_train_without_a_recipe_records_the_candidates_in_the_bundle(tiny_line, tmp_path, monkeypatch, capsys):
+    from tests.conftest import tiny_recipe
+
+    monkeypatch.setattr(recipe_choice, "BUDGETS", SMALL)
+    monkeypatch.setattr(recipe_choice, "Recipe", tiny_recipe)  # the tiny line's quick export settings
+    out = tmp_path / "b"
+    assert main(["train", "--data", str(tiny_line), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    m = load_bundle(out).manifest
+    assert m["recipe_choice"]["chosen"] in printed and len(m["recipe_choice"]["candidates"]) == 4
+    w, h = m["preprocessing"]["width"], m["preprocessing"]["height"]
+    assert f"{w}x{h}" == next(r["input"] for r in m["recipe_choice"]["candidates"]
+                              if r["name"] == m["recipe_choice"]["chosen"])

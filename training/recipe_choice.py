@@ -1,0 +1,141 @@
+"""The recipe chooses itself: ``kenpin train`` without ``--recipe``.
+
+A newcomer does not know which input size and score fit the line. The candidates are the default
+recipe at the frames' own aspect ratio (a tall or wide part is not squashed into a square) at two
+pixel budgets, each with and without the texture score. Each is fitted in fp32 on the same
+train/good split and judged on validation only — held-out good images against the synthetic
+defects painted on them, and the line's real defects in ``train/<defect>/`` when there are any —
+never on ``test/``. The one that lets the fewest validation defects pass its calibrated threshold
+wins; AUROC, then the smaller input, break ties. Every candidate's figures and the reason go into
+the bundle's manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from device.errors import KenpinError
+from device.images import list_images
+from device.scoring import ImageScorer, NearestNeighbourScorer, patches_from_map
+from training.dataset import scan_mvtec
+from training.recipe import Recipe, ScoringSpec
+
+log = logging.getLogger(__name__)
+
+# (name, pixel budget of the model input): the default's 224² and the 384² that small defects needed
+# on magnetic_tile (BENCHMARKS.md, "Recipe choice"); more pixels cost model time on the station.
+BUDGETS: tuple[tuple[str, int], ...] = (("224", 224 * 224), ("384", 384 * 384))
+MAX_SIDE = 768  # a very elongated frame still gets a model input the Pi can run
+ESCAPE_TIE = 0.01  # validation escape rates closer than this count as equal
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe tried: its name (budget, texture) and the recipe."""
+
+    name: str
+    recipe: Recipe
+
+
+def frame_aspect(data: Path, n: int = 16) -> float:
+    """Median width/height of (up to ``n`` of) the ``train/good`` frames."""
+    paths = list_images(data / "train" / "good")
+    sizes = [im.shape[:2] for im in (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in paths[:: max(1, len(paths) // n)][:n])
+             if im is not None]
+    if not sizes:
+        raise KenpinError(f"{data / 'train' / 'good'}: no readable images to choose a recipe from")
+    return float(np.median([w / h for h, w in sizes]))
+
+
+def input_size(aspect: float, budget: int) -> tuple[int, int]:
+    """(width, height), multiples of 32, about ``budget`` pixels at the frames' aspect ratio."""
+    def r32(x: float) -> int:
+        return int(min(MAX_SIDE, max(64, 32 * round(x / 32))))
+
+    return r32(math.sqrt(budget * aspect)), r32(math.sqrt(budget / aspect))
+
+
+def candidates(base: Recipe, aspect: float, budgets: tuple[tuple[str, int], ...] | None = None) -> list[Candidate]:
+    """The default recipe at the frames' aspect, per pixel budget, without and with the texture score."""
+    out = []
+    for _, budget in budgets or BUDGETS:
+        w, h = input_size(aspect, budget)
+        for texture in (False, True):
+            r = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, width=w, height=h),
+                                    scoring=ScoringSpec(texture=texture))
+            out.append(Candidate(f"{w}x{h}{' + texture' if texture else ''}", r))
+    return out
+
+
+def _real_defect_scores(model: Any, v: Any, recipe: Recipe, data: Path) -> np.ndarray:
+    """fp32 image scores of the line's own defects in ``train/<defect>/`` (empty when there are none)."""
+    import torch
+
+    from training.pair_sampling import labeled_defects
+
+    found = labeled_defects(data)
+    if not found:
+        return np.empty(0)
+    scorer = ImageScorer(NearestNeighbourScorer(v.bank), v.texture, v.fusion)
+    out = []
+    with torch.inference_mode():
+        for d in found:
+            fmap = model(torch.from_numpy(recipe.preprocess(d.image))).numpy()
+            out.append(scorer.score(patches_from_map(fmap))[0])
+    return np.asarray(out, np.float64)
+
+
+def judge(c: Candidate, data: Path) -> dict[str, Any]:
+    """Fit one candidate in fp32 and measure it on validation."""
+    from export.build import fit_fp32, prepare_inputs
+
+    t0 = time.perf_counter()
+    inputs = prepare_inputs(data, c.recipe)
+    model, _, v = fit_fp32(inputs, c.recipe)
+    real = _real_defect_scores(model, v, c.recipe, data)
+    bad = np.r_[v.synthetic_scores, real]
+    y = np.r_[np.zeros(len(v.holdout_scores)), np.ones(len(bad))]
+    t = v.normalization.threshold
+    return {"name": c.name, "input": f"{c.recipe.preprocess.width}x{c.recipe.preprocess.height}",
+            "texture": c.recipe.scoring.texture,
+            "validation_auroc": float(roc_auc_score(y, np.r_[v.holdout_scores, bad])),
+            "validation_escape_rate": float(np.mean(bad <= t)),
+            "synthetic_escape_rate": float(np.mean(v.synthetic_scores <= t)),
+            "real_defects": int(len(real)), "real_escape_rate": float(np.mean(real <= t)) if len(real) else None,
+            "pixels": c.recipe.preprocess.width * c.recipe.preprocess.height,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _rank_key(row: dict[str, Any]) -> tuple[float, float, int]:
+    return (math.floor(row["validation_escape_rate"] / ESCAPE_TIE), -row["validation_auroc"], row["pixels"])
+
+
+def choose_recipe(data: Path, base: Recipe | None = None, budgets: tuple[tuple[str, int], ...] | None = None
+                  ) -> tuple[Recipe, dict[str, Any]]:
+    """The candidate with the fewest validation escapes; the record of every candidate and why."""
+    scan_mvtec(data)  # a folder that is not a dataset gets its one sentence before any fitting
+    base = base if base is not None else Recipe()
+    aspect = frame_aspect(data)
+    cands = candidates(base, aspect, budgets)
+    rows = []
+    for c in cands:
+        log.info("recipe choice: fitting %s", c.name)
+        rows.append(judge(c, data))
+        print(f"  candidate {c.name}: validation AUROC {rows[-1]['validation_auroc']:.4f}, escapes "
+              f"{rows[-1]['validation_escape_rate']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    best = min(range(len(rows)), key=lambda i: _rank_key(rows[i]))
+    n_real = rows[best]["real_defects"]
+    reason = (f"fewest validation defects passing the calibrated threshold ({rows[best]['validation_escape_rate']:.3f}; "
+              f"held-out good vs synthetic defects{f' and {n_real} real ones from train/' if n_real else ''}; "
+              f"escape rates within {ESCAPE_TIE} tie, then higher AUROC, then the smaller input); never test/")
+    record = {"chosen": rows[best]["name"], "frame_aspect": round(aspect, 3), "reason": reason, "candidates": rows}
+    return cands[best].recipe, record
