@@ -1,6 +1,7 @@
 """Nuisance views, defect negatives, patch labels and few-shot defects, on small generated images."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -157,3 +158,41 @@ def test_bad_nuisance_spec_names_the_field(field, value):
 def test_nuisance_spec_takes_yaml_lists():
     spec = NuisanceSpec(gamma=[0.8, 1.2])
     assert spec.gamma == (0.8, 1.2) and hash(spec)
+
+
+def _few_shot_folder(tmp_path: Path) -> Path:
+    _write(tmp_path / "train/good/000.png", _good(8))
+    _write(tmp_path / "train/scratch/001.png", _good(8))
+    _write(tmp_path / "test/scratch/002.png", _good(8))
+    return tmp_path
+
+
+def test_a_mask_of_another_size_is_named_with_both_sizes(tmp_path):
+    root = _few_shot_folder(tmp_path)
+    _write(root / "ground_truth/scratch/001_mask.png", np.zeros((48, 64), np.uint8))
+    with pytest.raises(KenpinError, match=r"001_mask.png: 64x48 px, but its image .*001.png is 96x96"):
+        labeled_defects(root)
+
+
+def test_a_mask_that_names_no_image_is_refused(tmp_path):
+    root = _few_shot_folder(tmp_path)
+    _write(root / "ground_truth/scratch/0001_mask.png", np.zeros((96, 96), np.uint8))  # a typo
+    with pytest.raises(KenpinError, match="0001_mask.png: names no image of train/scratch/ or test/scratch/"):
+        labeled_defects(root)
+
+
+def test_an_empty_defect_folder_is_refused(tmp_path):
+    root = _few_shot_folder(tmp_path)
+    (root / "train/dent").mkdir()
+    with pytest.raises(KenpinError, match="train/dent: no images"):
+        labeled_defects(root)
+
+
+def test_a_type_only_in_train_is_used_and_said_once(tmp_path, caplog):
+    root = _few_shot_folder(tmp_path)
+    _write(root / "train/dent/003.png", _good(8))
+    with caplog.at_level(logging.WARNING):
+        found = labeled_defects(root)
+    assert {d.defect for d in found} == {"scratch", "dent"}
+    said = [r.getMessage() for r in caplog.records if "not in test/" in r.getMessage()]
+    assert len(said) == 1 and "dent" in said[0] and "scratch" not in said[0]

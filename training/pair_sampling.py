@@ -12,6 +12,7 @@ losses in ``training.metric_losses`` consume. Nothing here reads ``test/``.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from device.errors import KenpinError
 from device.images import list_images, read_rgb
 from training.dataset import mask_for
 from training.defects import DEFECT_KINDS, composite, paint_random_defect
+
+log = logging.getLogger(__name__)
 
 IGNORE = -1  # patch label: partly defective, so neither a clean positive nor a clean negative
 # Negative kinds drawn uniformly by defect_negative: the six of defects.py and our two.
@@ -248,21 +251,45 @@ def labeled_defects(root: str | Path) -> list[LabeledDefect]:
     """The optional few-shot defects of an MVTec-layout folder: ``train/<defect>/`` for every
     folder but ``good``, with ``ground_truth/<defect>/<stem>_mask.png`` where it exists.
 
-    Never looks into ``test/``. MVTec keeps test masks in the same ``ground_truth/<defect>/``
-    folder, so a train and a test image of one defect must not share a file name.
+    Never looks into ``test/`` (beyond its file names, to tell an orphan mask). MVTec keeps test
+    masks in the same ``ground_truth/<defect>/`` folder, so a train and a test image of one defect
+    must not share a file name. An empty defect folder, a mask of another size than its image or a
+    mask that names no image is an error naming the file; a type absent from ``test/`` is allowed
+    and said once.
     """
     root = Path(root)
     train = root / "train"
     found = []
-    for sub in sorted(p for p in train.iterdir() if p.is_dir() and p.name != "good") if train.is_dir() else []:
-        for path in list_images(sub):
-            image = read_rgb(path)
-            mask_path = mask_for(root, sub.name, path)
-            mask = None
-            if mask_path is not None:
-                m = read_rgb(mask_path)[..., 0]
-                if m.shape != image.shape[:2]:
-                    m = cv2.resize(m, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-                mask = np.where(m > 127, 255, 0).astype(np.uint8)  # same cut as evaluate's masks
-            found.append(LabeledDefect(path, sub.name, image, mask))
+    subs = sorted(p for p in train.iterdir() if p.is_dir() and p.name != "good") if train.is_dir() else []
+    for sub in subs:
+        images = list_images(sub)
+        if not images:
+            raise KenpinError(f"{sub}: no images; put the line's rejects of this type there, or remove the folder")
+        _check_mask_names(root, sub.name, images)
+        found += [LabeledDefect(path, sub.name, *_image_and_mask(root, sub.name, path)) for path in images]
+    untested = [s.name for s in subs if not (root / "test" / s.name).is_dir()]
+    if untested:
+        log.warning("%s: defect type(s) %s are in train/ but not in test/: used for training, not evaluated",
+                    root, ", ".join(untested))
     return found
+
+
+def _image_and_mask(root: Path, defect: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    image = read_rgb(path)
+    mask_path = mask_for(root, defect, path)
+    if mask_path is None:
+        return image, None
+    m = read_rgb(mask_path)[..., 0]
+    if m.shape != image.shape[:2]:
+        raise KenpinError(f"{mask_path}: {m.shape[1]}x{m.shape[0]} px, but its image {path} is "
+                          f"{image.shape[1]}x{image.shape[0]}; a mask must be the size of its image")
+    return image, np.where(m > 127, 255, 0).astype(np.uint8)  # same cut as evaluate's masks
+
+
+def _check_mask_names(root: Path, defect: str, train_images: list[Path]) -> None:
+    """Every ``ground_truth/<defect>/`` mask must name an image of train/ or test/ of that type."""
+    stems = {p.stem for p in train_images} | {p.stem for p in list_images(root / "test" / defect)}
+    for mask in list_images(root / "ground_truth" / defect):
+        if not mask.stem.endswith("_mask") or mask.stem[: -len("_mask")] not in stems:
+            raise KenpinError(f"{mask}: names no image of train/{defect}/ or test/{defect}/ "
+                              f"(a mask is named <image stem>_mask.png)")
