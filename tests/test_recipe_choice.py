@@ -37,7 +37,7 @@ def test_candidates_follow_the_frames_aspect(tmp_path):
     assert all(c.recipe.preprocess.height > c.recipe.preprocess.width for c in cands)
 
 
-def test_the_choice_is_the_fewest_validation_escapes_and_never_reads_test(tiny_line, tmp_path, monkeypatch):
+def test_the_choice_is_the_best_validation_auroc_and_never_reads_test(tiny_line, tmp_path, monkeypatch):
     from tests.conftest import tiny_recipe
 
     seen = []
@@ -47,9 +47,11 @@ def test_the_choice_is_the_fewest_validation_escapes_and_never_reads_test(tiny_l
     assert not [p for p in seen if "/test/" in p]
     rows = record["candidates"]
     assert len(rows) == 4 and record["chosen"] in {r["name"] for r in rows}
-    best = min(r["validation_escape_rate"] for r in rows)
+    top = max(r["validation_auroc"] for r in rows)
     chosen = next(r for r in rows if r["name"] == record["chosen"])
-    assert chosen["validation_escape_rate"] < best + recipe_choice.ESCAPE_TIE
+    assert chosen["validation_auroc"] >= top - recipe_choice.AUROC_TIE
+    tied = [r for r in rows if r["validation_auroc"] >= top - recipe_choice.AUROC_TIE]
+    assert chosen["validation_escape_rate"] == min(r["validation_escape_rate"] for r in tied)
     assert f"{recipe.preprocess.width}x{recipe.preprocess.height}" == chosen["input"]
     assert "never test/" in record["reason"]
 
