@@ -13,7 +13,7 @@ from kenpin.cli import main
 from training import recipe_choice
 from training.recipe_choice import candidates, choose_recipe, frame_aspect, input_size
 
-SMALL = (("96", 96 * 96), ("128", 128 * 128))  # the tiny line's scale, so the test stays fast
+SMALL = (("96", 96 * 96), ("160", 160 * 160))  # the tiny line's 160 px frames: no native candidate, 4 fits
 
 
 def test_a_tall_frame_gets_a_tall_input_not_a_square():
@@ -69,3 +69,13 @@ def test_train_without_a_recipe_records_the_candidates_in_the_bundle(tiny_line, 
     w, h = m["preprocessing"]["width"], m["preprocessing"]["height"]
     assert f"{w}x{h}" == next(r["input"] for r in m["recipe_choice"]["candidates"]
                               if r["name"] == m["recipe_choice"]["chosen"])
+
+
+def test_frames_much_larger_than_the_inputs_also_get_a_native_resolution_candidate():
+    from training.recipe_choice import Frames, budgets_for
+
+    assert [n for n, _ in budgets_for(Frames(1130 / 460, 1130 * 460))] == ["224", "384", "native"]
+    assert input_size(1130 / 460, 1130 * 460) == (1120, 448)  # a pit stays as wide as in the frame
+    assert [n for n, _ in budgets_for(Frames(1.0, 314 * 314))] == ["224", "384"]  # small frames: no
+    w, h = input_size(0.1, 4000 * 400)  # a very long part: both sides shrink, the aspect survives
+    assert max(w, h) <= recipe_choice.MAX_SIDE and h / w == pytest.approx(10, rel=0.2)

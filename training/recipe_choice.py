@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from device.errors import KenpinError
 from device.images import list_images
+from device.macs import model_gmacs, pi_model_ms
 from device.scoring import ImageScorer, NearestNeighbourScorer, patches_from_map
 from training.dataset import scan_mvtec
 from training.recipe import Recipe, ScoringSpec
@@ -36,7 +37,11 @@ log = logging.getLogger(__name__)
 # (name, pixel budget of the model input): the default's 224² and the 384² that small defects needed
 # on magnetic_tile (BENCHMARKS.md, "Recipe choice"); more pixels cost model time on the station.
 BUDGETS: tuple[tuple[str, int], ...] = (("224", 224 * 224), ("384", 384 * 384))
-MAX_SIDE = 768  # a very elongated frame still gets a model input the Pi can run
+# Frames this many times larger than the largest budget also get a candidate at their own
+# resolution, so a hairline or a pit stays several patches wide; it costs model time per frame
+# in proportion (each candidate's MACs and Pi 4 ESTIMATE are recorded).
+NATIVE_FACTOR = 1.5
+MAX_SIDE = 1280  # longest model input side: beyond it a frame is scaled down (aspect kept)
 AUROC_TIE = 0.005  # validation AUROCs closer than this count as equal (about its standard error)
 
 
@@ -48,22 +53,46 @@ class Candidate:
     recipe: Recipe
 
 
-def frame_aspect(data: Path, n: int = 16) -> float:
-    """Median width/height of (up to ``n`` of) the ``train/good`` frames."""
+@dataclass(frozen=True)
+class Frames:
+    """The geometry of a line's frames: median width/height and median pixel count."""
+
+    aspect: float
+    pixels: int
+
+
+def frame_geometry(data: Path, n: int = 16) -> Frames:
+    """Median aspect and size of (up to ``n`` of) the ``train/good`` frames."""
     paths = list_images(data / "train" / "good")
     sizes = [im.shape[:2] for im in (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in paths[:: max(1, len(paths) // n)][:n])
              if im is not None]
     if not sizes:
         raise KenpinError(f"{data / 'train' / 'good'}: no readable images to choose a recipe from")
-    return float(np.median([w / h for h, w in sizes]))
+    return Frames(float(np.median([w / h for h, w in sizes])), int(np.median([h * w for h, w in sizes])))
+
+
+def frame_aspect(data: Path, n: int = 16) -> float:
+    """Median width/height of (up to ``n`` of) the ``train/good`` frames."""
+    return frame_geometry(data, n).aspect
 
 
 def input_size(aspect: float, budget: int) -> tuple[int, int]:
     """(width, height), multiples of 32, about ``budget`` pixels at the frames' aspect ratio."""
-    def r32(x: float) -> int:
-        return int(min(MAX_SIDE, max(64, 32 * round(x / 32))))
+    w, h = math.sqrt(budget * aspect), math.sqrt(budget / aspect)
+    shrink = min(1.0, MAX_SIDE / max(w, h))  # scale both sides: the aspect survives the cap
 
-    return r32(math.sqrt(budget * aspect)), r32(math.sqrt(budget / aspect))
+    def r32(x: float) -> int:
+        return int(max(64, 32 * round(x * shrink / 32)))
+
+    return r32(w), r32(h)
+
+
+def budgets_for(frames: Frames, budgets: tuple[tuple[str, int], ...] | None = None) -> tuple[tuple[str, int], ...]:
+    """The pixel budgets tried: the defaults, and the frames' own size when they are much larger."""
+    budgets = budgets or BUDGETS
+    if frames.pixels > NATIVE_FACTOR * max(b for _, b in budgets):
+        budgets = (*budgets, ("native", frames.pixels))
+    return budgets
 
 
 def candidates(base: Recipe, aspect: float, budgets: tuple[tuple[str, int], ...] | None = None) -> list[Candidate]:
@@ -104,6 +133,7 @@ def judge(c: Candidate, data: Path) -> dict[str, Any]:
     inputs = prepare_inputs(data, c.recipe)
     model, _, v = fit_fp32(inputs, c.recipe)
     real = _real_defect_scores(model, v, c.recipe, data)
+    gmacs = _gmacs(model, c.recipe)
     bad = np.r_[v.synthetic_scores, real]
     y = np.r_[np.zeros(len(v.holdout_scores)), np.ones(len(bad))]
     t = v.normalization.threshold
@@ -114,7 +144,22 @@ def judge(c: Candidate, data: Path) -> dict[str, Any]:
             "synthetic_escape_rate": float(np.mean(v.synthetic_scores <= t)),
             "real_defects": int(len(real)), "real_escape_rate": float(np.mean(real <= t)) if len(real) else None,
             "pixels": c.recipe.preprocess.width * c.recipe.preprocess.height,
+            "model_gmacs": gmacs, "pi4_model_ms_estimate": None if gmacs is None else
+            round(pi_model_ms(gmacs, "Raspberry Pi 4"), 1),
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _gmacs(model: Any, recipe: Recipe) -> float | None:
+    """The candidate's cost per frame: MACs of its model exported as the station would run it."""
+    import tempfile
+
+    from export.onnx_export import export_embedder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        export_embedder(model, path, recipe.preprocess.height, recipe.preprocess.width)
+        g = model_gmacs(path)
+    return None if g is None else round(g, 3)
 
 
 def _rank_key(row: dict[str, Any], best_auroc: float) -> tuple[bool, float, int]:
@@ -126,19 +171,23 @@ def choose_recipe(data: Path, base: Recipe | None = None, budgets: tuple[tuple[s
     """The candidate with the fewest validation escapes; the record of every candidate and why."""
     scan_mvtec(data)  # a folder that is not a dataset gets its one sentence before any fitting
     base = base if base is not None else Recipe()
-    aspect = frame_aspect(data)
-    cands = candidates(base, aspect, budgets)
+    frames = frame_geometry(data)
+    aspect = frames.aspect
+    cands = candidates(base, aspect, budgets_for(frames, budgets))
     rows = []
     for c in cands:
         log.info("recipe choice: fitting %s", c.name)
         rows.append(judge(c, data))
-        print(f"  candidate {c.name}: validation AUROC {rows[-1]['validation_auroc']:.4f}, escapes "
-              f"{rows[-1]['validation_escape_rate']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+        r = rows[-1]
+        cost = "" if r["pi4_model_ms_estimate"] is None else f", model ESTIMATE {r['pi4_model_ms_estimate']:.0f} ms on a Pi 4"
+        print(f"  candidate {c.name}: validation AUROC {r['validation_auroc']:.4f}, escapes "
+              f"{r['validation_escape_rate']:.3f} ({r['seconds']:.0f} s{cost})", flush=True)
     top = max(r["validation_auroc"] for r in rows)
     best = min(range(len(rows)), key=lambda i: _rank_key(rows[i], top))
     n_real = rows[best]["real_defects"]
     reason = (f"highest validation AUROC ({rows[best]['validation_auroc']:.4f}; held-out good vs synthetic defects"
               f"{f' and {n_real} real ones from train/' if n_real else ''}; AUROCs within {AUROC_TIE} tie, then fewer "
               f"escapes at the calibrated threshold, then the smaller input); never test/")
-    record = {"chosen": rows[best]["name"], "frame_aspect": round(aspect, 3), "reason": reason, "candidates": rows}
+    record = {"chosen": rows[best]["name"], "frame_aspect": round(aspect, 3), "frame_pixels": frames.pixels,
+              "reason": reason, "candidates": rows}
     return cands[best].recipe, record
