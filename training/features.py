@@ -12,36 +12,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.backbone import EfficientNetLite0, load_lite0_imagenet
+from training.backbone import STAGES, EfficientNetLite0, block_table, load_imagenet
 
 # Output channels and stride of each EfficientNet-Lite0 block.
-BLOCK_CHANNELS = {i: c for i, c in enumerate([16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320])}
-BLOCK_STRIDES = {i: s for i, s in enumerate([2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32])}
+BLOCK_CHANNELS = {i: c for i, (c, _) in enumerate(block_table("lite0"))}
+BLOCK_STRIDES = {i: s for i, (_, s) in enumerate(block_table("lite0"))}
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which backbone blocks feed the patch embedding, and how far each patch looks around."""
+    """Which backbone and which of its blocks feed the patch embedding, and how far each patch
+    looks around. Block indices are the backbone's own (Lite0's (10, 14) — the ends of its
+    stride-16 and stride-32 stages — are (14, 19) in Lite1 and Lite2)."""
 
     blocks: tuple[int, ...] = (10, 14)
     aggregate: int = 3
+    backbone: str = "lite0"
 
     def __post_init__(self) -> None:
         from device.errors import KenpinError
 
-        if not self.blocks or any(b not in BLOCK_CHANNELS for b in self.blocks):
-            raise KenpinError(f"features.blocks = {list(self.blocks)}: each must be a block index 0–15")
+        if self.backbone not in STAGES:
+            raise KenpinError(f"features.backbone = {self.backbone!r}: use one of {sorted(STAGES)}")
+        n = len(self.table)
+        if not self.blocks or any(not isinstance(b, int) or not 0 <= b < n for b in self.blocks):
+            raise KenpinError(f"features.blocks = {list(self.blocks)}: each must be a block index 0–{n - 1} "
+                              f"of {self.backbone}")
         if self.aggregate < 1 or self.aggregate % 2 == 0:
             raise KenpinError(f"features.aggregate = {self.aggregate}: must be an odd number ≥ 1")
 
     @property
+    def table(self) -> list[tuple[int, int]]:
+        """(channels, stride) of each block of the backbone."""
+        return block_table(self.backbone)
+
+    @property
     def dim(self) -> int:
-        return sum(BLOCK_CHANNELS[b] for b in self.blocks)
+        return sum(self.table[b][0] for b in self.blocks)
 
     @property
     def stride(self) -> int:
         """Patch grid stride: that of the shallowest block used."""
-        return min(BLOCK_STRIDES[b] for b in self.blocks)
+        return min(self.table[b][1] for b in self.blocks)
 
 
 class PatchEmbedder(nn.Module):
@@ -50,7 +62,7 @@ class PatchEmbedder(nn.Module):
     def __init__(self, spec: FeatureSpec, backbone: EfficientNetLite0 | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = backbone if backbone is not None else load_lite0_imagenet()
+        self.backbone = backbone if backbone is not None else load_imagenet(spec.backbone)
         self.backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -61,7 +73,7 @@ class PatchEmbedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.backbone.forward_blocks(x, set(self.spec.blocks))
-        size = maps[min(self.spec.blocks, key=lambda b: BLOCK_STRIDES[b])].shape[-2:]
+        size = maps[min(self.spec.blocks, key=lambda b: self.spec.table[b][1])].shape[-2:]
         k = self.spec.aggregate
         parts = []
         for b in self.spec.blocks:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from device.errors import KenpinError
-from training.features import BLOCK_STRIDES, FeatureSpec, PatchEmbedder
+from training.features import FeatureSpec, PatchEmbedder
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class TrainedEmbedder(nn.Module):
 
     def __init__(self, features: FeatureSpec, head: HeadSpec) -> None:
         super().__init__()
+        if features.backbone != "lite0":  # finetune_from_block and the validated recipes count Lite0's blocks
+            raise KenpinError(f"features.backbone = {features.backbone!r}: metric learning (kenpin train-embedding) "
+                              "is implemented for lite0; use the frozen embedder (kenpin train) with this backbone")
         self.spec, self.head_spec = features, head
         self.frozen = PatchEmbedder(features)
         for i, block in enumerate(self.frozen.backbone._blocks):
@@ -89,7 +92,7 @@ class TrainedEmbedder(nn.Module):
     @property
     def stride(self) -> int:
         """Patch stride of the output grid (image level: the whole image is one patch)."""
-        return min(BLOCK_STRIDES[b] for b in self.spec.blocks)
+        return self.spec.stride
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Output grid for an input of ``height`` x ``width``."""
