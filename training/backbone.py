@@ -8,6 +8,7 @@ head, which is why they quantize to int8 cleanly and suit the Pi. Lite1 and Lite
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,26 +70,30 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-# Lite1 and Lite2 (as their packaged weights are shaped): depth x1.1 / x1.2 (same repeats after
-# rounding up), width x1.0 / x1.1 rounded to multiples of 8; stem and head fixed.
-LITE1_STAGES = (
-    StageSpec(1, 3, 1, 1, 32, 16),
-    StageSpec(3, 3, 2, 6, 16, 24),
-    StageSpec(3, 5, 2, 6, 24, 40),
-    StageSpec(4, 3, 2, 6, 40, 80),
-    StageSpec(4, 5, 1, 6, 80, 112),
-    StageSpec(5, 5, 2, 6, 112, 192),
-    StageSpec(1, 3, 1, 6, 192, 320),
-)
-LITE2_STAGES = (
-    StageSpec(1, 3, 1, 1, 32, 16),
-    StageSpec(3, 3, 2, 6, 16, 24),
-    StageSpec(3, 5, 2, 6, 24, 48),
-    StageSpec(4, 3, 2, 6, 48, 88),
-    StageSpec(4, 5, 1, 6, 88, 120),
-    StageSpec(5, 5, 2, 6, 120, 208),
-    StageSpec(1, 3, 1, 6, 208, 352),
-)
+def _round_channels(c: int, width: float) -> int:
+    """EfficientNet's channel rounding: to a multiple of 8, never more than 10 % down."""
+    scaled = c * width
+    out = max(8, int(scaled + 4) // 8 * 8)
+    return out + 8 if out < 0.9 * scaled else out
+
+
+def scaled_stages(width: float, depth: float) -> tuple[StageSpec, ...]:
+    """Lite0's table scaled as EfficientNet-Lite scales it: repeats x ``depth`` rounded up, channels
+    x ``width`` rounded to 8, except that the stem, the first and the last stage keep their depth and
+    the stem its width (the Lite variants fix their stem and head for int8)."""
+    last = len(LITE0_STAGES) - 1
+    out = []
+    for i, s in enumerate(LITE0_STAGES):
+        repeats = s.repeats if i in (0, last) else math.ceil(s.repeats * depth)
+        c_in = s.c_in if i == 0 else _round_channels(s.c_in, width)
+        out.append(StageSpec(repeats, s.kernel, s.stride, s.expand, c_in, _round_channels(s.c_out, width)))
+    return tuple(out)
+
+
+# As the packaged weights are shaped (a strict load checks it): Lite1 depth x1.1, Lite2 width x1.1
+# and depth x1.2 (the same repeats after rounding up).
+LITE1_STAGES = scaled_stages(1.0, 1.1)
+LITE2_STAGES = scaled_stages(1.1, 1.2)
 STAGES = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 
 
