@@ -140,7 +140,7 @@ def quantize_int8(fp32_model: Path, out_path: Path, calib_inputs: np.ndarray, me
         extra: dict[str, object] = {"CalibMovingAverage": True} if method == "MinMax" and minmax_moving_average else {}
         stride = calibration_stride(len(calib_inputs), activation_bytes(prepped))
         if stride is not None:
-            log.info("int8 calibration in slices of %d of %d images (keeps the calibrator's memory under %.0f GB)",
+            log.debug("int8 calibration in slices of %d of %d images (keeps the calibrator's memory under %.0f GB)",
                      stride, len(calib_inputs), CALIB_MEMORY_BYTES / 1024**3)
             extra["CalibStridedMinMax"] = stride
         # The histogram calibrators print their progress to stdout and the quantizer logs a note
