@@ -11,7 +11,7 @@ import pytest
 from device.bundle import load_bundle
 from kenpin.cli import main
 from training import recipe_choice
-from training.recipe_choice import candidates, choose_recipe, frame_aspect, input_size
+from training.recipe_choice import candidates, choose_recipe, frame_geometry, input_size
 
 SMALL = (("96", 96 * 96), ("160", 160 * 160))  # the tiny line's 160 px frames: no native candidate, 4 fits
 
@@ -29,7 +29,8 @@ def test_candidates_follow_the_frames_aspect(tmp_path):
     good.mkdir(parents=True)
     for i in range(3):
         cv2.imwrite(str(good / f"{i}.png"), np.zeros((1250, 500), np.uint8))
-    assert frame_aspect(tmp_path / "d") == pytest.approx(0.4)
+    assert frame_geometry(tmp_path / "d").aspect == pytest.approx(0.4)
+    assert frame_geometry(tmp_path / "d").pixels == 1250 * 500
     from training.recipe import Recipe
 
     cands = candidates(Recipe(), 0.4)

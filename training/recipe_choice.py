@@ -71,11 +71,6 @@ def frame_geometry(data: Path, n: int = 16) -> Frames:
     return Frames(float(np.median([w / h for h, w in sizes])), int(np.median([h * w for h, w in sizes])))
 
 
-def frame_aspect(data: Path, n: int = 16) -> float:
-    """Median width/height of (up to ``n`` of) the ``train/good`` frames."""
-    return frame_geometry(data, n).aspect
-
-
 def input_size(aspect: float, budget: int) -> tuple[int, int]:
     """(width, height), multiples of 32, about ``budget`` pixels at the frames' aspect ratio."""
     w, h = math.sqrt(budget * aspect), math.sqrt(budget / aspect)
@@ -168,7 +163,8 @@ def _rank_key(row: dict[str, Any], best_auroc: float) -> tuple[bool, float, int]
 
 def choose_recipe(data: Path, base: Recipe | None = None, budgets: tuple[tuple[str, int], ...] | None = None
                   ) -> tuple[Recipe, dict[str, Any]]:
-    """The candidate with the fewest validation escapes; the record of every candidate and why."""
+    """The candidate with the best validation AUROC (ties: fewer escapes, smaller input); the
+    record of every candidate and why."""
     scan_mvtec(data)  # a folder that is not a dataset gets its one sentence before any fitting
     base = base if base is not None else Recipe()
     frames = frame_geometry(data)
