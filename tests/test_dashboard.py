@@ -38,18 +38,25 @@ def client(station):
 
 # ---- settings and tokens -------------------------------------------------------------------
 
-def test_settings_errors_name_the_key():
-    with pytest.raises(KenpinError, match="dashboard.colour"):
-        DashboardSettings.from_dict({"colour": "red"})
-    with pytest.raises(KenpinError, match="dashboard.port"):
-        DashboardSettings.from_dict({"port": "eighty"})
-    with pytest.raises(KenpinError, match="dashboard.view"):
-        DashboardSettings.from_dict({"view": "public"})
+def dashboard_block(body: str) -> DashboardSettings:
+    """The ``dashboard:`` section of a station config file holding ``body``."""
+    from device.station.config import parse_config
+
+    return parse_config("station:\n  name: s\ndashboard:\n" + body, "st.yaml").dashboard
+
+
+def test_settings_errors_name_the_file_line_and_key():
+    with pytest.raises(KenpinError, match=r"st.yaml, line 4: dashboard.colour: unknown key"):
+        dashboard_block("  colour: red\n")
+    with pytest.raises(KenpinError, match=r"line 5: dashboard.port = 'eighty': expected a whole number"):
+        dashboard_block("  host: 127.0.0.1\n  port: eighty\n")
+    with pytest.raises(KenpinError, match="dashboard.view = 'public'"):
+        dashboard_block("  view: public\n")
     with pytest.raises(KenpinError, match="token_hash.*kenpin hash-token"):
-        DashboardSettings.from_dict({"token_hash": "my-plain-password"})
-    with pytest.raises(KenpinError, match="neither"):
-        DashboardSettings.from_dict({"view": "token"})
-    assert DashboardSettings.from_dict(None).host == "0.0.0.0"  # LAN by default, as documented
+        dashboard_block("  token_hash: my-plain-password\n")
+    with pytest.raises(KenpinError, match="dashboard.view = 'token': needs token_hash"):
+        dashboard_block("  view: token\n")
+    assert dashboard_block("").host == "0.0.0.0"  # LAN by default, as documented
 
 
 def test_token_hash_round_trip():
@@ -296,7 +303,7 @@ def test_metrics_and_hash_token_cli(client, capsys, monkeypatch):
     assert main(["hash-token", "--stdin"]) == 0
     stored = capsys.readouterr().out.strip()
     assert verify_token("a-long-enough-token", stored) and "a-long-enough-token" not in stored
-    DashboardSettings.from_dict({"token_hash": stored})  # what it prints is accepted by the config
+    assert dashboard_block(f"  token_hash: '{stored}'\n").token_hash == stored  # the config accepts what it prints
 
 
 def test_example_config_dashboard_block_is_valid():
@@ -305,5 +312,5 @@ def test_example_config_dashboard_block_is_valid():
     from device.station.config import load_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / "station.yaml"
-    settings = DashboardSettings.from_dict(load_config(path).dashboard, str(path))
+    settings = load_config(path).dashboard
     assert settings.host == "0.0.0.0" and settings.view == "open" and settings.token_hash is None

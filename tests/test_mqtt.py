@@ -135,7 +135,7 @@ def wait_until(cond, timeout: float = 10.0) -> None:
 
 def test_each_verdict_and_a_retained_plc_status_reach_the_broker(broker, station):
     listener = Listener(broker.port, "kenpin/press-3/#")
-    pub = start_publisher(station, {"port": broker.port, "status_interval_s": 0.3})
+    pub = start_publisher(station, MqttSettings(port=broker.port, status_interval_s=0.3))
     try:
         ids = inspect(station, 6)
         got = listener.wait_for("/verdict", 6)
@@ -162,7 +162,7 @@ def test_each_verdict_and_a_retained_plc_status_reach_the_broker(broker, station
 
 def test_verdicts_recorded_while_the_broker_is_down_arrive_after_it_returns(broker, station):
     listener = Listener(broker.port, "kenpin/press-3/verdict")
-    pub = start_publisher(station, {"port": broker.port, "reconnect_max_s": 1})
+    pub = start_publisher(station, MqttSettings(port=broker.port, reconnect_max_s=1))
     try:
         early = inspect(station, 3)
         listener.wait_for("/verdict", 3)
@@ -179,7 +179,7 @@ def test_verdicts_recorded_while_the_broker_is_down_arrive_after_it_returns(brok
 
 def test_a_full_buffer_drops_the_oldest_and_counts_them(broker, station):
     listener = Listener(broker.port, "kenpin/press-3/verdict")
-    pub = start_publisher(station, {"port": broker.port, "buffer": 4, "reconnect_max_s": 1})
+    pub = start_publisher(station, MqttSettings(port=broker.port, buffer=4, reconnect_max_s=1))
     try:
         inspect(station, 1)
         listener.wait_for("/verdict", 1)
@@ -200,7 +200,7 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(broker, station):
 
 def test_stop_sends_the_verdicts_still_waiting(broker, station):
     listener = Listener(broker.port, "kenpin/press-3/verdict")
-    pub = start_publisher(station, {"port": broker.port})
+    pub = start_publisher(station, MqttSettings(port=broker.port))
     try:
         wait_until(lambda: pub.connected)
         ids = inspect(station, 8)
@@ -212,22 +212,28 @@ def test_stop_sends_the_verdicts_still_waiting(broker, station):
         listener.close()
 
 
+def mqtt_block(body: str) -> MqttSettings | None:
+    """The ``mqtt:`` section of a station config file holding ``body``."""
+    return parse_config("mqtt:\n" + body, "st.yaml").mqtt
+
+
 def test_bad_mqtt_settings_are_named():
-    with pytest.raises(KenpinError, match=r"mqtt\.hots: unknown key"):
-        MqttSettings.from_dict({"hots": "x"}, "st.yaml")
-    with pytest.raises(KenpinError, match=r"mqtt\.port = 'a': expected int"):
-        MqttSettings.from_dict({"port": "a"}, "st.yaml")
+    with pytest.raises(KenpinError, match=r"st.yaml, line 2: mqtt\.hots: unknown key"):
+        mqtt_block("  hots: x\n")
+    with pytest.raises(KenpinError, match=r"line 3: mqtt\.port = 'a': expected a whole number"):
+        mqtt_block("  host: broker\n  port: a\n")
     with pytest.raises(KenpinError, match=r"mqtt\.topic_prefix = 'a/#'"):
-        MqttSettings.from_dict({"topic_prefix": "a/#"}, "st.yaml")
+        mqtt_block("  topic_prefix: a/#\n")
     with pytest.raises(KenpinError, match=r"mqtt\.password_file"):
-        MqttSettings.from_dict({"password_file": "/nonexistent/pw"}, "st.yaml")
-    assert MqttSettings.from_dict({"status_interval_s": 5}).status_interval_s == 5.0
+        mqtt_block("  password_file: /nonexistent/pw\n")
+    assert mqtt_block("  status_interval_s: 5\n").status_interval_s == 5.0
+    assert parse_config("station:\n  name: s\n").mqtt is None  # no section: no publishing
 
 
 def test_documented_mqtt_block_is_valid_and_off():
     from device.station.config import load_config
 
     example = Path(__file__).resolve().parents[1] / "configs" / "station.yaml"
-    settings = MqttSettings.from_dict(load_config(example).mqtt, str(example))
+    settings = load_config(example).mqtt
     assert settings == MqttSettings(enabled=False)  # every other value shown is the default
-    assert start_publisher(None, load_config(example).mqtt) is None
+    assert start_publisher(None, settings) is None

@@ -1,7 +1,7 @@
 """Training recipes: YAML → validated dataclasses, once, at the edge.
 
-Unknown keys and wrong types are errors that name the file and key, so a typo cannot silently
-fall back to a default.
+Unknown keys and wrong types are errors that name the file, line and key (``device.schema``),
+so a typo cannot silently fall back to a default.
 """
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from device.errors import KenpinError
 from device.preprocess import Preprocess
+from device.schema import Document, load, need, read_yaml
 from training.features import FeatureSpec
 from training.metric_model import HeadSpec
 from training.pair_sampling import NuisanceSpec
@@ -38,10 +36,9 @@ class BankSpec:
     nuisance_views: int = 0
 
     def __post_init__(self) -> None:
-        if self.augment not in AUGMENTS:
-            raise KenpinError(f"bank.augment = {self.augment!r}: use one of {list(AUGMENTS)}")
-        if not isinstance(self.nuisance_views, int) or not 0 <= self.nuisance_views <= 32:
-            raise KenpinError(f"bank.nuisance_views = {self.nuisance_views!r}: use a whole number 0–32")
+        need(self.augment in AUGMENTS, "augment", self.augment, f"use one of {list(AUGMENTS)}")
+        need(isinstance(self.nuisance_views, int) and 0 <= self.nuisance_views <= 32, "nuisance_views",
+             self.nuisance_views, "use a whole number 0–32")
 
 
 @dataclass(frozen=True)
@@ -111,26 +108,18 @@ class MetricSpec:
     nuisance: NuisanceSpec = field(default_factory=NuisanceSpec)
 
     def __post_init__(self) -> None:
-        if self.loss not in ("triplet", "contrastive"):
-            raise KenpinError(f"metric.loss = {self.loss!r}: use 'triplet' or 'contrastive'")
-        if self.positives not in ("twin", "nearest"):
-            raise KenpinError(f"metric.positives = {self.positives!r}: use 'twin' or 'nearest'")
-        if self.positives == "nearest" and self.loss != "triplet":
-            raise KenpinError("metric.positives = 'nearest' needs metric.loss = 'triplet'")
-        if self.miner not in ("semi_hard", "hard", "all"):
-            raise KenpinError(f"metric.miner = {self.miner!r}: use 'semi_hard', 'hard' or 'all'")
+        need(self.loss in ("triplet", "contrastive"), "loss", self.loss, "use 'triplet' or 'contrastive'")
+        need(self.positives in ("twin", "nearest"), "positives", self.positives, "use 'twin' or 'nearest'")
+        need(self.positives != "nearest" or self.loss == "triplet", "positives", self.positives,
+             "'nearest' needs metric.loss = 'triplet'")
+        need(self.miner in ("semi_hard", "hard", "all"), "miner", self.miner, "use 'semi_hard', 'hard' or 'all'")
         for key in ("steps", "batch_images", "max_rows", "val_every", "val_bank_images", "val_images", "val_coreset"):
-            if getattr(self, key) < 1:
-                raise KenpinError(f"metric.{key} = {getattr(self, key)}: must be ≥ 1")
-        if self.crop < 0 or self.crop % 32:
-            raise KenpinError(f"metric.crop = {self.crop}: use 0 (whole input) or a multiple of 32")
-        if not 0 < self.defect_fraction < 1:
-            raise KenpinError(f"metric.defect_fraction = {self.defect_fraction}: use (0, 1)")
-        if not 0 <= self.area_fraction <= 1:
-            raise KenpinError(f"metric.area_fraction = {self.area_fraction}: use 0–1")
+            need(getattr(self, key) >= 1, key, getattr(self, key), "must be ≥ 1")
+        need(self.crop >= 0 and self.crop % 32 == 0, "crop", self.crop, "use 0 (whole input) or a multiple of 32")
+        need(0 < self.defect_fraction < 1, "defect_fraction", self.defect_fraction, "use (0, 1)")
+        need(0 <= self.area_fraction <= 1, "area_fraction", self.area_fraction, "use 0–1")
         for key in ("margin", "neg_margin", "lr", "defect_scale"):
-            if getattr(self, key) <= 0:
-                raise KenpinError(f"metric.{key} = {getattr(self, key)}: must be > 0")
+            need(getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -150,60 +139,26 @@ class Recipe:
     train_images: int = 0  # use only this many train/good images, a seeded pick (0 = all): few-shot runs
 
     def __post_init__(self) -> None:
-        c = self.calibration
-        if not 0.05 <= c.holdout_fraction <= 0.5:
-            raise KenpinError(f"calibration.holdout_fraction = {c.holdout_fraction}: use 0.05–0.5")
-        if not 0.0 < c.target_false_reject_rate < 0.5:
-            raise KenpinError(f"calibration.target_false_reject_rate = {c.target_false_reject_rate}: use (0, 0.5)")
-        if self.train_images < 0 or 0 < self.train_images < 4:
-            raise KenpinError(f"train_images = {self.train_images}: use 0 (all) or at least 4")
-        if self.bank.coreset_size < 1:
-            raise KenpinError(f"bank.coreset_size = {self.bank.coreset_size}: must be ≥ 1")
-        if self.export.fp32_leading_convs < 0:
-            raise KenpinError(f"export.fp32_leading_convs = {self.export.fp32_leading_convs}: must be ≥ 0")
-        bad = set(self.export.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
-        if bad or not self.export.quant_methods:
-            raise KenpinError(f"export.quant_methods: {sorted(bad)} unknown; use MinMax, Entropy, Percentile, Distribution")
-        w = self.export.int8_weights
-        if not w or set(w) - {7, 8} or len(set(w)) != len(w):
-            raise KenpinError(f"export.int8_weights = {list(w)}: list 8 and/or 7 (weight bits), each once")
-        if self.export.probe_good < 4 or self.export.probe_defects < 1:
-            raise KenpinError(f"export.probe_good = {self.export.probe_good}, probe_defects = "
-                              f"{self.export.probe_defects}: need at least 4 good and 1 defect probe")
+        c, e = self.calibration, self.export
+        need(0.05 <= c.holdout_fraction <= 0.5, "calibration.holdout_fraction", c.holdout_fraction, "use 0.05–0.5")
+        need(0.0 < c.target_false_reject_rate < 0.5, "calibration.target_false_reject_rate",
+             c.target_false_reject_rate, "use (0, 0.5)")
+        need(self.train_images == 0 or self.train_images >= 4, "train_images", self.train_images,
+             "use 0 (all) or at least 4")
+        need(self.bank.coreset_size >= 1, "bank.coreset_size", self.bank.coreset_size, "must be ≥ 1")
+        need(e.fp32_leading_convs >= 0, "export.fp32_leading_convs", e.fp32_leading_convs, "must be ≥ 0")
+        methods = {"MinMax", "Entropy", "Percentile", "Distribution"}
+        need(bool(e.quant_methods) and set(e.quant_methods) <= methods, "export.quant_methods", list(e.quant_methods),
+             "use some of MinMax, Entropy, Percentile, Distribution")
+        w = e.int8_weights
+        need(bool(w) and set(w) <= {7, 8} and len(set(w)) == len(w), "export.int8_weights", list(w),
+             "list 8 and/or 7 (weight bits), each once")
+        need(e.probe_good >= 4, "export.probe_good", e.probe_good, "need at least 4 good probes")
+        need(e.probe_defects >= 1, "export.probe_defects", e.probe_defects, "need at least 1 defect probe")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest and checkpoints."""
         return dataclasses.asdict(self)
-
-
-def _build(cls: type, data: Any, where: str, base: Any = None) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
-
-    Keys the mapping leaves out keep ``base``'s values (the parent's default for this section,
-    which may differ from the class's own: the grade's input is not the gate's)."""
-    if not isinstance(data, dict):
-        raise KenpinError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise KenpinError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(fields)}")
-    kwargs = {}
-    defaults = cls() if base is None else base
-    for name, value in data.items():
-        default = getattr(defaults, name)
-        key = f"{where}.{name}"
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, key, default)
-        elif isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise KenpinError(f"{key} = {value!r}: expected a list")
-            kwargs[name] = tuple(value)
-        elif isinstance(default, bool) != isinstance(value, bool) or not isinstance(
-                value, (type(default), int) if isinstance(default, float) else type(default)):
-            raise KenpinError(f"{key} = {value!r}: expected {type(default).__name__}")
-        else:
-            kwargs[name] = type(default)(value)
-    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
 
 
 def _lists(data: Any) -> Any:
@@ -217,21 +172,14 @@ def recipe_from_dict(data: dict[str, Any], where: str) -> Recipe:
     """A recipe from its ``to_dict`` form (a manifest's or a checkpoint's), validated like a file."""
     data = _lists(data)
     data.get("preprocess", {}).pop("layout", None)
-    return _build(Recipe, data, where)
+    return load(Recipe, Document(data, where))
 
 
 def load_yaml_dataclass(cls: type, path: str | Path | None) -> Any:
-    """Read a YAML file into dataclass ``cls`` (None → its defaults), validated like a recipe."""
+    """Read a YAML file into dataclass ``cls`` (None → its defaults); mistakes name file, line and key."""
     if path is None:
         return cls()
-    path = Path(path)
-    if not path.is_file():
-        raise KenpinError(f"{path}: recipe file does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise KenpinError(f"{path}: not valid YAML ({e})") from None
-    return _build(cls, data, str(path))
+    return load(cls, read_yaml(path, "recipe file"))
 
 
 def load_recipe(path: str | Path | None) -> Recipe:

@@ -1,19 +1,20 @@
 """The station's YAML configuration: dataclasses, validated once when the file is read.
 
 Strict like Frigate's schema: an unknown key, a wrong type or a value out of range is a
-KenpinError naming the file, the key, its YAML line and what would be right. Every key is
-documented in ``configs/station.yaml``. The ``dashboard`` and ``mqtt`` sections belong to their
-own modules, which validate them (this file only checks they are mappings).
+KenpinError naming the file, the key, its YAML line and what would be right (``device.schema``
+reads every YAML file kenpin takes). Every key is documented in ``configs/station.yaml``. The
+``dashboard`` and ``mqtt`` sections are typed by their own modules' settings classes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
-import yaml
-
+from device.dashboard.settings import DashboardSettings
 from device.errors import KenpinError
+from device.schema import Document, internal, load, need, parse_yaml, read_yaml
+from device.station.mqtt_settings import MqttSettings
 
 CAMERA_TYPES = ("replay", "opencv", "picamera2")
 TRIGGER_MODES = ("free-run", "software", "gpio")
@@ -26,6 +27,9 @@ class StationSection:
     name: str = "station-1"
     data_dir: Path = Path("/var/lib/kenpin")
 
+    def __post_init__(self) -> None:
+        need(bool(self.name.strip()), "name", self.name, "must not be empty")
+
 
 @dataclass(frozen=True)
 class BundleSection:
@@ -33,12 +37,19 @@ class BundleSection:
     precision: str = "auto"
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        need(self.precision in PRECISION_CHOICES, "precision", self.precision, f"must be one of {PRECISION_CHOICES}")
+        need(1 <= self.threads <= 64, "threads", self.threads, "must be between 1 and 64")
+
 
 @dataclass(frozen=True)
 class ReplaySection:
     folder: Path = Path("/var/lib/kenpin/replay")
     fps: float = 0.0
     loop: bool = True
+
+    def __post_init__(self) -> None:
+        need(self.fps >= 0, "fps", self.fps, "must be 0 (as fast as inspected) or positive")
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,11 @@ class CameraSection:
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
 
+    def __post_init__(self) -> None:
+        need(self.type in CAMERA_TYPES, "type", self.type, f"must be one of {CAMERA_TYPES}")
+        need(0 < self.reconnect_initial_s <= self.reconnect_max_s, "reconnect_initial_s",
+             self.reconnect_initial_s, "must be positive and at most reconnect_max_s")
+
 
 @dataclass(frozen=True)
 class TriggerSection:
@@ -77,6 +93,12 @@ class TriggerSection:
     gpio_bounce_ms: float = 5.0
     max_backlog: int = 100000
 
+    def __post_init__(self) -> None:
+        need(self.mode in TRIGGER_MODES, "mode", self.mode, f"must be one of {TRIGGER_MODES}")
+        need(self.every_n >= 1, "every_n", self.every_n, "must be 1 or more")
+        need(self.rate_hz >= 0, "rate_hz", self.rate_hz, "must be 0 (off) or positive")
+        need(self.max_backlog >= 1, "max_backlog", self.max_backlog, "must be 1 or more")
+
 
 @dataclass(frozen=True)
 class ActuatorSection:
@@ -85,6 +107,11 @@ class ActuatorSection:
     ok_pin: str = ""
     pulse_ms: float = 50.0
     delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        need(self.type in ACTUATOR_TYPES, "type", self.type, f"must be one of {ACTUATOR_TYPES}")
+        need(self.pulse_ms > 0, "pulse_ms", self.pulse_ms, "must be positive")
+        need(self.delay_ms >= 0, "delay_ms", self.delay_ms, "must be 0 or positive")
 
 
 @dataclass(frozen=True)
@@ -95,10 +122,21 @@ class PipelineSection:
     live_jpeg_hz: float = 5.0
     watchdog_stall_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        need(self.inference_queue >= 1, "inference_queue", self.inference_queue, "must be 1 or more")
+        need(1 <= self.workers <= 16, "workers", self.workers, "must be between 1 and 16")
+        need(self.record_queue >= 1, "record_queue", self.record_queue, "must be 1 or more")
+        need(self.live_jpeg_hz > 0, "live_jpeg_hz", self.live_jpeg_hz, "must be positive")
+        need(self.watchdog_stall_s > 0, "watchdog_stall_s", self.watchdog_stall_s, "must be positive")
+
 
 @dataclass(frozen=True)
 class DecisionSection:
     threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        need(0 < self.threshold < 1, "threshold", self.threshold,
+             "must be strictly between 0 and 1 (the calibrated threshold is 0.5)")
 
 
 @dataclass(frozen=True)
@@ -107,6 +145,11 @@ class RecordSection:
     ok_image_fraction: float = 0.01
     seed: int = 0
     reserve_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        need(self.image_budget_mb > 0, "image_budget_mb", self.image_budget_mb, "must be positive")
+        need(0 <= self.ok_image_fraction <= 1, "ok_image_fraction", self.ok_image_fraction, "must be between 0 and 1")
+        need(self.reserve_mb >= 0, "reserve_mb", self.reserve_mb, "must be 0 or positive")
 
 
 @dataclass(frozen=True)
@@ -121,9 +164,9 @@ class StationConfig:
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     decision: DecisionSection = field(default_factory=DecisionSection)
     record: RecordSection = field(default_factory=RecordSection)
-    dashboard: dict[str, Any] = field(default_factory=dict)
-    mqtt: dict[str, Any] = field(default_factory=dict)
-    config_file: Path | None = None  # the file it was read from (for messages)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    mqtt: MqttSettings | None = None  # no section: no fleet publishing
+    config_file: Path | None = internal()  # the file it was read from (for messages)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt sections left out)."""
@@ -138,139 +181,17 @@ class StationConfig:
         }
 
 
-class _Where:
-    """Names a key with its file and YAML line in error messages."""
-
-    def __init__(self, source: str, lines: dict[tuple[str, ...], int]) -> None:
-        self.source, self.lines = source, lines
-
-    def __call__(self, path: tuple[str, ...]) -> str:
-        line = self.lines.get(path)
-        at = f", line {line}" if line else ""
-        return f"{self.source}{at}: {'.'.join(path)}"
-
-
-def _compose(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """YAML → plain data plus the line of every mapping key."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError as e:
-        raise KenpinError(f"{source}: not valid YAML ({e})") from None
-    lines: dict[tuple[str, ...], int] = {}
-
-    def walk(n: Any, path: tuple[str, ...]) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = path + (str(k.value),)
-                lines[key] = k.start_mark.line + 1
-                walk(v, key)
-
-    if node is not None:
-        walk(node, ())
-    return (yaml.safe_load(text) if node is not None else {}), lines
-
-
-def _convert(value: Any, hint: Any, path: tuple[str, ...], where: _Where) -> Any:
-    """One value to the annotated type, or a KenpinError naming the key."""
-    origin = get_origin(hint)
-    if is_dataclass(hint):
-        return _build(hint, value, path, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise KenpinError(f"{where(path)} = {value!r}: expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise KenpinError(f"{where(path)} = {value!r}: expected a whole number")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise KenpinError(f"{where(path)} = {value!r}: expected a number")
-        return float(value)
-    if hint is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise KenpinError(f"{where(path)} = {value!r}: expected a string")
-        return str(value)
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise KenpinError(f"{where(path)} = {value!r}: expected a path")
-        return Path(value)
-    if origin is tuple:
-        n = len(get_args(hint))
-        if not isinstance(value, list) or len(value) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise KenpinError(f"{where(path)} = {value!r}: expected a list of {n} whole numbers, e.g. [640, 480]")
-        return tuple(value)
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise KenpinError(f"{where(path)}: expected a mapping of keys")
-        return value
-    raise TypeError(f"unsupported config type {hint}")  # a programming error, not a user's
-
-
-def _build(cls: type, data: Any, path: tuple[str, ...], where: _Where) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise KenpinError(f"{where(path) if path else where.source}: expected a mapping of keys, got {data!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.name != "config_file"}
-    for key in data:
-        if key not in known:
-            raise KenpinError(f"{where(path + (str(key),))}: unknown key; expected one of {sorted(known)}")
-    kwargs = {k: _convert(v, hints[k], path + (k,), where) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _check(cfg: StationConfig, where: _Where) -> None:
-    """Ranges and choices that types alone cannot express."""
-    def need(ok: bool, path: tuple[str, ...], value: Any, right: str) -> None:
-        if not ok:
-            raise KenpinError(f"{where(path)} = {value!r}: {right}")
-
-    need(cfg.camera.type in CAMERA_TYPES, ("camera", "type"), cfg.camera.type, f"must be one of {CAMERA_TYPES}")
-    need(cfg.trigger.mode in TRIGGER_MODES, ("trigger", "mode"), cfg.trigger.mode, f"must be one of {TRIGGER_MODES}")
-    need(cfg.actuator.type in ACTUATOR_TYPES, ("actuator", "type"), cfg.actuator.type, f"must be one of {ACTUATOR_TYPES}")
-    need(cfg.bundle.precision in PRECISION_CHOICES, ("bundle", "precision"), cfg.bundle.precision,
-         f"must be one of {PRECISION_CHOICES}")
-    need(1 <= cfg.bundle.threads <= 64, ("bundle", "threads"), cfg.bundle.threads, "must be between 1 and 64")
-    need(cfg.trigger.every_n >= 1, ("trigger", "every_n"), cfg.trigger.every_n, "must be 1 or more")
-    need(cfg.trigger.rate_hz >= 0, ("trigger", "rate_hz"), cfg.trigger.rate_hz, "must be 0 (off) or positive")
-    need(cfg.trigger.max_backlog >= 1, ("trigger", "max_backlog"), cfg.trigger.max_backlog, "must be 1 or more")
-    need(cfg.camera.replay.fps >= 0, ("camera", "replay", "fps"), cfg.camera.replay.fps, "must be 0 (as fast as inspected) or positive")
-    need(0 < cfg.camera.reconnect_initial_s <= cfg.camera.reconnect_max_s, ("camera", "reconnect_initial_s"),
-         cfg.camera.reconnect_initial_s, "must be positive and at most reconnect_max_s")
-    need(cfg.actuator.pulse_ms > 0, ("actuator", "pulse_ms"), cfg.actuator.pulse_ms, "must be positive")
-    need(cfg.actuator.delay_ms >= 0, ("actuator", "delay_ms"), cfg.actuator.delay_ms, "must be 0 or positive")
-    need(cfg.pipeline.inference_queue >= 1, ("pipeline", "inference_queue"), cfg.pipeline.inference_queue, "must be 1 or more")
-    need(1 <= cfg.pipeline.workers <= 16, ("pipeline", "workers"), cfg.pipeline.workers, "must be between 1 and 16")
-    need(cfg.pipeline.record_queue >= 1, ("pipeline", "record_queue"), cfg.pipeline.record_queue, "must be 1 or more")
-    need(cfg.pipeline.live_jpeg_hz > 0, ("pipeline", "live_jpeg_hz"), cfg.pipeline.live_jpeg_hz, "must be positive")
-    need(cfg.pipeline.watchdog_stall_s > 0, ("pipeline", "watchdog_stall_s"), cfg.pipeline.watchdog_stall_s, "must be positive")
-    need(0 < cfg.decision.threshold < 1, ("decision", "threshold"), cfg.decision.threshold,
-         "must be strictly between 0 and 1 (the calibrated threshold is 0.5)")
-    need(cfg.record.reserve_mb >= 0, ("record", "reserve_mb"), cfg.record.reserve_mb, "must be 0 or positive")
-    need(cfg.record.image_budget_mb > 0, ("record", "image_budget_mb"), cfg.record.image_budget_mb, "must be positive")
-    need(0 <= cfg.record.ok_image_fraction <= 1, ("record", "ok_image_fraction"), cfg.record.ok_image_fraction,
-         "must be between 0 and 1")
-    need(bool(cfg.station.name.strip()), ("station", "name"), cfg.station.name, "must not be empty")
-
-
 def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> StationConfig:
     """Validate YAML text; relative paths are resolved against ``base`` (the file's folder)."""
-    data, lines = _compose(text, source)
-    where = _Where(source, lines)
-    cfg = _build(StationConfig, data, (), where)
-    _check(cfg, where)
-    if base is not None:
-        cfg = _resolve_paths(cfg, base)
-    return cfg
+    return _from_document(parse_yaml(text, source), base)
+
+
+def _from_document(doc: Document, base: Path | None) -> StationConfig:
+    cfg = load(StationConfig, doc)
+    return cfg if base is None else _resolve_paths(cfg, base)
 
 
 def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
-    from dataclasses import replace
-
     def rel(p: Path) -> Path:
         return p if p.is_absolute() else (base / p)
 
@@ -287,11 +208,5 @@ def load_config(path: str | Path) -> StationConfig:
     path = Path(path)
     if not path.is_file():
         raise KenpinError(f"{path}: station config file not found; pass --config with a YAML file like configs/station.yaml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise KenpinError(f"{path}: cannot read the station config ({e})") from None
-    from dataclasses import replace
-
-    cfg = parse_config(text, str(path), path.resolve().parent)
+    cfg = _from_document(read_yaml(path, "station config"), path.resolve().parent)
     return replace(cfg, config_file=path)

@@ -19,75 +19,16 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from device.errors import KenpinError
+from device.station.mqtt_settings import MqttSettings
 
 log = logging.getLogger("kenpin.mqtt")
 WINDOW = 50  # verdicts handed to paho at once; the rest stay in our own bounded buffer
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """The ``mqtt:`` block of the station config (documented in configs/station.yaml)."""
-
-    enabled: bool = True
-    host: str = "localhost"
-    port: int = 1883
-    topic_prefix: str = "kenpin"
-    client_id: str = ""  # "" → kenpin-<station name>
-    username: str = ""
-    password_file: str = ""  # a file holding the password, so the config itself carries no secret
-    tls_ca_file: str = ""  # CA certificate: connect with TLS when set
-    keepalive_s: int = 30
-    status_interval_s: float = 10.0
-    buffer: int = 10_000
-    reconnect_max_s: float = 30.0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "MqttSettings":
-        """Validate the block: an unknown key, wrong type or bad value is one sentence naming it."""
-        if not isinstance(data, dict):
-            raise KenpinError(f"{source}: mqtt must be a mapping of the keys in configs/station.yaml")
-        known = {f.name: f for f in fields(cls)}
-        values = {}
-        for key, value in data.items():
-            if key not in known:
-                raise KenpinError(f"{source}: mqtt.{key}: unknown key; known keys are {', '.join(known)}")
-            values[key] = _typed(key, value, type(getattr(cls, key)), source)
-        s = cls(**values)
-        s._check(source)
-        return s
-
-    def _check(self, source: str) -> None:
-        rules = [
-            (bool(self.host.strip()), "host", "must name the broker"),
-            (0 < self.port < 65536, "port", "must be 1 to 65535"),
-            (bool(self.topic_prefix) and not set(self.topic_prefix) & set("+#") and not
-             self.topic_prefix.startswith("/") and not self.topic_prefix.endswith("/"), "topic_prefix",
-             "must be a topic without +, # or a leading/trailing /"),
-            (self.keepalive_s >= 5, "keepalive_s", "must be 5 or more"),
-            (self.status_interval_s > 0, "status_interval_s", "must be positive"),
-            (self.buffer >= 1, "buffer", "must be 1 or more"),
-            (self.reconnect_max_s >= 1, "reconnect_max_s", "must be 1 or more"),
-            (not self.password_file or Path(self.password_file).is_file(), "password_file", "must be an existing file"),
-            (not self.tls_ca_file or Path(self.tls_ca_file).is_file(), "tls_ca_file", "must be an existing file"),
-        ]
-        for ok, key, what in rules:
-            if not ok:
-                raise KenpinError(f"{source}: mqtt.{key} = {getattr(self, key)!r} {what}")
-
-
-def _typed(key: str, value: Any, kind: type, source: str) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise KenpinError(f"{source}: mqtt.{key} = {value!r}: expected {kind.__name__}")
-    return value
 
 
 class FleetPublisher:
@@ -269,9 +210,8 @@ class FleetPublisher:
                 return
             self._buffer(json.dumps(rec.to_dict(), separators=(",", ":")).encode())
 
-def start_publisher(station: Any, config: dict[str, Any], source: str = "<config>") -> FleetPublisher | None:
-    """The publisher for a station's ``mqtt:`` block, started; None when the block says enabled: false."""
-    settings = MqttSettings.from_dict(config, source)
-    if not settings.enabled:
+def start_publisher(station: Any, settings: MqttSettings | None) -> FleetPublisher | None:
+    """The publisher for a station's ``mqtt:`` block, started; None without one or when it says enabled: false."""
+    if settings is None or not settings.enabled:
         return None
     return FleetPublisher(station, settings).start()

@@ -46,9 +46,9 @@ class _Dashboard:
     def __init__(self, station: Station, cfg: StationConfig) -> None:
         import uvicorn
 
-        from device.dashboard import DashboardSettings, create_app
+        from device.dashboard import create_app
 
-        settings = DashboardSettings.from_dict(cfg.dashboard, str(cfg.config_file or "station config"))
+        settings = cfg.dashboard
         self.enabled = settings.enabled
         if not self.enabled:
             return
@@ -66,12 +66,12 @@ class _Dashboard:
 
 
 def _mqtt(station: Station, cfg: StationConfig) -> Any:
-    """The fleet publisher when the config has an ``mqtt`` section (issue 6), else None."""
-    if not cfg.mqtt:
+    """The fleet publisher when the config has an ``mqtt`` section, else None."""
+    if cfg.mqtt is None:
         return None
-    from device.station.mqtt import start_publisher  # B's module: imported only when configured
+    from device.station.mqtt import start_publisher  # paho is imported only when configured
 
-    return start_publisher(station, cfg.mqtt, str(cfg.config_file or "station config"))
+    return start_publisher(station, cfg.mqtt)
 
 
 def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
@@ -119,15 +119,7 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
 
 def run_service(config_path: Path, options: RunOptions = RunOptions()) -> int:
     """Load the config, start the station, serve until told to stop; exit status 0 on a clean stop."""
-    cfg = load_config(config_path)
-    if options.with_dashboard and cfg.dashboard:
-        from device.dashboard import DashboardSettings
-
-        DashboardSettings.from_dict(cfg.dashboard, str(config_path))  # a bad block fails before the camera opens
-    if cfg.mqtt:
-        from device.station.mqtt import MqttSettings
-
-        MqttSettings.from_dict(cfg.mqtt, str(config_path))
+    cfg = load_config(config_path)  # every section, dashboard and mqtt too, is checked before the camera opens
     station = Station(cfg)
     station.start()
     return serve(station, cfg, options)
