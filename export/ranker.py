@@ -23,6 +23,7 @@ from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME
 from export.parity import Parity, compare, pick_best
 from export.quantize import quantize_int8
+from training.recipe import QuantSpec
 
 log = logging.getLogger(__name__)
 OUTPUT_NAME = "score"
@@ -35,22 +36,14 @@ DESCRIPTION = {
 
 
 @dataclass(frozen=True)
-class RankerExportSpec:
-    """int8 quantization of a ranker and the parity it must keep with fp32."""
+class RankerExportSpec(QuantSpec):
+    """int8 quantization of a ranker and the parity it must keep with fp32 (a ranker's own defaults)."""
 
-    quant_images: int = 64  # model inputs (clean and degraded) calibrating int8 activation ranges
     quant_methods: tuple[str, ...] = ("MinMax", "Percentile")
     fp32_leading_convs: int = 5  # the fixed Haar (3 levels) and high-pass filters and the first crop convolution stay fp32
     parity_min_spearman: float = 0.95
     parity_max_mean_abs_diff: float = 0.5  # in units of the fp32 scores' standard deviation
     reduce_range: bool = True  # 7-bit weights (export.quantize.quantize_int8 says why)
-
-    def __post_init__(self) -> None:
-        bad = set(self.quant_methods) - {"MinMax", "Entropy", "Percentile", "Distribution"}
-        if bad or not self.quant_methods:
-            raise KenpinError(f"export.quant_methods: {sorted(bad)} unknown; use MinMax, Entropy, Percentile, Distribution")
-        if self.quant_images < 1 or self.fp32_leading_convs < 0:
-            raise KenpinError("export.quant_images must be ≥ 1 and export.fp32_leading_convs ≥ 0")
 
 
 def export_onnx(model: torch.nn.Module, inp: RankerInput, path: Path) -> None:

@@ -60,21 +60,44 @@ class CalibrationSpec:
     target_false_reject_rate: float = 0.01
 
 
-@dataclass(frozen=True)
-class ExportSpec:
-    """int8 quantization and the parity gate between fp32 and int8."""
+QUANT_METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
 
-    quant_images: int = 64
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """int8 quantization and the parity it must keep with fp32 (the embedder's and the rankers')."""
+
+    quant_images: int = 64  # model inputs calibrating int8 activation ranges
     quant_methods: tuple[str, ...] = ("MinMax", "Entropy", "Percentile")
-    fp32_leading_convs: int = 3
+    fp32_leading_convs: int = 3  # leading convolutions kept fp32
     parity_min_spearman: float = 0.9
     parity_max_mean_abs_diff: float = 0.08
+
+    def __post_init__(self) -> None:
+        need(self.quant_images >= 1, "quant_images", self.quant_images, "must be ≥ 1")
+        need(bool(self.quant_methods) and set(self.quant_methods) <= set(QUANT_METHODS), "quant_methods",
+             list(self.quant_methods), f"use some of {', '.join(QUANT_METHODS)}")
+        need(self.fp32_leading_convs >= 0, "fp32_leading_convs", self.fp32_leading_convs, "must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class ExportSpec(QuantSpec):
+    """The embedder's export: int8 variants, the parity gate and the probes the station checks with."""
+
     synthetic_defects_per_image: int = 1
     # int8 variants shipped, by weight bits: onnxruntime's int8 kernels differ by CPU (8-bit weights
     # saturate on AVX2 without VNNI; 7-bit ones lose precision on VNNI), so the station picks on its own
     int8_weights: tuple[int, ...] = (8, 7)
     probe_good: int = 40  # held-out good images stored in the bundle for the station's own check
     probe_defects: int = 24  # synthetic-defect images stored with them
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = self.int8_weights
+        need(bool(w) and set(w) <= {7, 8} and len(set(w)) == len(w), "int8_weights", list(w),
+             "list 8 and/or 7 (weight bits), each once")
+        need(self.probe_good >= 4, "probe_good", self.probe_good, "need at least 4 good probes")
+        need(self.probe_defects >= 1, "probe_defects", self.probe_defects, "need at least 1 defect probe")
 
 
 @dataclass(frozen=True)
@@ -139,22 +162,13 @@ class Recipe:
     train_images: int = 0  # use only this many train/good images, a seeded pick (0 = all): few-shot runs
 
     def __post_init__(self) -> None:
-        c, e = self.calibration, self.export
+        c = self.calibration
         need(0.05 <= c.holdout_fraction <= 0.5, "calibration.holdout_fraction", c.holdout_fraction, "use 0.05–0.5")
         need(0.0 < c.target_false_reject_rate < 0.5, "calibration.target_false_reject_rate",
              c.target_false_reject_rate, "use (0, 0.5)")
         need(self.train_images == 0 or self.train_images >= 4, "train_images", self.train_images,
              "use 0 (all) or at least 4")
         need(self.bank.coreset_size >= 1, "bank.coreset_size", self.bank.coreset_size, "must be ≥ 1")
-        need(e.fp32_leading_convs >= 0, "export.fp32_leading_convs", e.fp32_leading_convs, "must be ≥ 0")
-        methods = {"MinMax", "Entropy", "Percentile", "Distribution"}
-        need(bool(e.quant_methods) and set(e.quant_methods) <= methods, "export.quant_methods", list(e.quant_methods),
-             "use some of MinMax, Entropy, Percentile, Distribution")
-        w = e.int8_weights
-        need(bool(w) and set(w) <= {7, 8} and len(set(w)) == len(w), "export.int8_weights", list(w),
-             "list 8 and/or 7 (weight bits), each once")
-        need(e.probe_good >= 4, "export.probe_good", e.probe_good, "need at least 4 good probes")
-        need(e.probe_defects >= 1, "export.probe_defects", e.probe_defects, "need at least 1 defect probe")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest and checkpoints."""
