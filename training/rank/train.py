@@ -1,10 +1,5 @@
-"""The RankNet jobs: ``kenpin train-ranker`` (quality gate or grade into a bundle) and ``kenpin eval-ranker``.
-
-    kenpin train-ranker --data DIR --bundle B                        # quality gate from DIR/train/good
-    kenpin train-ranker --bundle B --role grade --ratings FILE.csv   # grade from operator judgements
-    kenpin eval-ranker  --bundle B --data DIR --json Q.json --report R   # held-out degradations on test/good
-    kenpin eval-ranker  --bundle B --role grade --ratings HELDOUT.csv    # Kendall τ, NDCG@10
-    kenpin mask-ratings --data DIR --out RATINGS                     # severity by mask area, two halves
+"""The RankNet jobs behind ``kenpin train-ranker``, ``kenpin eval-ranker`` and ``kenpin mask-ratings``
+(the commands are in ``training.rank``'s docstring).
 """
 from __future__ import annotations
 
@@ -23,10 +18,10 @@ from device.images import list_images, read_rgb
 from device.quality import Grader, QualityGate, RankerInput, anomaly_map, patch_view
 from export.ranker import RankerExportSpec, add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
 from training.dataset import mask_for, read_many
-from training.degrade import FAMILIES, KINDS, TRAIN_GRID
 from training.fit import split_holdout
-from training.rank_eval import degradation_table, plot_strength, ranking_metrics
-from training.rank_pairs import (
+from training.rank.degrade import FAMILIES, KINDS, TRAIN_GRID
+from training.rank.metrics import degradation_table, plot_strength, ranking_metrics
+from training.rank.pairs import (
     QualityPool,
     build_quality_pool,
     judged_inputs,
@@ -34,7 +29,7 @@ from training.rank_pairs import (
     quality_pairs,
     read_judgements,
 )
-from training.ranknet import TrainResult, TrainSpec, score_pool, train_ranknet
+from training.rank.model import TrainResult, TrainSpec, score_pool, train_ranknet
 
 log = logging.getLogger(__name__)
 

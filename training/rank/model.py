@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from device.errors import KenpinError
 from device.quality import RankerInput
-from training.rank_pairs import PairBatch
+from training.rank.pairs import PairBatch
 
 log = logging.getLogger(__name__)
 
