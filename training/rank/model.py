@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -222,8 +221,3 @@ def score_pool(model: nn.Module, pool: np.ndarray, batch: int = 256) -> np.ndarr
     out = [model(torch.from_numpy(pool[i:i + batch]).float()).numpy() for i in range(0, len(pool), batch)]
     return np.concatenate(out)
 
-
-def save_checkpoint(path: Path, model: nn.Module, inp: RankerInput, recipe: dict[str, Any], info: dict[str, Any]) -> None:
-    """The weights with everything needed to rebuild the model (input spec, recipe, figures)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "input": inp.to_dict(), "recipe": recipe, "info": info}, path)
