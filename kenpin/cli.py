@@ -151,7 +151,8 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
 
 
 def cmd_train_ranker(args: argparse.Namespace) -> int:
-    from training.rank.train import load_ranker_recipe, train_grade, train_quality
+    from training.rank.recipe import load_ranker_recipe
+    from training.rank.train import train_grade, train_quality
 
     recipe = load_ranker_recipe(args.recipe)
     if args.role == "grade":
@@ -169,7 +170,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_ranker(args: argparse.Namespace) -> int:
-    from training.rank.train import eval_grade, eval_quality
+    from training.rank.evaluate import eval_grade, eval_quality
 
     json_path = Path(args.json) if args.json else None
     if args.role == "grade":
@@ -185,7 +186,7 @@ def cmd_eval_ranker(args: argparse.Namespace) -> int:
 
 
 def cmd_mask_ratings(args: argparse.Namespace) -> int:
-    from training.rank.train import mask_ratings
+    from training.rank.mask_ratings import mask_ratings
 
     mask_ratings(Path(args.data), Path(args.out), args.seed)
     return 0

@@ -18,7 +18,8 @@ from device.bundle import load_bundle
 from device.quality import QualityGate
 from training.rank.degrade import degrade, to_float, to_uint8
 from training.rank.metrics import pairwise_accuracy
-from training.rank.train import QualitySpec, good_split
+from training.rank.recipe import QualitySpec
+from training.rank.train import good_split
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from device.errors import KenpinError
 from device.quality import RankerInput
 from training.rank.degrade import EVAL_GRID, KINDS, TRAIN_GRID, degrade, to_uint8
 from training.rank.metrics import ndcg_at, pairwise_accuracy, ranking_metrics
-from training.rank.model import ranknet_loss
+from training.rank.optimize import ranknet_loss
 
 
 def test_loss_is_cross_entropy_of_the_score_difference_brute_force():
@@ -150,7 +150,7 @@ def test_the_scorer_reads_the_statistics_plane():
 
 
 def test_family_floors_keep_the_union_of_false_retakes_at_the_target():
-    from training.rank.train import family_floors
+    from training.rank.floors import family_floors
 
     rng = np.random.default_rng(0)
     clean = rng.normal(size=(400, 5)) * [1, 2, 3, 4, 5] + [0, 10, 20, 30, 40]
@@ -172,7 +172,7 @@ def test_family_floors_keep_the_union_of_false_retakes_at_the_target():
 def test_a_bad_family_map_names_the_kind(tmp_path, families, message):
     import yaml
 
-    from training.rank.train import load_ranker_recipe
+    from training.rank.recipe import load_ranker_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"quality": {"families": families}}))
