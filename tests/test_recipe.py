@@ -84,7 +84,7 @@ def test_nuisance_views_add_seeded_copies_of_each_bank_image_as_the_line_varies(
     import numpy as np
 
     from training.fit import nuisance_views
-    from training.pair_sampling import NuisanceSpec
+    from training.metric.pair_sampling import NuisanceSpec
 
     rng = np.random.default_rng(0)
     imgs = [rng.integers(40, 200, (32, 48, 3), dtype=np.uint8) for _ in range(2)]

@@ -15,8 +15,8 @@ import yaml
 from device.errors import KenpinError
 from device.preprocess import Preprocess
 from training.features import FeatureSpec
-from training.metric_model import HeadSpec
-from training.pair_sampling import NuisanceSpec
+from training.metric.model import HeadSpec
+from training.metric.pair_sampling import NuisanceSpec
 
 
 AUGMENTS = ("none", "flips", "dihedral")
