@@ -294,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
     h.set_defaults(func=cmd_hash_token)
 
-    # issue 4: RankNet scorers (capture-quality gate, grade from operator judgements)
+    # RankNet scorers: the capture-quality gate and a grade learnt from operator judgements
     k = sub.add_parser("train-ranker", help="train a RankNet scorer and add it to a bundle: the capture-quality "
                                             "gate (from degraded good images) or a grade (from --ratings)")
     k.add_argument("--bundle", required=True, help="existing bundle (kenpin train) to add the model to, atomically")
