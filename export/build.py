@@ -203,7 +203,7 @@ def frozen_about(backbone: str) -> str:
 
 def load_trained(path: Path, recipe: Recipe) -> tuple[torch.nn.Module, str]:
     """A ``kenpin train-embedding`` checkpoint, checked against the recipe it will be fitted with."""
-    from training.metric_model import load_embedder
+    from training.metric.model import load_embedder
 
     model, ckpt = load_embedder(path, recipe.features, recipe.metric.head)
     theirs, ours = ckpt["recipe"], recipe.to_dict()

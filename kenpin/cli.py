@@ -151,7 +151,8 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
 
 
 def cmd_train_ranker(args: argparse.Namespace) -> int:
-    from kenpin.ranker import load_ranker_recipe, train_grade, train_quality
+    from training.rank.recipe import load_ranker_recipe
+    from training.rank.train import train_grade, train_quality
 
     recipe = load_ranker_recipe(args.recipe)
     if args.role == "grade":
@@ -169,7 +170,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_ranker(args: argparse.Namespace) -> int:
-    from kenpin.ranker import eval_grade, eval_quality
+    from training.rank.evaluate import eval_grade, eval_quality
 
     json_path = Path(args.json) if args.json else None
     if args.role == "grade":
@@ -185,7 +186,7 @@ def cmd_eval_ranker(args: argparse.Namespace) -> int:
 
 
 def cmd_mask_ratings(args: argparse.Namespace) -> int:
-    from kenpin.ranker import mask_ratings
+    from training.rank.mask_ratings import mask_ratings
 
     mask_ratings(Path(args.data), Path(args.out), args.seed)
     return 0
@@ -293,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
     h.set_defaults(func=cmd_hash_token)
 
-    # issue 4: RankNet scorers (capture-quality gate, grade from operator judgements)
+    # RankNet scorers: the capture-quality gate and a grade learnt from operator judgements
     k = sub.add_parser("train-ranker", help="train a RankNet scorer and add it to a bundle: the capture-quality "
                                             "gate (from degraded good images) or a grade (from --ratings)")
     k.add_argument("--bundle", required=True, help="existing bundle (kenpin train) to add the model to, atomically")

@@ -58,7 +58,7 @@ def train_and_report(data: Path, out: Path, recipe: Recipe | None, embedder: Pat
 
 def train_embedding_and_report(data: Path, out: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
     """Metric-learn the embedder; print what validation chose and the next command."""
-    from training.metric_train import train_embedding
+    from training.metric.train import train_embedding
 
     s = train_embedding(data, out, recipe, resume)
     if s["rank"] != 0:  # under torchrun, rank 0 validates and reports

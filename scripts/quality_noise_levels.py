@@ -16,9 +16,10 @@ import numpy as np
 
 from device.bundle import load_bundle
 from device.quality import QualityGate
-from kenpin.ranker import QualitySpec, good_split
-from training.degrade import degrade, to_float, to_uint8
-from training.rank_eval import pairwise_accuracy
+from training.rank.degrade import degrade, to_float, to_uint8
+from training.rank.metrics import pairwise_accuracy
+from training.rank.recipe import QualitySpec
+from training.rank.train import good_split
 
 
 def main() -> None:

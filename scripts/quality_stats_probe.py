@@ -29,8 +29,8 @@ import torch
 
 from device.images import list_images, read_rgb
 from device.quality import FRAME_STATS, RankerInput, frame_stats
-from training.degrade import KINDS, degrade, to_float, to_uint8
-from training.rank_pairs import QualityPool, build_quality_pool, quality_pairs
+from training.rank.degrade import KINDS, degrade, to_float, to_uint8
+from training.rank.pairs import QualityPool, build_quality_pool, quality_pairs
 
 
 def _images(data: Path, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -105,8 +105,8 @@ def probe_grade_map(bundle: Path, ratings: Path) -> None:
     from device.bundle import load_bundle
     from device.quality import MAP_STATS, anomaly_map, map_stats
     from device.runtime import Inspector
-    from training.rank_eval import kendall_tau
-    from training.rank_pairs import read_judgements
+    from training.rank.metrics import kendall_tau
+    from training.rank.pairs import read_judgements
 
     j = read_judgements(ratings)
     insp = Inspector(load_bundle(bundle), "int8", 1)
@@ -122,7 +122,7 @@ def probe_grade_map(bundle: Path, ratings: Path) -> None:
 
 
 def _rated(path: Path) -> tuple[list[str], np.ndarray]:
-    from training.rank_pairs import read_judgements
+    from training.rank.pairs import read_judgements
 
     j = read_judgements(path)
     return [str(p) for p in j.images], np.asarray(j.ratings)

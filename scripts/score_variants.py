@@ -33,7 +33,7 @@ def _maps(args: argparse.Namespace) -> dict[str, np.ndarray]:
     from training.dataset import read_many, scan_mvtec, stack_inputs
     from training.features import PatchEmbedder
     from training.fit import embed_all, read_good_split, torch_embed_fn
-    from training.pair_sampling import defect_negative
+    from training.metric.pair_sampling import defect_negative
     from training.recipe import load_recipe
 
     cache = Path(args.cache)

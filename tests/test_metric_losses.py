@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.metric_losses import (
+from training.metric.losses import (
     collapse_stats,
     contrastive_loss,
     feature_drift_penalty,
@@ -183,7 +183,7 @@ def test_feature_drift_penalty_is_mean_squared_distance_to_the_frozen_features()
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_nearest_good_miner_matches_brute_force(seed):
-    from training.metric_losses import mine_nearest_good
+    from training.metric.losses import mine_nearest_good
 
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(16, 4, generator=g)

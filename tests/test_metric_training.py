@@ -17,10 +17,10 @@ from device.scoring import NearestNeighbourScorer
 from tests.conftest import tiny_recipe
 from training.features import PatchEmbedder
 from training.fit import image_scores, torch_embed_fn
-from training.metric_batches import make_metric_batch
-from training.metric_losses import _pair_masks
-from training.metric_model import HeadSpec, TrainedEmbedder, load_embedder
-from training.pair_sampling import NuisanceSpec
+from training.metric.batches import make_metric_batch
+from training.metric.losses import _pair_masks
+from training.metric.model import HeadSpec, TrainedEmbedder, load_embedder
+from training.metric.pair_sampling import NuisanceSpec
 from training.recipe import MetricSpec
 
 
@@ -66,7 +66,7 @@ def test_area_fraction_paints_area_wide_defects_that_flag_many_patches():
 
 
 def test_validation_defects_mix_local_and_area_wide_like_kenpin_tune():
-    from training.metric_train import make_valset
+    from training.metric.train import make_valset
 
     r = replace(metric_recipe(), preprocess=replace(tiny_recipe().preprocess, width=128, height=128))
     good = _good(12)
@@ -98,7 +98,7 @@ def test_before_training_the_trained_embedder_is_the_frozen_one():
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_line, tmp_path_factory):
-    from training.metric_train import train_embedding
+    from training.metric.train import train_embedding
 
     out = tmp_path_factory.mktemp("metric") / "run"
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def test_a_cpu_run_on_a_tiny_line_finishes_in_under_a_minute_with_its_records(tr
 
 
 def test_the_same_seed_trains_the_same_weights(trained_run, tiny_line, tmp_path):
-    from training.metric_train import train_embedding
+    from training.metric.train import train_embedding
 
     out, _, _ = trained_run
     train_embedding(tiny_line, tmp_path / "again", metric_recipe())
@@ -132,7 +132,7 @@ def test_the_same_seed_trains_the_same_weights(trained_run, tiny_line, tmp_path)
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(trained_run, tiny_line, tmp_path, monkeypatch):
-    import training.metric_train as mt
+    import training.metric.train as mt
 
     out, _, _ = trained_run
     real, calls = mt.make_metric_batch, {"n": 0}

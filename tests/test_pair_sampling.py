@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from device.errors import KenpinError
-from training.pair_sampling import (
+from training.metric.pair_sampling import (
     IGNORE,
     NuisanceSpec,
     defect_negative,

@@ -11,8 +11,8 @@ from device.errors import BundleError, KenpinError
 from device.images import list_images, read_rgb
 from device.quality import Grader, QualityGate, best_of
 from device.runtime import Inspector
-from training.degrade import degrade, to_float, to_uint8
-from training.rank_eval import kendall_tau
+from training.rank.degrade import degrade, to_float, to_uint8
+from training.rank.metrics import kendall_tau
 
 TINY_RECIPE = """
 quality:

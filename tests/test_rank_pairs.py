@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from device.errors import KenpinError
-from training.rank_pairs import judgement_pairs, read_judgements
+from training.rank.pairs import judgement_pairs, read_judgements
 
 
 @pytest.fixture()

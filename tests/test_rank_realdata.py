@@ -2,12 +2,12 @@
 import pytest
 
 from tests.conftest import dataset
-from training.rank_pairs import read_judgements
+from training.rank.pairs import read_judgements
 
 
 @pytest.mark.realdata
 def test_mask_ratings_split_every_masked_defect_into_two_disjoint_valid_halves(tmp_path):
-    from kenpin.ranker import mask_ratings
+    from training.rank.mask_ratings import mask_ratings
 
     train, held = mask_ratings(dataset("magnetic_tile"), tmp_path, seed=0)
     a, b = read_judgements(train), read_judgements(held)

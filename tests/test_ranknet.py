@@ -5,9 +5,9 @@ import torch
 
 from device.errors import KenpinError
 from device.quality import RankerInput
-from training.degrade import EVAL_GRID, KINDS, TRAIN_GRID, degrade, to_uint8
-from training.rank_eval import ndcg_at, pairwise_accuracy, ranking_metrics
-from training.ranknet import ranknet_loss
+from training.rank.degrade import EVAL_GRID, KINDS, TRAIN_GRID, degrade, to_uint8
+from training.rank.metrics import ndcg_at, pairwise_accuracy, ranking_metrics
+from training.rank.optimize import ranknet_loss
 
 
 def test_loss_is_cross_entropy_of_the_score_difference_brute_force():
@@ -112,7 +112,7 @@ def test_the_statistics_plane_rides_last_and_flips_leave_it_alone(tmp_path):
     import cv2
 
     from device.quality import FRAME_STATS, frame_stats
-    from training.rank_pairs import judged_inputs
+    from training.rank.pairs import judged_inputs
 
     img = (np.tile(np.arange(100, dtype=np.float32), (80, 1)) * 2.5).astype(np.uint8)
     inp = RankerInput(32, 1, stats=True)
@@ -137,7 +137,7 @@ def test_an_input_spec_written_before_the_stats_key_keeps_its_shape():
 
 
 def test_the_scorer_reads_the_statistics_plane():
-    from training.ranknet import RankScorer
+    from training.rank.model import RankScorer
 
     torch.manual_seed(0)
     inp = RankerInput(32, 2, stats=True)
@@ -150,7 +150,7 @@ def test_the_scorer_reads_the_statistics_plane():
 
 
 def test_family_floors_keep_the_union_of_false_retakes_at_the_target():
-    from kenpin.ranker import family_floors
+    from training.rank.floors import family_floors
 
     rng = np.random.default_rng(0)
     clean = rng.normal(size=(400, 5)) * [1, 2, 3, 4, 5] + [0, 10, 20, 30, 40]
@@ -172,7 +172,7 @@ def test_family_floors_keep_the_union_of_false_retakes_at_the_target():
 def test_a_bad_family_map_names_the_kind(tmp_path, families, message):
     import yaml
 
-    from kenpin.ranker import load_ranker_recipe
+    from training.rank.recipe import load_ranker_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"quality": {"families": families}}))
@@ -181,7 +181,7 @@ def test_a_bad_family_map_names_the_kind(tmp_path, families, message):
 
 
 def test_the_pair_sampler_judges_each_pair_by_its_kinds_family():
-    from training.rank_pairs import QualityPool, quality_pairs
+    from training.rank.pairs import QualityPool, quality_pairs
 
     kinds = ("noise", "defocus", "under")
     # two images; rows: clean, then each kind at levels 1 and 2

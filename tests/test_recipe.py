@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("recipe*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
     if path.name == "recipe_ranker.yaml":  # the RankNet recipe has its own schema
-        from kenpin.ranker import RankerRecipe, load_ranker_recipe
+        from training.rank.recipe import RankerRecipe, load_ranker_recipe
 
         assert isinstance(load_ranker_recipe(path), RankerRecipe)
     else:
@@ -55,13 +55,13 @@ def test_the_documented_default_recipe_is_the_built_in_default():
 
 
 def test_the_documented_ranker_recipe_is_the_built_in_default():
-    from kenpin.ranker import RankerRecipe, load_ranker_recipe
+    from training.rank.recipe import RankerRecipe, load_ranker_recipe
 
     assert load_ranker_recipe(CONFIGS / "recipe_ranker.yaml") == RankerRecipe()
 
 
 def test_a_partial_section_keeps_its_own_defaults_not_the_class_defaults(tmp_path):
-    from kenpin.ranker import load_ranker_recipe
+    from training.rank.recipe import load_ranker_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text("grade:\n  input: {size: 40}\n  train: {steps: 10}\n")
@@ -94,7 +94,7 @@ def test_nuisance_views_add_seeded_copies_of_each_bank_image_as_the_line_varies(
     import numpy as np
 
     from training.fit import nuisance_views
-    from training.pair_sampling import NuisanceSpec
+    from training.metric.pair_sampling import NuisanceSpec
 
     rng = np.random.default_rng(0)
     imgs = [rng.integers(40, 200, (32, 48, 3), dtype=np.uint8) for _ in range(2)]

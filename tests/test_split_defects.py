@@ -9,7 +9,7 @@ import pytest
 from device.images import list_images
 from kenpin.cli import main
 from training.dataset import scan_mvtec
-from training.pair_sampling import labeled_defects
+from training.metric.pair_sampling import labeled_defects
 
 
 def _names(folder: Path) -> set[str]:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from training.defects import composite
-from training.pair_sampling import _smooth_noise, defect_negative, paint_noise_texture
+from training.metric.pair_sampling import _smooth_noise, defect_negative, paint_noise_texture
 
 AREA_KINDS: tuple[str, ...] = ("shading", "finish", "large_texture")
 

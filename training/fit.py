@@ -20,7 +20,7 @@ from device.scoring import (HEAT_FLOOR_QUANTILE, Fusion, ImageScorer, NearestNei
 from training.area_defects import validation_defect
 from device.calibrate import calibrate
 from training.dataset import read_many, scan_mvtec
-from training.pair_sampling import NuisanceSpec, nuisance
+from training.metric.pair_sampling import NuisanceSpec, nuisance
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 

@@ -13,8 +13,8 @@ from typing import Any
 from device.preprocess import Preprocess
 from device.schema import Document, load, need, read_yaml
 from training.features import FeatureSpec
-from training.metric_model import HeadSpec
-from training.pair_sampling import NuisanceSpec
+from training.metric.model import HeadSpec
+from training.metric.pair_sampling import NuisanceSpec
 
 
 AUGMENTS = ("none", "flips", "dihedral")

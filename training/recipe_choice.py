@@ -106,7 +106,7 @@ def _real_defect_scores(model: Any, v: Any, recipe: Recipe, data: Path) -> np.nd
     """fp32 image scores of the line's own defects in ``train/<defect>/`` (empty when there are none)."""
     import torch
 
-    from training.pair_sampling import labeled_defects
+    from training.metric.pair_sampling import labeled_defects
 
     found = labeled_defects(data)
     if not found:

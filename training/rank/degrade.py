@@ -8,8 +8,6 @@ the training values, so evaluation measures parameters the scorer never saw.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
@@ -127,20 +125,6 @@ def degrade(img: np.ndarray, kind: str, param: float, rng: np.random.Generator) 
     else:
         raise ValueError(f"unknown degradation {kind!r}; known: {KINDS}")
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One degradation at one strength: ``level`` counts from 1 (mildest) in its grid."""
-
-    kind: str
-    param: float
-    level: int
-
-
-def train_steps(kinds: tuple[str, ...] = KINDS) -> list[Step]:
-    """Every (kind, parameter) training draws from."""
-    return [Step(k, p, i + 1) for k in kinds for i, p in enumerate(TRAIN_GRID[k])]
 
 
 def to_float(rgb_u8: np.ndarray) -> np.ndarray:

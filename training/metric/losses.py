@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from training.pair_sampling import IGNORE
+from training.metric.pair_sampling import IGNORE
 
 Distance = Callable[[Tensor, Tensor], Tensor]
 

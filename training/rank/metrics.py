@@ -9,7 +9,7 @@ from scipy.stats import kendalltau
 from sklearn.metrics import ndcg_score
 from tqdm import tqdm
 
-from training.degrade import EVAL_GRID, degrade, to_float, to_uint8
+from training.rank.degrade import EVAL_GRID, degrade, to_float, to_uint8
 
 ScoresFn = Callable[[np.ndarray], np.ndarray]  # frame → [gate quality, per-family scores...]
 

@@ -8,7 +8,7 @@
 - Few-shot: real defective images a user may have put in ``train/<defect>/``.
 
 ``patch_labels`` turns a pixel mask into labels on the embedder's patch grid, which is what the
-losses in ``training.metric_losses`` consume. Nothing here reads ``test/``.
+losses in ``training.metric.losses`` consume. Nothing here reads ``test/``.
 """
 from __future__ import annotations
 

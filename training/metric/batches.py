@@ -6,7 +6,7 @@ another nuisance, and for ``defect_fraction`` of them a painted defect (``defect
 has some, a real few-shot defect from ``train/<defect>/``. Both views are cut
 at the same crop window (around the defect when there is one).
 
-Labels, per patch of the embedder's grid (what ``metric_losses`` takes):
+Labels, per patch of the embedder's grid (what ``training.metric.losses`` takes):
 
 - a good patch has the id of its place (image, row, column), the same in both views: the two
   views of one place are the positive pair, so nuisance is what the embedding learns to ignore;
@@ -23,7 +23,7 @@ import numpy as np
 
 from device.preprocess import Preprocess
 from training.area_defects import paint_area_defect
-from training.pair_sampling import IGNORE, NuisanceSpec, defect_negative, nuisance, patch_labels
+from training.metric.pair_sampling import IGNORE, NuisanceSpec, defect_negative, nuisance, patch_labels
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from device.scoring import ImageScorer, NearestNeighbourScorer
 from training.coreset import greedy_coreset
 from training.area_defects import validation_defect
 from training.fit import fit_fusion, fit_texture, flatten_patches, image_scores, read_good_split
-from training.metric_batches import Batch, FewShot, make_metric_batch, normalize, resize_all
-from training.metric_losses import (
+from training.metric.batches import Batch, FewShot, make_metric_batch, normalize, resize_all
+from training.metric.losses import (
     collapse_stats,
     contrastive_loss,
     feature_drift_penalty,
@@ -43,8 +43,8 @@ from training.metric_losses import (
     mine_semi_hard,
     triplet_margin_loss,
 )
-from training.metric_model import TrainedEmbedder, TrainingView, save_embedder
-from training.pair_sampling import labeled_defects
+from training.metric.model import TrainedEmbedder, TrainingView, save_embedder
+from training.metric.pair_sampling import labeled_defects
 from training.recipe import MetricSpec, Recipe
 
 log = logging.getLogger(__name__)
