@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.errors import KenpinError
 from device.quality import RankerInput
+from device.schema import need
 from export.ranker import RankerExportSpec
 from training.rank.degrade import FAMILIES, KINDS
 
@@ -29,12 +29,9 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_pairs", "width"):
-            if getattr(self, key) < 1:
-                raise KenpinError(f"train.{key} = {getattr(self, key)}: must be ≥ 1")
-        if self.width % 2:
-            raise KenpinError(f"train.width = {self.width}: must be even")
-        if self.lr <= 0:
-            raise KenpinError(f"train.lr = {self.lr}: must be > 0")
+            need(getattr(self, key) >= 1, key, getattr(self, key), "must be ≥ 1")
+        need(self.width % 2 == 0, "width", self.width, "must be even")
+        need(self.lr > 0, "lr", self.lr, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -54,35 +51,27 @@ class QualitySpec:
     train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=3000))
 
     def __post_init__(self) -> None:
-        unknown = set(self.kinds) - set(KINDS)
-        if unknown or not self.kinds:
-            raise KenpinError(f"quality.kinds: {sorted(unknown)} unknown; use some of {list(KINDS)}")
+        need(bool(self.kinds) and set(self.kinds) <= set(KINDS), "kinds", list(self.kinds), f"use some of {list(KINDS)}")
         self._check_families()
-        if not 0.05 <= self.holdout_fraction <= 0.5:
-            raise KenpinError(f"quality.holdout_fraction = {self.holdout_fraction}: use 0.05–0.5")
-        if not 0 < self.target_false_retake_rate < 0.5:
-            raise KenpinError(f"quality.target_false_retake_rate = {self.target_false_retake_rate}: use (0, 0.5)")
+        need(0.05 <= self.holdout_fraction <= 0.5, "holdout_fraction", self.holdout_fraction, "use 0.05–0.5")
+        need(0 < self.target_false_retake_rate < 0.5, "target_false_retake_rate", self.target_false_retake_rate,
+             "use (0, 0.5)")
         for key in ("uint8_share", "cross_share"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise KenpinError(f"quality.{key} = {getattr(self, key)}: use 0–1")
-        if self.levels_per_kind < 1 or self.images < 0 or 0 < self.images < 10:
-            raise KenpinError("quality.levels_per_kind must be ≥ 1 and quality.images 0 (all) or ≥ 10")
+            need(0 <= getattr(self, key) <= 1, key, getattr(self, key), "use 0–1")
+        need(self.levels_per_kind >= 1, "levels_per_kind", self.levels_per_kind, "must be ≥ 1")
+        need(self.images == 0 or self.images >= 10, "images", self.images, "use 0 (all) or at least 10")
 
     def _check_families(self) -> None:
         seen: dict[str, str] = {}
         for name, kinds in self.families.items():
-            if not isinstance(kinds, (list, tuple)) or not kinds:
-                raise KenpinError(f"quality.families.{name} = {kinds!r}: expected a list of kinds")
+            need(isinstance(kinds, (list, tuple)) and bool(kinds), f"families.{name}", kinds, "expected a list of kinds")
             for k in kinds:
-                if k not in KINDS:
-                    raise KenpinError(f"quality.families.{name}: kind {k!r} unknown; use some of {list(KINDS)}")
-                if k in seen:
-                    raise KenpinError(f"quality.families: kind {k!r} is in both {seen[k]!r} and {name!r}; put it in one")
+                need(k in KINDS, f"families.{name}", list(kinds), f"kind {k!r} unknown; use some of {list(KINDS)}")
+                need(k not in seen, f"families.{name}", list(kinds), f"kind {k!r} is in both {seen.get(k)!r} and {name!r}; put it in one")
                 seen[k] = name
-        object.__setattr__(self, "families", {n: tuple(k) for n, k in self.families.items()})  # YAML lists → tuples
+        object.__setattr__(self, "families", {n: tuple(k) for n, k in self.families.items()})  # lists → tuples
         orphans = [k for k in self.kinds if k not in seen]
-        if orphans:
-            raise KenpinError(f"quality.kinds: {orphans} belong to no family; add them to one under quality.families")
+        need(not orphans, "kinds", list(self.kinds), f"{orphans} belong to no family; add them to one under families")
 
     def columns(self) -> list[tuple[str, tuple[str, ...]]]:
         """The model's output columns: (family, its trained kinds), for families with a trained kind."""
