@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/station_path_profile.py BUNDLE DATASET_DIR [--cv-threads N]
 
-Times each part side by side on every 10th test image (kenpin.timing), so a noisy machine slows
+Times each part side by side on every 10th test image (device.bench.timing), so a noisy machine slows
 them all alike, and prints medians in ms and the station ÷ bare-model ratio.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the CLI sets it
 
 import cv2  # noqa: E402
 
+from device.bench.timing import time_side_by_side  # noqa: E402
 from device.images import list_images, read_rgb  # noqa: E402
 from device.runtime import Inspector  # noqa: E402
-from kenpin.timing import time_side_by_side  # noqa: E402
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Measuring the station: helpers and benchmarks that, like the rest of ``device/``, never import torch."""
