@@ -195,7 +195,17 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_training(sub)
+    _add_evaluation(sub)
+    _add_whole_runs(sub)
+    add_bench(sub)
+    _add_recipes_and_datasets(sub)
+    _add_station(sub)
+    _add_ranker(sub)
+    return p
 
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="fit on DATA/train/good and write an int8 + fp32 bundle")
     t.add_argument("--data", required=True, help="dataset folder in the MVTec AD layout")
     t.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
@@ -213,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     m.set_defaults(func=cmd_train_embedding)
 
+
+def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="score DATA/test with a bundle; metrics JSON and plots")
     e.add_argument("--bundle", required=True)
     e.add_argument("--data", required=True)
@@ -234,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("--json", help="also write the figures here")
     vf.set_defaults(func=cmd_verify)
 
+
+def _add_whole_runs(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole path on a generated sample line (no camera, no GPU, no data)")
     d.add_argument("--workdir", default="demo-run", help="where the line, bundle and report go")
     d.add_argument("--seed", type=int, default=0)
@@ -247,7 +261,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="resume the embedding training in WORKDIR/embedding")
     c.set_defaults(func=cmd_compare)
 
-    add_bench(sub)
+
+def _add_recipes_and_datasets(sub: argparse._SubParsersAction) -> None:
     u = sub.add_parser("tune", help="compare recipes on held-out good vs synthetic defects (never test/)")
     u.add_argument("--data", required=True)
     u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
@@ -261,6 +276,8 @@ def parser() -> argparse.ArgumentParser:
     sd.add_argument("--out", required=True, help="new dataset folder to create (must not exist)")
     sd.set_defaults(func=cmd_split_defects)
 
+
+def _add_station(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="the station daemon: camera → verdict → reject signal → record")
     r.add_argument("--config", required=True, help="station YAML (every key documented in configs/station.yaml)")
     r.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
@@ -271,7 +288,9 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
     h.set_defaults(func=cmd_hash_token)
 
-    # RankNet scorers: the capture-quality gate and a grade learnt from operator judgements
+
+def _add_ranker(sub: argparse._SubParsersAction) -> None:
+    """RankNet scorers: the capture-quality gate and a grade learnt from operator judgements."""
     k = sub.add_parser("train-ranker", help="train a RankNet scorer and add it to a bundle: the capture-quality "
                                             "gate (from degraded good images) or a grade (from --ratings)")
     k.add_argument("--bundle", required=True, help="existing bundle (kenpin train) to add the model to, atomically")
@@ -298,7 +317,6 @@ def parser() -> argparse.ArgumentParser:
     km.add_argument("--out", required=True)
     km.add_argument("--seed", type=int, default=0)
     km.set_defaults(func=cmd_mask_ratings)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
