@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from device.bench.timing import time_side_by_side
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import read_rgb
@@ -25,7 +26,6 @@ from training.dataset import scan_mvtec
 from training.evaluate import metrics, score_test_set
 from training.features import PatchEmbedder
 from training.recipe import Recipe, load_recipe
-from kenpin.timing import time_side_by_side
 
 
 def _recipes(specs: list[str]) -> dict[str, str]:

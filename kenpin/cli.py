@@ -5,12 +5,12 @@
     kenpin train-embedding --data DIR --out RUN [--recipe R] [--resume]   # metric learning
     kenpin eval  --bundle BUNDLE --data DIR --json FILE --report DIR
     kenpin verify --bundle BUNDLE                   # prove the bundle on this CPU (what the station does)
-    kenpin bench --data DIR [DIR ...] [--markdown FILE]
+    kenpin bench --data DIR [DIR ...] [--markdown FILE]   # = kenpin bench models: train, export, evaluate, time
     kenpin compare --data DIR --recipe R [--train-images 16]   # frozen vs trained embedder
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
     kenpin split-defects --data DIR --per-type K --out NEW   # K real defects per type into train/
     kenpin run   --config configs/station.yaml     # the station daemon (systemd service)
-    kenpin bench station --bundle B --replay DIR  # station throughput, latency, memory, triggers
+    kenpin bench station|store|dashboard|durability|profile ...   # the station's benchmarks (kenpin/bench_cli.py)
     kenpin hash-token                              # dashboard.token_hash for the station config
 
 Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from device.errors import KenpinError
+from kenpin.bench_cli import add_bench
 
 
 def _threads(n: int) -> None:
@@ -98,25 +99,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(Path(args.data), args.recipe, Path(args.workdir), args.train_images, args.resume)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from kenpin.bench import run_bench
-
-    return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images,
-                     args.reuse_bundles)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from device.station.service import RunOptions, run_service
 
     return run_service(Path(args.config), RunOptions(args.duration, not args.no_dashboard))
-
-
-def cmd_bench_station(args: argparse.Namespace) -> int:
-    from device.station.bench import StationBenchOptions, run_station_bench
-
-    return run_station_bench(StationBenchOptions(
-        Path(args.bundle), Path(args.replay), Path(args.workdir), args.seconds, args.triggered_seconds,
-        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None, workers=args.workers))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -192,11 +178,34 @@ def cmd_mask_ratings(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with an implied subcommand: a parser whose ``implied`` names one of its subcommands hands
+    it arguments that start with a flag (or none), so ``kenpin bench --data …`` is ``kenpin bench models --data …``."""
+
+    implied: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.implied and args is not None and (not args or (args[0].startswith("-")
+                                                               and args[0] not in ("-h", "--help"))):
+            args = [self.implied, *args]
+        return super().parse_known_args(args, namespace)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
+    p = Parser(prog="kenpin", description="kenpin (検品): visual inspection at the line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_training(sub)
+    _add_evaluation(sub)
+    _add_whole_runs(sub)
+    add_bench(sub)
+    _add_recipes_and_datasets(sub)
+    _add_station(sub)
+    _add_ranker(sub)
+    return p
 
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="fit on DATA/train/good and write an int8 + fp32 bundle")
     t.add_argument("--data", required=True, help="dataset folder in the MVTec AD layout")
     t.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
@@ -214,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     m.set_defaults(func=cmd_train_embedding)
 
+
+def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="score DATA/test with a bundle; metrics JSON and plots")
     e.add_argument("--bundle", required=True)
     e.add_argument("--data", required=True)
@@ -235,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("--json", help="also write the figures here")
     vf.set_defaults(func=cmd_verify)
 
+
+def _add_whole_runs(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole path on a generated sample line (no camera, no GPU, no data)")
     d.add_argument("--workdir", default="demo-run", help="where the line, bundle and report go")
     d.add_argument("--seed", type=int, default=0)
@@ -248,15 +261,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="resume the embedding training in WORKDIR/embedding")
     c.set_defaults(func=cmd_compare)
 
-    b = sub.add_parser("bench", help="train, export, evaluate and time on each dataset in one run")
-    b.add_argument("--data", nargs="+", required=True, help="MVTec-layout dataset folders")
-    b.add_argument("--recipe", nargs="*", default=[], help="DATASET_NAME=RECIPE.yaml per dataset")
-    b.add_argument("--workdir", default="bench-run")
-    b.add_argument("--markdown", help="also write the results table to this file")
-    b.add_argument("--images", type=int, default=100, help="images timed per precision")
-    b.add_argument("--reuse-bundles", action="store_true",
-                   help="take a bundle a previous run left in --workdir if it verifies and has the same recipe")
-    b.set_defaults(func=cmd_bench)
+
+def _add_recipes_and_datasets(sub: argparse._SubParsersAction) -> None:
     u = sub.add_parser("tune", help="compare recipes on held-out good vs synthetic defects (never test/)")
     u.add_argument("--data", required=True)
     u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
@@ -270,31 +276,21 @@ def parser() -> argparse.ArgumentParser:
     sd.add_argument("--out", required=True, help="new dataset folder to create (must not exist)")
     sd.set_defaults(func=cmd_split_defects)
 
+
+def _add_station(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="the station daemon: camera → verdict → reject signal → record")
     r.add_argument("--config", required=True, help="station YAML (every key documented in configs/station.yaml)")
     r.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
     r.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard even if configured")
     r.set_defaults(func=cmd_run)
 
-    # Reached as `kenpin bench station ...` (main() routes it here; `kenpin bench --data` is unchanged).
-    s = sub.add_parser("bench-station", help="kenpin bench station: the daemon's throughput vs bare ONNX Runtime, "
-                                             "p50/p99, memory, triggered mode at 2x the sustainable rate")
-    s.add_argument("--bundle", required=True, help="bundle to run (the issue's figure: int8 at 224 px)")
-    s.add_argument("--replay", required=True, help="folder of images replayed as the camera")
-    s.add_argument("--workdir", default="bench-station-run", help="data dirs and logs of the runs")
-    s.add_argument("--seconds", type=float, default=20.0, help="length of the throughput run")
-    s.add_argument("--triggered-seconds", type=float, default=60.0, help="length of the 2x-rate triggered run")
-    s.add_argument("--memory-minutes", type=float, default=0.0, help="length of the memory-growth run (0: skip)")
-    s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the station's session")
-    s.add_argument("--workers", type=int, default=1, help="the station's pipeline.workers (whole-frame workers)")
-    s.add_argument("--markdown", help="also write the results to this file")
-    s.set_defaults(func=cmd_bench_station)
-
     h = sub.add_parser("hash-token", help="hash a dashboard token for dashboard.token_hash in the station config")
     h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
     h.set_defaults(func=cmd_hash_token)
 
-    # RankNet scorers: the capture-quality gate and a grade learnt from operator judgements
+
+def _add_ranker(sub: argparse._SubParsersAction) -> None:
+    """RankNet scorers: the capture-quality gate and a grade learnt from operator judgements."""
     k = sub.add_parser("train-ranker", help="train a RankNet scorer and add it to a bundle: the capture-quality "
                                             "gate (from degraded good images) or a grade (from --ratings)")
     k.add_argument("--bundle", required=True, help="existing bundle (kenpin train) to add the model to, atomically")
@@ -321,17 +317,12 @@ def parser() -> argparse.ArgumentParser:
     km.add_argument("--out", required=True)
     km.add_argument("--seed", type=int, default=0)
     km.set_defaults(func=cmd_mask_ratings)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: expected failures print one sentence and exit 2; no traceback."""
     _threads(2)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), len(argv))
-    if argv[i:i + 2] == ["bench", "station"]:
-        argv[i:i + 2] = ["bench-station"]
-    args = parser().parse_args(argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

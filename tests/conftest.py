@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kenpin.bench_inputs import tiny_line_spec, tiny_recipe  # noqa: F401 (tests import them from here)
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -15,22 +17,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # it instead of generated and trained, so the station's tests run where there is no torch (the
 # Pi; scripts/arm64_check.sh).
 PREBUILT = os.environ.get("KENPIN_TEST_PREBUILT")
-
-
-def tiny_recipe():
-    """A recipe small enough for tests: 128 px, small bank, one int8 calibrator."""
-    from device.preprocess import Preprocess
-    from training.recipe import BankSpec, Recipe
-
-    r = Recipe()
-    return replace(r, preprocess=Preprocess(128, 128), bank=BankSpec(coreset_size=300),
-                   export=replace(r.export, quant_methods=("MinMax",), quant_images=8), batch_size=8)
-
-
-def tiny_line_spec():
-    from training.synthetic_line import LineSpec
-
-    return LineSpec(seed=3, size=160, n_train=30, n_test_good=8, n_test_per_defect=2)
 
 
 def build_prebuilt(out: Path) -> None:

@@ -1,28 +1,16 @@
 """kill -9 of the real daemon while it inspects: every acknowledged verdict is in the database.
 
-The full figure (50 kills) is `scripts/kill9_durability.py --kills 50` (BENCHMARKS.md); this is
+The full figure (50 kills) is `kenpin bench durability --kills 50` (BENCHMARKS.md); this is
 the short version on the tiny line and bundle.
 """
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def harness():
-    spec = importlib.util.spec_from_file_location("kill9_durability", ROOT / "scripts" / "kill9_durability.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from device.bench import durability as k9
 
 
 def test_kill9_loses_no_acknowledged_verdict(tiny_line, tiny_bundle, tmp_path):
-    k9 = harness()
     replay = k9.mixed_replay(tiny_line, tmp_path / "replay")
     rounds = k9.run(tmp_path / "run", tiny_bundle, replay, kills=3, seed=1, max_after_s=1.0, log=lambda *_: None)
     s = k9.summary(rounds)
@@ -44,7 +32,7 @@ def test_the_check_notices_a_lost_or_altered_verdict(tmp_path):
             s.record(VerdictRecord(time=1.0, station="s", bundle_id="b", verdict="ok" if score < 0.5 else "defect",
                                    score=score, threshold=0.5, raw_score=score, raw_threshold=0.5, quality=None,
                                    latency_ms=1.0, trigger_source="free-run"))
-    check = harness().check
+    check = k9.check
     db, images = tmp_path / "verdicts.sqlite3", tmp_path / "images"
     assert check(db, images, {1: ("ok", 0.2), 2: ("defect", 0.9)})[:3] == ([], "ok", 0)
     assert check(db, images, {1: ("ok", 0.2), 3: ("ok", 0.1)})[0] == [3]  # acknowledged, not recorded

@@ -21,7 +21,7 @@ log = logging.getLogger("kenpin.dashboard")
 
 # Added to the page's latency at most; the figure to keep is 1 s. Each batch costs one write per
 # page: 20 pages at 45 verdicts/s took 2.55 % of a core with 0.1 s batches, 1.7 % with 0.25 s
-# (scripts/dashboard_serving_cost.py, above its idle 1.0 %).
+# (kenpin bench dashboard cost, above its idle 1.0 %).
 BATCH_S = 0.25
 
 

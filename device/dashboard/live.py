@@ -2,7 +2,7 @@
 
 The page reads the MJPEG stream: a pushed frame costs the station one write per page, where a
 polled one costs a whole HTTP request through the app (20 pages at 2 frames/s: 3.25 % of a core
-polled, 0.55 % pushed; scripts/dashboard_serving_cost.py).
+polled, 0.55 % pushed; kenpin bench dashboard cost).
 """
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ def _gate_columns(gate: QualityGate) -> tuple[Callable[[np.ndarray], np.ndarray]
 def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", anomaly_threads: int = 2) -> dict[str, Any]:
     """Per-frame cost of the gate (its preprocessing included) vs the anomaly model's inspection,
     timed side by side on the same frames, with the station's thread settings."""
+    from device.bench.timing import time_side_by_side
     from device.runtime import Inspector
-    from kenpin.timing import time_side_by_side
 
     b = load_bundle(bundle)
     gate = QualityGate.from_bundle(b, threads=1, precision=precision)

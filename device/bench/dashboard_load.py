@@ -1,8 +1,8 @@
-#!/usr/bin/env python
-"""20 dashboard clients against a running station on loopback: does the line slow down?
+"""``kenpin bench dashboard load``: 20 dashboard clients against a running station on loopback:
+does the line slow down?
 
-    .venv/bin/python scripts/dashboard_load.py [--bundle B --replay DIR] [--clients 20]
-        [--seconds 20] [--rounds 3] [--live-fps 2] [--pin-clients] [--workdir dashboard-load-run]
+    kenpin bench dashboard [load] [--bundle B --replay DIR] [--clients 20] [--seconds 20] [--rounds 3]
+        [--live-fps 2] [--pin-clients] [--workdir dashboard-load-run]
 
 The station (the real one: replay camera in free-run, paced so every frame is inspected as fast
 as the model goes) and its dashboard (uvicorn, in-process as `kenpin run` does it) run in this
@@ -15,12 +15,12 @@ share (decided → taken by the page's stream for writing) is reported beside it
 
 The clients run in a separate process at nice 19: on the line they are tablets and PCs on the
 LAN, not programs on the station's CPU; what they cost the station is the server side, which
-runs at the station's own priority. Without --bundle/--replay a line and a bundle (the default
-recipe, 224 px) are generated into the workdir first (a few minutes; needs the training extra).
+runs at the station's own priority. Without --bundle/--replay ``kenpin bench dashboard`` first
+generates a line and a bundle (the default recipe, 224 px) into the workdir (a few minutes; needs
+the training extra).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,10 +30,26 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from device.errors import KenpinError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LoadOptions:
+    bundle: Path
+    replay: Path
+    workdir: Path = Path("dashboard-load-run")
+    clients: int = 20
+    seconds: float = 20.0  # each measured phase
+    rounds: int = 3  # no-clients / clients phase pairs
+    live_fps: float = 2.0
+    port: int = 18080
+    pin_clients: bool = False
+    client_cpu: int | None = field(default=None, init=False)  # the core the clients run on, with pin_clients
 
 
 # ---- clients (run in a child process) ---------------------------------------------------------
@@ -81,31 +97,16 @@ async def _clients(url: str, n: int, seconds: float) -> dict:
     return {"latencies": latencies, "frame_status": counts, "errors": errors[:20], "n_errors": len(errors)}
 
 
-def run_clients(args: argparse.Namespace) -> int:
+def _client_main(url: str, clients: str, seconds: str, out: str, core: str = "") -> int:
+    """The child process (what loaded_phase starts): CLIENTS clients at nice 19, on CORE if given."""
     os.nice(19)
-    if args.client_cpu is not None:
-        os.sched_setaffinity(0, {args.client_cpu})
-    out = asyncio.run(_clients(args.client, args.clients, args.seconds))
-    Path(args.out).write_text(json.dumps(out))
+    if core:
+        os.sched_setaffinity(0, {int(core)})
+    Path(out).write_text(json.dumps(asyncio.run(_clients(url, int(clients), float(seconds)))))
     return 0
 
 
 # ---- the station side -------------------------------------------------------------------------
-
-def prepare(workdir: Path) -> tuple[Path, Path]:
-    """A generated line and a bundle trained with the default recipe (reused when present)."""
-    from training.synthetic_line import LineSpec, generate_line
-
-    line, bundle = workdir / "line", workdir / "bundle"
-    if not (line / "train" / "good").is_dir():
-        generate_line(line, LineSpec(seed=1, n_train=60, n_test_good=24, n_test_per_defect=4))
-    if not (bundle / "manifest.json").is_file():
-        from export.build import build_bundle
-        from training.recipe import load_recipe
-
-        build_bundle(line, bundle, load_recipe(ROOT / "configs" / "recipe.yaml"))
-    return bundle, line / "test" / "good"
-
 
 def start(bundle: Path, replay: Path, workdir: Path, live_fps: float, port: int):
     import uvicorn
@@ -168,19 +169,18 @@ def phase(station, seconds: float, cpu: list | None = None) -> float:
     return rate
 
 
-def loaded_phase(station, hub, args, url: str, out: Path, cpu: list) -> tuple[float, dict]:
+def loaded_phase(station, hub, opts: LoadOptions, url: str, out: Path, cpu: list) -> tuple[float, dict]:
     warmup = 2.0
-    cmd = [sys.executable, __file__, "--client", url, "--clients", str(args.clients),
-           "--seconds", str(args.seconds + warmup + 1), "--live-fps", str(args.live_fps), "--out", str(out)]
-    if args.pin_clients:
-        cmd += ["--client-cpu", str(args.client_cpu)]
+    cmd = [sys.executable, "-m", __name__, url, str(opts.clients), str(opts.seconds + warmup + 1), str(out.resolve())]
+    if opts.pin_clients:
+        cmd.append(str(opts.client_cpu))
     before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    child = subprocess.Popen(cmd)
+    child = subprocess.Popen(cmd, cwd=ROOT)
     time.sleep(warmup)  # connections established before measuring
     hub.delays.clear()
-    rate = phase(station, args.seconds, cpu)
+    rate = phase(station, opts.seconds, cpu)
     server_delays = list(hub.delays)
-    child.wait(timeout=args.seconds + 60)
+    child.wait(timeout=opts.seconds + 60)
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
     # The clients' own CPU: on the line it is the tablets', here it is taken from the station's cores.
     client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -188,41 +188,50 @@ def loaded_phase(station, hub, args, url: str, out: Path, cpu: list) -> tuple[fl
                       client_machine_share=client_cpu / (wall * (os.cpu_count() or 1)))
 
 
-def measure(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if args.pin_clients:  # the clients get the last core to themselves, as tablets have their own CPUs
-        cores = sorted(os.sched_getaffinity(0))
-        if len(cores) < 2:
-            raise SystemExit("--pin-clients needs at least 2 cores")
-        args.client_cpu = cores[-1]
-        os.sched_setaffinity(0, set(cores[:-1]))
-        print(f"station on cores {cores[:-1]}, clients on core {cores[-1]}", flush=True)
-    if args.bundle and args.replay:
-        bundle, replay = Path(args.bundle), Path(args.replay)
-    else:
-        bundle, replay = prepare(workdir)
-    port = args.port
-    station, server, hub = start(bundle, replay, workdir, args.live_fps, port)
-    url = f"http://127.0.0.1:{port}"
+def _pin(opts: LoadOptions) -> None:
+    """The clients get the last core to themselves, as tablets have their own CPUs."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise KenpinError("--pin-clients needs at least 2 cores")
+    opts.client_cpu = cores[-1]
+    os.sched_setaffinity(0, set(cores[:-1]))
+    print(f"station on cores {cores[:-1]}, clients on core {cores[-1]}", flush=True)
+
+
+def _rounds(opts: LoadOptions) -> dict:
+    """ROUNDS phase pairs (no clients, then clients) on a started station; what each measured."""
+    station, server, hub = start(opts.bundle, opts.replay, opts.workdir, opts.live_fps, opts.port)
+    url = f"http://127.0.0.1:{opts.port}"
+    m: dict = {"base": [], "loaded": [], "lat": [], "frames": {}, "errors": 0, "cpu": [], "sent": [], "client_share": []}
     try:
         time.sleep(3)  # model warm, caches filled
-        base, loaded, lat, frames, errors, cpu, sent, client_share = [], [], [], {}, 0, [], [], []
-        for r in range(args.rounds):
-            base.append(phase(station, args.seconds))
-            rate, res = loaded_phase(station, hub, args, url, workdir / f"clients-{r}.json", cpu)
-            loaded.append(rate)
-            lat += res["latencies"]
-            sent += res["server_delays"]
-            errors += res["n_errors"]
-            client_share.append(res["client_machine_share"])
+        for r in range(opts.rounds):
+            m["base"].append(phase(station, opts.seconds))
+            rate, res = loaded_phase(station, hub, opts, url, opts.workdir / f"clients-{r}.json", m["cpu"])
+            m["loaded"].append(rate)
+            m["lat"] += res["latencies"]
+            m["sent"] += res["server_delays"]
+            m["errors"] += res["n_errors"]
+            m["client_share"].append(res["client_machine_share"])
             for k, v in res["frame_status"].items():
-                frames[k] = frames.get(k, 0) + v
-            print(f"round {r + 1}: no clients {base[-1]:.1f}/s, {args.clients} clients {rate:.1f}/s, "
+                m["frames"][k] = m["frames"].get(k, 0) + v
+            print(f"round {r + 1}: no clients {m['base'][-1]:.1f}/s, {opts.clients} clients {rate:.1f}/s, "
                   f"{len(res['latencies'])} events, {res['n_errors']} errors", flush=True)
     finally:
         server.should_exit = True
         station.stop()
+    return m
+
+
+def run_dashboard_load(opts: LoadOptions) -> int:
+    """Measure, print the report (JSON, then the verdict against the targets); exit 0 if every target is met."""
+    if not 1 <= opts.clients <= 200 or not 1 <= opts.seconds <= 600 or not 1 <= opts.rounds <= 20:
+        raise KenpinError("bounded runs only: --clients 1..200, --seconds 1..600, --rounds 1..20")
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    if opts.pin_clients:
+        _pin(opts)
+    m = _rounds(opts)
+    base, loaded, lat, sent, cpu, client_share = m["base"], m["loaded"], m["lat"], m["sent"], m["cpu"], m["client_share"]
     drop = 1 - statistics.median(loaded) / statistics.median(base)
     # Each round's own pair too: on a noisy machine single phases swing by more than the target.
     per_round = [round(1 - b / a, 4) for a, b in zip(base, loaded)]
@@ -233,7 +242,7 @@ def measure(args: argparse.Namespace) -> int:
     lat.sort()
     sent.sort()
     report = {
-        "clients": args.clients, "live_fps": args.live_fps, "seconds_per_phase": args.seconds, "rounds": args.rounds,
+        "clients": opts.clients, "live_fps": opts.live_fps, "seconds_per_phase": opts.seconds, "rounds": opts.rounds,
         "throughput_no_clients": [round(x, 2) for x in base], "throughput_with_clients": [round(x, 2) for x in loaded],
         "throughput_drop": round(drop, 4), "throughput_drop_per_round": per_round,
         "dashboard_cpu_share": round(share, 4), "dashboard_cpu_s": round(dash_cpu, 2),
@@ -241,11 +250,11 @@ def measure(args: argparse.Namespace) -> int:
         "client_process_machine_share": round(statistics.median(client_share), 4),
         "latency_s": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": lat[-1] if lat else None},
         "server_side_latency_s": {"p50": _q(sent, 0.5), "p99": _q(sent, 0.99), "max": sent[-1] if sent else None},
-        "live_stream": frames, "client_errors": errors,
+        "live_stream": m["frames"], "client_errors": m["errors"],
     }
     print(json.dumps(report, indent=1))
-    (workdir / "report.json").write_text(json.dumps(report, indent=1))
-    ok = drop <= 0.05 and share <= 0.05 and bool(lat) and lat[-1] <= 1.0 and errors == 0
+    (opts.workdir / "report.json").write_text(json.dumps(report, indent=1))
+    ok = drop <= 0.05 and share <= 0.05 and bool(lat) and lat[-1] <= 1.0 and m["errors"] == 0
     print(f"server side (decided → written to each page's stream): p50 {_q(sent, 0.5)} s, "
           f"max {sent[-1] if sent else float('nan'):.3f} s")
     print(f"per-round drops (no clients, then clients): {', '.join(f'{d * 100:.1f}' for d in per_round)} %; "
@@ -262,29 +271,5 @@ def _q(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 4) if values else None
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", help="bundle to run (default: trained on a generated line in the workdir)")
-    p.add_argument("--replay", help="folder of images replayed as the camera")
-    p.add_argument("--workdir", default="dashboard-load-run")
-    p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
-    p.add_argument("--rounds", type=int, default=3, help="no-clients / clients phase pairs")
-    p.add_argument("--live-fps", type=float, default=2.0, help="live frames pushed per second per client at most (the page's default)")
-    p.add_argument("--port", type=int, default=18080)
-    p.add_argument("--pin-clients", action="store_true",
-                   help="run the clients on the last core and the station on the others, so the clients' own CPU "
-                        "(a tablet's, on the line) is not taken from the station")
-    p.add_argument("--client-cpu", type=int, help=argparse.SUPPRESS)  # child mode: the core to run on
-    p.add_argument("--client", help=argparse.SUPPRESS)  # child mode: the base URL to load
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if not 1 <= args.clients <= 200 or not 1 <= args.seconds <= 600 or not 1 <= args.rounds <= 20:
-        p.error("bounded runs only: --clients 1..200, --seconds 1..600, --rounds 1..20")
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-    return run_clients(args) if args.client else measure(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_client_main(*sys.argv[1:]))

@@ -1,27 +1,26 @@
-#!/usr/bin/env python3
-"""How many verdicts per second the station's record keeps up with (each committed durably).
+"""``kenpin bench store``: how many verdicts per second the station's record keeps up with (each committed durably).
 
-    .venv/bin/python scripts/bench_store.py --n 1000 --size 224
+    kenpin bench store --n 1000 --size 224
 
 Two cases at the given frame size: the usual line (ok parts, 1 % of their images kept) and the
 worst case (every part a defect: frame + heat-map overlay JPEGs of noise, the slowest to encode),
 each committed one by one (``record``) and in groups of 8 (``record_many``, one fsync per group). The data
-folder is a temporary one beside --dir (default: the current folder's disk, not /tmp's tmpfs).
+folder is a temporary one beside ``folder`` (default: the current folder's disk, not /tmp's tmpfs).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from device.station.record import VerdictRecord  # noqa: E402
-from device.station.store import VerdictStore  # noqa: E402
+from device.station.record import VerdictRecord
+from device.station.store import VerdictStore
+
+CASES = (("ok_1pct_images", "ok", 1), ("all_defect_images", "defect", 1),
+         ("ok_group_commit_8", "ok", 8), ("all_defect_group_commit_8", "defect", 8))
 
 
 def rate(data: Path, n: int, size: int, verdict: str, group: int = 1) -> tuple[float, float]:
@@ -40,21 +39,12 @@ def rate(data: Path, n: int, size: int, verdict: str, group: int = 1) -> tuple[f
         return n / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / n
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--dir", type=Path, default=Path("."))
-    a = ap.parse_args()
+def run_store_bench(n: int = 1000, size: int = 224, folder: Path = Path(".")) -> int:
+    """Print the four cases' rates as one JSON line; exit 0."""
     out, cpu = {}, {}
-    for case, verdict, group in (("ok_1pct_images", "ok", 1), ("all_defect_images", "defect", 1),
-                                 ("ok_group_commit_8", "ok", 8), ("all_defect_group_commit_8", "defect", 8)):
-        with tempfile.TemporaryDirectory(dir=a.dir, prefix="bench-store-") as d:
-            wall, ms = rate(Path(d), a.n, a.size, verdict, group)
+    for case, verdict, group in CASES:
+        with tempfile.TemporaryDirectory(dir=folder, prefix="bench-store-") as d:
+            wall, ms = rate(Path(d), n, size, verdict, group)
             out[case], cpu[case] = round(wall, 1), round(ms, 2)
-    print(json.dumps({"verdicts_per_s": out, "cpu_ms_per_verdict": cpu, "n": a.n, "size": a.size}))
+    print(json.dumps({"verdicts_per_s": out, "cpu_ms_per_verdict": cpu, "n": n, "size": size}))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
-"""What each kind of dashboard traffic costs the station's CPU, one kind at a time.
+"""``kenpin bench dashboard cost``: what each kind of dashboard traffic costs the station's CPU, one kind at a time.
 
-    .venv/bin/python scripts/dashboard_serving_cost.py [--clients 20] [--rate 45] [--seconds 10]
+    kenpin bench dashboard cost [--clients 20] [--rate 45] [--seconds 10] [--sse-batch S]
 
 The real dashboard app (uvicorn, in this process, pinned to core 0) in front of a stand-in
 station that records RATE verdicts a second and has a new live frame every time it is asked;
@@ -11,7 +10,6 @@ or nothing. Prints the process's CPU, as % of one core, for each. Needs 2 cores.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import queue
@@ -19,10 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from device.errors import KenpinError
+
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("none", "sse", "mjpg", "poll")
 
 
@@ -100,57 +100,58 @@ async def _clients(url: str, kind: str, n: int, seconds: float) -> None:
             await asyncio.sleep(seconds)
 
 
-def measure(kind: str, args: argparse.Namespace, port: int) -> float:
+@dataclass(frozen=True)
+class CostOptions:
+    clients: int = 20
+    rate: float = 45.0  # verdicts per second of the stand-in station
+    seconds: float = 10.0
+    sse_batch: float | None = None  # seconds of verdicts per SSE write (default: the dashboard's)
+
+
+def measure(kind: str, opts: CostOptions, port: int, client_core: int) -> float:
     import uvicorn
 
     from device.dashboard import DashboardSettings, create_app
 
-    station = StandInStation(args.rate)
+    station = StandInStation(opts.rate)
     app = create_app(station, DashboardSettings(host="127.0.0.1", port=port, live_fps=2.0))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    client = subprocess.Popen([sys.executable, __file__, "--client", f"http://127.0.0.1:{port}", "--kind", kind,
-                               "--clients", str(args.clients), "--seconds", str(args.seconds + 4),
-                               "--client-core", str(args.client_core)])
+    client = subprocess.Popen([sys.executable, "-m", __name__, f"http://127.0.0.1:{port}", kind,
+                               str(opts.clients), str(opts.seconds + 4), str(client_core)], cwd=ROOT)
     time.sleep(3)  # connected
     t, c = time.perf_counter(), sum(os.times()[:2])
-    time.sleep(args.seconds)
+    time.sleep(opts.seconds)
     share = (sum(os.times()[:2]) - c) / (time.perf_counter() - t)
     client.wait()
     server.should_exit = True
     return share
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--rate", type=float, default=45.0, help="verdicts per second of the stand-in station")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--sse-batch", type=float, help="seconds of verdicts per SSE write (default: the dashboard's)")
-    p.add_argument("--client", help=argparse.SUPPRESS)  # child mode
-    p.add_argument("--client-core", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.client:
-        os.sched_setaffinity(0, {args.client_core})
-        asyncio.run(_clients(args.client, args.kind, args.clients, args.seconds))
-        return 0
+def run_serving_cost(opts: CostOptions) -> int:
+    """The server on the first core, the clients on the last; one line per kind of traffic; exit 0."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
-        raise SystemExit("needs 2 cores: the server on one, the clients on another")
+        raise KenpinError("needs 2 cores: the server on one, the clients on another")
     os.sched_setaffinity(0, {cores[0]})
-    args.client_core = cores[-1]
-    if args.sse_batch is not None:
+    if opts.sse_batch is not None:
         from device.dashboard import events
 
-        events.BATCH_S = args.sse_batch
+        events.BATCH_S = opts.sse_batch
     for i, kind in enumerate(KINDS):
-        share = measure(kind, args, 18190 + i)
-        print(f"{kind:5s}: {share * 100:5.2f} % of a core ({args.clients} clients, {args.rate:g} verdicts/s)", flush=True)
+        share = measure(kind, opts, 18190 + i, cores[-1])
+        print(f"{kind:5s}: {share * 100:5.2f} % of a core ({opts.clients} clients, {opts.rate:g} verdicts/s)", flush=True)
+    return 0
+
+
+def _client_main(url: str, kind: str, clients: str, seconds: str, core: str) -> int:
+    """The child process (what measure starts): CLIENTS clients of one KIND, pinned to CORE."""
+    os.sched_setaffinity(0, {int(core)})
+    asyncio.run(_clients(url, kind, int(clients), float(seconds)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_client_main(*sys.argv[1:]))

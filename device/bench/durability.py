@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""kill -9 the station daemon at random moments while it inspects; check nothing acknowledged is lost.
+"""``kenpin bench durability``: kill -9 the station daemon at random moments while it inspects;
+check nothing acknowledged is lost.
 
 Each round starts the real daemon (`kenpin run` on a looping replay folder, no dashboard), reads
 its log, waits until it has acknowledged a few verdicts (the `verdict id=… ` line it logs after
@@ -7,14 +7,13 @@ the store returned), lets it run a random while longer, then SIGKILLs it. After 
 database must hold every acknowledged verdict, with the verdict and score the line showed, pass
 `PRAGMA integrity_check`, and every image a row names must exist.
 
-    .venv/bin/python scripts/kill9_durability.py --bundle BUNDLE --replay FOLDER --kills 50 --workdir kill9-run
+    kenpin bench durability --bundle BUNDLE --replay FOLDER --kills 50 --workdir kill9-run
 
-Without --bundle/--replay it generates a small synthetic line and trains a bundle on it first
-(needs the training extra, ~1 minute on a CPU).
+Without --bundle/--replay ``kenpin bench durability`` generates a small synthetic line and trains
+a bundle on it first (needs the training extra, ~1 minute on a CPU).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -28,7 +27,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from device.errors import KenpinError
+
+ROOT = Path(__file__).resolve().parents[2]
 # What the daemon logs after the store returned (device/station/pipeline.py, RecorderWorker).
 ACK = re.compile(r"verdict id=(\d+) .*?verdict=(\w+) score=([0-9.]+)")
 
@@ -110,6 +111,7 @@ def check(db_path: Path, images: Path, acks: dict[int, tuple[str, float]]) -> tu
 def run(workdir: Path, bundle: Path, replay: Path, kills: int, seed: int, max_after_s: float,
         ok_fraction: float = 0.1, log=print) -> list[Round]:
     """The whole experiment; returns one Round per kill."""
+    workdir = workdir.resolve()  # the daemons run in the package's folder
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(workdir, bundle, replay, ok_fraction)
     db_path, rng, rounds, rows_before = workdir / "data" / "verdicts.sqlite3", random.Random(seed), [], 0
@@ -155,43 +157,16 @@ def mixed_replay(line: Path, out: Path) -> Path:
     return out
 
 
-def _bundle_and_replay(workdir: Path) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT))
-    from tests.conftest import tiny_recipe
-    from export.build import build_bundle
-    from training.synthetic_line import LineSpec, generate_line
-
-    line = generate_line(workdir / "line", LineSpec(seed=3, size=160, n_train=30, n_test_good=8, n_test_per_defect=2))
-    bundle = workdir / "bundle"
-    if not (bundle / "manifest.json").exists():
-        build_bundle(line, bundle, tiny_recipe())
-    return bundle, mixed_replay(line, workdir / "replay")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, help="bundle directory (default: train a tiny one in --workdir)")
-    ap.add_argument("--replay", type=Path, help="folder of images the daemon replays in a loop")
-    ap.add_argument("--kills", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    ap.add_argument("--max-after", type=float, default=2.0, help="kill up to this many seconds after the first verdict")
-    ap.add_argument("--workdir", type=Path, default=Path("kill9-run"))
-    ap.add_argument("--json", type=Path, help="write every round and the summary here")
-    a = ap.parse_args()
-    if (a.bundle is None) != (a.replay is None):
-        ap.error("give both --bundle and --replay, or neither")
-    bundle, replay = (a.bundle, a.replay) if a.bundle else _bundle_and_replay(a.workdir)
-    if (a.workdir / "data").exists():
-        ap.error(f"{a.workdir / 'data'} exists: use a fresh --workdir so the counts are this run's")
+def run_durability_bench(workdir: Path, bundle: Path, replay: Path, kills: int = 50, seed: int = 0,
+                         max_after_s: float = 2.0, json_path: Path | None = None) -> int:
+    """The experiment with its summary printed as one JSON line; exit 0 only if nothing was lost."""
+    if (workdir / "data").exists():
+        raise KenpinError(f"{workdir / 'data'} exists: use a fresh --workdir so the counts are this run's")
     t0 = time.monotonic()
-    rounds = run(a.workdir, bundle.resolve(), replay.resolve(), a.kills, a.seed, a.max_after)
+    rounds = run(workdir, bundle.resolve(), replay.resolve(), kills, seed, max_after_s)
     s = summary(rounds)
     s["seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(s))
-    if a.json:
-        a.json.write_text(json.dumps({"summary": s, "rounds": [asdict(r) for r in rounds]}, indent=1))
+    if json_path:
+        json_path.write_text(json.dumps({"summary": s, "rounds": [asdict(r) for r in rounds]}, indent=1))
     return 0 if s["acknowledged_missing"] == 0 and s["integrity_ok"] == s["kills"] and not s["missing_images"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

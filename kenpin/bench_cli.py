@@ -1,0 +1,191 @@
+"""``kenpin bench <what>``: each benchmark's arguments, and the call into its module.
+
+    kenpin bench [models] --data DIR [DIR ...] [--markdown FILE]   # train, export, evaluate, time (needs torch)
+    kenpin bench station --bundle B --replay DIR                    # the daemon's throughput, latency, memory
+    kenpin bench store [--n 1000] [--size 224]                      # verdicts/s the record keeps up with
+    kenpin bench dashboard [load] [--bundle B --replay DIR]         # 20 dashboard clients vs the line's rate
+    kenpin bench dashboard cost [--seconds 10]                      # station CPU per kind of dashboard traffic
+    kenpin bench durability [--bundle B --replay DIR] [--kills 50]  # kill -9 the daemon; nothing acknowledged lost
+    kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
+
+The station's benchmarks live in ``device/bench/`` and never import torch; each module is imported
+only when its benchmark runs. Only the model benchmark, and the generated line and bundle that
+``dashboard`` and ``durability`` train when given no --bundle/--replay, need the training extra.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
+    b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
+                                     "dashboard, durability, profile",
+                       description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
+    b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
+    what = b.add_subparsers(dest="what", required=True)
+    _add_models(what)
+    _add_station(what)
+    _add_store(what)
+    _add_dashboard(what)
+    _add_durability(what)
+    _add_profile(what)
+
+
+def _add_models(what: argparse._SubParsersAction) -> None:
+    b = what.add_parser("models", help="train, export, evaluate and time on each dataset in one run")
+    b.add_argument("--data", nargs="+", required=True, help="MVTec-layout dataset folders")
+    b.add_argument("--recipe", nargs="*", default=[], help="DATASET_NAME=RECIPE.yaml per dataset")
+    b.add_argument("--workdir", default="bench-run")
+    b.add_argument("--markdown", help="also write the results table to this file")
+    b.add_argument("--images", type=int, default=100, help="images timed per precision")
+    b.add_argument("--reuse-bundles", action="store_true",
+                   help="take a bundle a previous run left in --workdir if it verifies and has the same recipe")
+    b.set_defaults(func=cmd_bench)
+
+
+def _add_station(what: argparse._SubParsersAction) -> None:
+    s = what.add_parser("station", help="the daemon's throughput vs bare ONNX Runtime, p50/p99, memory, "
+                                        "triggered mode at 2x the sustainable rate")
+    s.add_argument("--bundle", required=True, help="bundle to run (BENCHMARKS.md's figure: int8 at 224 px)")
+    s.add_argument("--replay", required=True, help="folder of images replayed as the camera")
+    s.add_argument("--workdir", default="bench-station-run", help="data dirs and logs of the runs")
+    s.add_argument("--seconds", type=float, default=20.0, help="length of the throughput run")
+    s.add_argument("--triggered-seconds", type=float, default=60.0, help="length of the 2x-rate triggered run")
+    s.add_argument("--memory-minutes", type=float, default=0.0, help="length of the memory-growth run (0: skip)")
+    s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the station's session")
+    s.add_argument("--workers", type=int, default=1, help="the station's pipeline.workers (whole-frame workers)")
+    s.add_argument("--markdown", help="also write the results to this file")
+    s.set_defaults(func=cmd_bench_station)
+
+
+def _add_store(what: argparse._SubParsersAction) -> None:
+    s = what.add_parser("store", help="verdicts per second the station's record keeps up with, each committed "
+                                      "durably (ok parts and all defects, one by one and in groups of 8)")
+    s.add_argument("--n", type=int, default=1000, help="verdicts recorded per case")
+    s.add_argument("--size", type=int, default=224, help="frame size in pixels (square)")
+    s.add_argument("--dir", default=".", help="the data folders go in a temporary folder here (a disk, not tmpfs)")
+    s.set_defaults(func=cmd_bench_store)
+
+
+def _add_dashboard(what: argparse._SubParsersAction) -> None:
+    d = what.add_parser("dashboard", help="load: dashboard clients against a running station (does the line slow "
+                                          "down?); cost: station CPU per kind of dashboard traffic",
+                            description="`kenpin bench dashboard --seconds …` is `kenpin bench dashboard load --seconds …`.")
+    d.implied = "load"
+    mode = d.add_subparsers(dest="mode", required=True)
+    lo = mode.add_parser("load", help="N clients (SSE + live MJPEG each) against the real station, alternating "
+                                      "with no clients: throughput drop, CPU share, page latency")
+    lo.add_argument("--bundle", help="bundle to run (default: trained on a generated line in the workdir)")
+    lo.add_argument("--replay", help="folder of images replayed as the camera")
+    lo.add_argument("--workdir", default="dashboard-load-run")
+    lo.add_argument("--clients", type=int, default=20)
+    lo.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
+    lo.add_argument("--rounds", type=int, default=3, help="no-clients / clients phase pairs")
+    lo.add_argument("--live-fps", type=float, default=2.0,
+                    help="live frames pushed per second per client at most (the page's default)")
+    lo.add_argument("--port", type=int, default=18080)
+    lo.add_argument("--pin-clients", action="store_true",
+                    help="run the clients on the last core and the station on the others, so the clients' own CPU "
+                         "(a tablet's, on the line) is not taken from the station")
+    lo.set_defaults(func=cmd_bench_dashboard_load)
+    co = mode.add_parser("cost", help="the real dashboard app before a stand-in station: %% of a core for no "
+                                      "clients, the verdict stream, the live MJPEG stream, live polling (2 cores)")
+    co.add_argument("--clients", type=int, default=20)
+    co.add_argument("--rate", type=float, default=45.0, help="verdicts per second of the stand-in station")
+    co.add_argument("--seconds", type=float, default=10.0)
+    co.add_argument("--sse-batch", type=float, help="seconds of verdicts per SSE write (default: the dashboard's)")
+    co.set_defaults(func=cmd_bench_dashboard_cost)
+
+
+def _add_durability(what: argparse._SubParsersAction) -> None:
+    k = what.add_parser("durability", help="kill -9 the station daemon at random moments while it inspects; "
+                                           "check that no acknowledged verdict is lost")
+    k.add_argument("--bundle", help="bundle directory (default: train a tiny one in --workdir)")
+    k.add_argument("--replay", help="folder of images the daemon replays in a loop")
+    k.add_argument("--kills", type=int, default=50)
+    k.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    k.add_argument("--max-after", type=float, default=2.0, help="kill up to this many seconds after the first verdict")
+    k.add_argument("--workdir", default="kill9-run")
+    k.add_argument("--json", help="write every round and the summary here")
+    k.set_defaults(func=cmd_bench_durability)
+
+
+def _add_profile(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser("profile", help="where a frame's station-path time goes: preprocess, bare model, search, "
+                                        "judge, whole path (side by side on DATA's test images)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data", required=True, help="MVTec-layout dataset; its test/ images are the frames")
+    p.add_argument("--cv-threads", type=int, help="cv2.setNumThreads before timing (default: OpenCV's)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.set_defaults(func=cmd_bench_profile)
+
+
+def _bundle_and_replay(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """The given --bundle and --replay, None when neither is given."""
+    from device.errors import KenpinError
+
+    if (args.bundle is None) != (args.replay is None):
+        raise KenpinError("give both --bundle and --replay, or neither")
+    return (Path(args.bundle), Path(args.replay)) if args.bundle else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kenpin.bench import run_bench
+
+    return run_bench([Path(d) for d in args.data], Path(args.workdir), args.recipe, args.markdown, args.images,
+                     args.reuse_bundles)
+
+
+def cmd_bench_station(args: argparse.Namespace) -> int:
+    from device.bench.station import StationBenchOptions, run_station_bench
+
+    return run_station_bench(StationBenchOptions(
+        Path(args.bundle), Path(args.replay), Path(args.workdir), args.seconds, args.triggered_seconds,
+        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None, workers=args.workers))
+
+
+def cmd_bench_store(args: argparse.Namespace) -> int:
+    from device.bench.store import run_store_bench
+
+    return run_store_bench(args.n, args.size, Path(args.dir))
+
+
+def cmd_bench_dashboard_load(args: argparse.Namespace) -> int:
+    from device.bench.dashboard_load import LoadOptions, run_dashboard_load
+
+    workdir = Path(args.workdir)
+    given = _bundle_and_replay(args)
+    if given is None:
+        from kenpin.bench_inputs import sample_line_and_bundle
+
+        bundle, line = sample_line_and_bundle(workdir)
+        given = bundle, line / "test" / "good"
+    return run_dashboard_load(LoadOptions(*given, workdir, args.clients, args.seconds, args.rounds, args.live_fps,
+                                          args.port, args.pin_clients))
+
+
+def cmd_bench_dashboard_cost(args: argparse.Namespace) -> int:
+    from device.bench.dashboard_cost import CostOptions, run_serving_cost
+
+    return run_serving_cost(CostOptions(args.clients, args.rate, args.seconds, args.sse_batch))
+
+
+def cmd_bench_durability(args: argparse.Namespace) -> int:
+    from device.bench.durability import mixed_replay, run_durability_bench
+
+    workdir = Path(args.workdir)
+    given = _bundle_and_replay(args)
+    if given is None:
+        from kenpin.bench_inputs import tiny_line_and_bundle
+
+        bundle, line = tiny_line_and_bundle(workdir)
+        given = bundle, mixed_replay(line, workdir / "replay")
+    return run_durability_bench(workdir, *given, args.kills, args.seed, args.max_after,
+                                Path(args.json) if args.json else None)
+
+
+def cmd_bench_profile(args: argparse.Namespace) -> int:
+    from device.bench.profile import run_profile
+
+    return run_profile(Path(args.bundle), Path(args.data), args.cv_threads, args.repeat)
