@@ -61,3 +61,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("station: [unclosed\n")
     with pytest.raises(KenpinError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_a_new_actuator_or_trigger_input_is_one_class_in_its_registry(monkeypatch):
+    from device.station.actuator import ACTUATORS, make_actuator
+    from device.station.triggers import TRIGGER_INPUTS
+
+    class Relay:
+        def __init__(self, cfg, pin_factory=None):
+            self.cfg = cfg
+
+    with pytest.raises(KenpinError, match=r"line 2: actuator.type = 'relay': must be one of"):
+        parse_config("actuator:\n  type: relay\n", "st.yaml")
+    monkeypatch.setitem(ACTUATORS, "relay", Relay)
+    monkeypatch.setitem(TRIGGER_INPUTS, "laser", Relay)
+    cfg = parse_config("actuator:\n  type: relay\ntrigger:\n  mode: laser\n", "st.yaml")
+    assert isinstance(make_actuator(cfg.actuator), Relay) and cfg.trigger.mode == "laser"

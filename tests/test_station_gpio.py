@@ -6,7 +6,7 @@ import time
 import pytest
 
 from device.station.actuator import GpioActuator
-from device.station.config import ActuatorSection
+from device.station.actuator import ActuatorSection
 from device.station.station import Station
 from tests.station_helpers import replay_folder, station_config, wait_for
 

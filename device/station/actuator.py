@@ -11,18 +11,38 @@ import itertools
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from device.errors import KenpinError
-from device.station.config import ActuatorSection
+from device.schema import need
 
 log = logging.getLogger("kenpin.station.actuator")
+
+
+@dataclass(frozen=True)
+class ActuatorSection:
+    """The ``actuator:`` section: which output signals verdicts, and the pulse's timing."""
+
+    type: str = "none"
+    reject_pin: str = "GPIO27"
+    ok_pin: str = ""
+    pulse_ms: float = 50.0
+    delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        need(self.type in ACTUATORS, "type", self.type, f"must be one of {tuple(ACTUATORS)}")
+        need(self.pulse_ms > 0, "pulse_ms", self.pulse_ms, "must be positive")
+        need(self.delay_ms >= 0, "delay_ms", self.delay_ms, "must be 0 or positive")
 
 
 class NullActuator:
     """No output wired: verdicts are recorded and shown, nothing is signalled."""
 
     pulses = 0
+
+    def __init__(self, cfg: ActuatorSection | None = None, pin_factory: Any = None) -> None:
+        """Nothing to open (the same signature as every actuator in ACTUATORS)."""
 
     def fire(self, verdict: str) -> None:
         """Ignore the verdict."""
@@ -93,6 +113,10 @@ class GpioActuator:
                 device.close()
 
 
-def make_actuator(cfg: ActuatorSection, pin_factory: Any = None) -> NullActuator | GpioActuator:
+# Outputs by ``actuator.type``; a new one is a class taking (section, pin_factory) with fire() and close().
+ACTUATORS: dict[str, type] = {"none": NullActuator, "gpio": GpioActuator}
+
+
+def make_actuator(cfg: ActuatorSection, pin_factory: Any = None) -> Any:
     """The actuator the ``actuator`` section names."""
-    return GpioActuator(cfg, pin_factory) if cfg.type == "gpio" else NullActuator()
+    return ACTUATORS[cfg.type](cfg, pin_factory)

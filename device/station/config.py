@@ -14,11 +14,11 @@ from typing import Any
 from device.dashboard.settings import DashboardSettings
 from device.errors import KenpinError
 from device.schema import Document, internal, load, need, parse_yaml, read_yaml
+from device.station.actuator import ActuatorSection
 from device.station.mqtt_settings import MqttSettings
+from device.station.triggers import TriggerSection
 
 CAMERA_TYPES = ("replay", "opencv", "picamera2")
-TRIGGER_MODES = ("free-run", "software", "gpio")
-ACTUATOR_TYPES = ("none", "gpio")
 PRECISION_CHOICES = ("auto", "int8", "fp32")
 
 
@@ -81,37 +81,6 @@ class CameraSection:
         need(self.type in CAMERA_TYPES, "type", self.type, f"must be one of {CAMERA_TYPES}")
         need(0 < self.reconnect_initial_s <= self.reconnect_max_s, "reconnect_initial_s",
              self.reconnect_initial_s, "must be positive and at most reconnect_max_s")
-
-
-@dataclass(frozen=True)
-class TriggerSection:
-    mode: str = "free-run"
-    every_n: int = 1
-    rate_hz: float = 0.0
-    gpio_pin: str = "GPIO17"
-    gpio_pull_up: bool = False
-    gpio_bounce_ms: float = 5.0
-    max_backlog: int = 100000
-
-    def __post_init__(self) -> None:
-        need(self.mode in TRIGGER_MODES, "mode", self.mode, f"must be one of {TRIGGER_MODES}")
-        need(self.every_n >= 1, "every_n", self.every_n, "must be 1 or more")
-        need(self.rate_hz >= 0, "rate_hz", self.rate_hz, "must be 0 (off) or positive")
-        need(self.max_backlog >= 1, "max_backlog", self.max_backlog, "must be 1 or more")
-
-
-@dataclass(frozen=True)
-class ActuatorSection:
-    type: str = "none"
-    reject_pin: str = "GPIO27"
-    ok_pin: str = ""
-    pulse_ms: float = 50.0
-    delay_ms: float = 0.0
-
-    def __post_init__(self) -> None:
-        need(self.type in ACTUATOR_TYPES, "type", self.type, f"must be one of {ACTUATOR_TYPES}")
-        need(self.pulse_ms > 0, "pulse_ms", self.pulse_ms, "must be positive")
-        need(self.delay_ms >= 0, "delay_ms", self.delay_ms, "must be 0 or positive")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decis
                                      InspectWorker, Job, Model, RecorderWorker, ScoreWorker)
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
-from device.station.triggers import FreeRun, GpioTrigger, TriggerQueue
+from device.station.triggers import TRIGGER_INPUTS, FreeRun, TriggerQueue
 
 log = logging.getLogger("kenpin.station")
 
@@ -91,7 +91,7 @@ class Station:
         self._midq: queue.Queue[Job | None] = queue.Queue(1)
         self._outq: queue.Queue[Decision | None] = queue.Queue(config.pipeline.record_queue)
         self._actuator: Any = None
-        self._gpio: GpioTrigger | None = None
+        self._trigger_input: Any = None  # an outside input queueing triggers (GPIO), when configured
         self._blas_limit: Any = None  # threadpoolctl's limiter while parallel workers run
         self.running = False
 
@@ -127,8 +127,8 @@ class Station:
                                        self._stop, self._current_model)]
         for w in self._workers:
             w.start()
-        if c.trigger.mode == "gpio":
-            self._gpio = GpioTrigger(c.trigger, self.triggers, self._pin_factory)
+        if c.trigger.mode in TRIGGER_INPUTS:
+            self._trigger_input = TRIGGER_INPUTS[c.trigger.mode](c.trigger, self.triggers, self._pin_factory)
         self.running = True
         log.info("station %s running: bundle %s (%s), camera %s, trigger %s", self.name, self._model.bundle.bundle_id,
                  self._model.precision, self._camera.description, c.trigger.mode)
@@ -150,8 +150,8 @@ class Station:
         if not self.running:
             return
         self.running = False
-        if self._gpio is not None:
-            self._gpio.close()
+        if self._trigger_input is not None:
+            self._trigger_input.close()
         self._stop.set()
         recorder, *inference, capture = self._workers
         capture.join(timeout)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.errors import KenpinError
-from device.station.config import TriggerSection
+from device.schema import need
 
 log = logging.getLogger("kenpin.station.triggers")
 
@@ -109,3 +109,33 @@ class GpioTrigger:
 
     def close(self) -> None:
         self.device.close()
+
+
+# Trigger inputs that queue "a part is here" from outside the station, by ``trigger.mode``; a new
+# kind of input is one class taking (section, queue, pin_factory) with a close(), listed here.
+TRIGGER_INPUTS: dict[str, type] = {"gpio": GpioTrigger}
+BUILT_IN_MODES = ("free-run", "software")  # free-run: the capture loop decides; software: HTTP /trigger
+
+
+def trigger_modes() -> tuple[str, ...]:
+    """Every value ``trigger.mode`` may take."""
+    return BUILT_IN_MODES + tuple(TRIGGER_INPUTS)
+
+
+@dataclass(frozen=True)
+class TriggerSection:
+    """The ``trigger:`` section: when a frame is inspected (``gpio_*`` keys: the GPIO input)."""
+
+    mode: str = "free-run"
+    every_n: int = 1
+    rate_hz: float = 0.0
+    gpio_pin: str = "GPIO17"
+    gpio_pull_up: bool = False
+    gpio_bounce_ms: float = 5.0
+    max_backlog: int = 100000
+
+    def __post_init__(self) -> None:
+        need(self.mode in trigger_modes(), "mode", self.mode, f"must be one of {trigger_modes()}")
+        need(self.every_n >= 1, "every_n", self.every_n, "must be 1 or more")
+        need(self.rate_hz >= 0, "rate_hz", self.rate_hz, "must be 0 (off) or positive")
+        need(self.max_backlog >= 1, "max_backlog", self.max_backlog, "must be 1 or more")
