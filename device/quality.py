@@ -19,6 +19,7 @@ import numpy as np
 
 from device.errors import BundleError, KenpinError
 from device.scoring import patch_threshold
+from device.session import OnnxModel
 
 if TYPE_CHECKING:  # the runtime needs no import of the bundle module at load time
     from device.bundle import Bundle, Ranker
@@ -283,14 +284,11 @@ class _Scorer:
     """One ranker model in an ONNX Runtime session."""
 
     def __init__(self, ranker: "Ranker", precision: str = "int8", threads: int = 1) -> None:
-        from device.runtime import make_session  # lazy: device.runtime imports device.bundle
-
         self.ranker = ranker
         self.prepare = ranker.input
         self.model = ranker.model if precision == "int8" else ranker.fp32_model
-        self.session = make_session(self.model, threads)
-        self._input = self.session.get_inputs()[0].name
-        out = self.session.run(None, {self._input: np.zeros(self.prepare.shape, np.float32)})[0]
+        self.net = OnnxModel(self.model, threads)
+        out = self.net(np.zeros(self.prepare.shape, np.float32))
         columns = max(1, len(ranker.families))
         if out.shape != (1, columns):
             raise BundleError(f"{self.model}: output shape {out.shape} is not (1, {columns}); "
@@ -298,7 +296,7 @@ class _Scorer:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """One prepared input (1 x C x S x S) → its output row."""
-        return self.session.run(None, {self._input: x})[0][0]
+        return self.net(x)[0]
 
     def _raw(self, frame: np.ndarray) -> np.ndarray:
         return self._run(self.prepare(frame))

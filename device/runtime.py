@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from device.bundle import Bundle, Variant, load_bundle
 from device.errors import BundleError
 from device.quality import Grader, QualityGate, distance_unit
 from device.scoring import (NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, Normalization, heat_units,
                             heatmap, patch_threshold, patches_from_map)
+from device.session import OnnxModel
 
 
 @dataclass(frozen=True)
@@ -35,21 +35,6 @@ class Verdict:
     retake_reason: str | None = None
     grade: float | None = None
     distances: np.ndarray | None = None
-
-
-def make_session(model: Path, threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session pinned to ``threads`` intra-op threads (the Pi has 4 cores)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's workers busy-wait after each run by default; on a small CPU they then fight the BLAS
-    # threads of the reference search that follows (measured: embed + search 24-32 ms vs 13 ms).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own hierarchy; the message is what matters
-        raise BundleError(f"{model}: ONNX Runtime cannot load this model ({e})") from None
 
 
 def load_rankers(bundle: Bundle) -> tuple[QualityGate | None, Grader | None]:
@@ -75,8 +60,7 @@ class Inspector:
         self.bundle = bundle
         self.variant: Variant = variant if isinstance(variant, Variant) else bundle.variant(variant)
         self.preprocess = bundle.preprocess
-        self.session = make_session(self.variant.model, threads)
-        self._input = self.session.get_inputs()[0].name
+        self.embedder = OnnxModel(self.variant.model, threads)
         self.scorer = NearestNeighbourScorer(np.load(self.variant.bank))
         self.image_scorer = ImageScorer(self.scorer, self.variant.texture, self.variant.fusion)
         self._check_output_shape()
@@ -89,14 +73,14 @@ class Inspector:
 
     def _check_output_shape(self) -> None:
         probe = np.zeros((1, 3, self.preprocess.height, self.preprocess.width), np.float32)
-        out = self.session.run(None, {self._input: probe})[0]
+        out = self.embedder(probe)
         expected = (1, self.variant.dim, *self.variant.grid)
         if out.shape != expected:
             raise BundleError(f"{self.variant.model}: output shape {out.shape} does not match the manifest's {expected}")
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """Patch embeddings, (h*w) x C, of a preprocessed 1x3xHxW tensor (the model alone)."""
-        return patches_from_map(self.session.run(None, {self._input: tensor})[0])
+        return patches_from_map(self.embedder(tensor))
 
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         """Patch embeddings of a frame, (h*w) x C."""
