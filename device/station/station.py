@@ -30,16 +30,11 @@ from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decis
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
 from device.station.triggers import FreeRun, GpioTrigger, TriggerQueue
+from device.version import kenpin_version
 
 log = logging.getLogger("kenpin.station")
 
 FEEDBACK_LABELS = {"good": "good", "defect": "defect"}
-
-
-def _version() -> str:
-    from kenpin import __version__
-
-    return __version__
 
 
 class Subscription:
@@ -363,7 +358,7 @@ class Station:
         model = self._model
         cam = self.camera_state
         return {
-            "name": self.name, "version": _version(), "started_at": self.started_at,
+            "name": self.name, "version": kenpin_version(), "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 1), "running": self.running,
             "bundle": model.summary() if model else None,
             "previous_bundle": self._previous_model.bundle.bundle_id if self._previous_model else None,
