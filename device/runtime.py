@@ -10,7 +10,7 @@ import numpy as np
 
 from device.bundle import Bundle, Variant, load_bundle
 from device.errors import BundleError
-from device.quality import Grader, QualityGate, distance_unit
+from device.quality import Grader, QualityGate
 from device.scoring import (NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, Normalization, heat_units,
                             heatmap, patch_threshold, patches_from_map)
 from device.session import OnnxModel
@@ -35,6 +35,11 @@ class Verdict:
     retake_reason: str | None = None
     grade: float | None = None
     distances: np.ndarray | None = None
+
+
+def distance_unit(variant: Variant) -> np.float32:
+    """The patch distance at the bundle's own threshold: rankers read distances in this unit."""
+    return np.float32(patch_threshold(variant.normalization.threshold, variant.fusion))
 
 
 def load_rankers(bundle: Bundle) -> tuple[QualityGate | None, Grader | None]:
@@ -85,6 +90,27 @@ class Inspector:
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         """Patch embeddings of a frame, (h*w) x C."""
         return self.run(self.preprocess(rgb))
+
+    def patch_view(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A frame's patch embeddings and their distances to the reference bank in units of the threshold."""
+        patches = self.embed(rgb)
+        return patches, self.scorer.distances(patches) / distance_unit(self.variant)
+
+    def anomaly_map(self, rgb: np.ndarray) -> np.ndarray:
+        """The frame's patch distances to the reference bank on the model's grid, in units of the threshold."""
+        return self.patch_view(rgb)[1].reshape(self.variant.grid)
+
+    def grade(self, rgb: np.ndarray, grader: Grader | None = None) -> float:
+        """A whole frame's grade by ``grader`` (default: the bundle's, loaded with ``rankers``), with
+        the anomaly model run first where the grade reads it; :meth:`Grader.percentile` reads it."""
+        grader = self.grader if grader is None else grader
+        if grader is None:
+            raise BundleError(f"{self.bundle.root}: no grade model loaded; the bundle has none, or open the "
+                              "inspector with rankers=True")
+        if not grader.reads_anomaly_model:
+            return grader.grade(rgb)
+        patches, distances = self.patch_view(rgb)
+        return grader.grade_judged(rgb, patches, distances, self.variant.grid)
 
     def inspect(self, rgb: np.ndarray, with_heatmap: bool = False) -> Verdict:
         """Judge one HxWx3 uint8 RGB frame (heat map always or never)."""

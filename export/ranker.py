@@ -17,7 +17,7 @@ import torch
 
 from device.bundle import load_bundle
 from device.errors import KenpinError
-from device.quality import ROLES, RankerInput
+from device.ranker_input import ROLES, RankerInput
 from device.session import OnnxModel
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME

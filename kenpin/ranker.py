@@ -20,7 +20,8 @@ import numpy as np
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
-from device.quality import Grader, QualityGate, RankerInput, anomaly_map, patch_view
+from device.quality import Grader, QualityGate
+from device.ranker_input import RankerInput
 from export.ranker import RankerExportSpec, add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
 from training.dataset import mask_for, read_many
 from training.degrade import FAMILIES, KINDS, TRAIN_GRID
@@ -250,9 +251,9 @@ def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, 
 
         insp = Inspector(load_bundle(bundle), "int8", 2)
         if spec.input.source == "anomaly":
-            prepare = lambda rgb: spec.input.from_map(anomaly_map(insp, rgb))  # noqa: E731
+            prepare = lambda rgb: spec.input.from_map(insp.anomaly_map(rgb))  # noqa: E731
         else:
-            prepare = lambda rgb: spec.input.from_embedding(*patch_view(insp, rgb))  # noqa: E731
+            prepare = lambda rgb: spec.input.from_embedding(*insp.patch_view(rgb))  # noqa: E731
     inputs = judged_inputs(judged.images, prepare, spec.input)
     log.info("training the grade ranker on %d judgements of %d images", len(judged.pairs), len(judged.images))
     trained = train_ranknet(inputs, judgement_pairs(judged.pairs, 4), spec.input, spec.train, "grade ranknet")
@@ -337,13 +338,21 @@ def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", a
 
 def eval_grade(bundle: Path, ratings: Path, precision: str, k: int, json_path: Path | None) -> dict[str, Any]:
     """Kendall τ, NDCG@k and pairwise accuracy of the bundle's grade on a rated file (held out from training)."""
-    grader = Grader.from_bundle(load_bundle(bundle), threads=1, precision=precision)
+    from device.runtime import Inspector
+
+    b = load_bundle(bundle)
+    grader = Grader.from_bundle(b, threads=1, precision=precision)
     if grader is None:
         raise KenpinError(f"{bundle}: has no grade model; add one with kenpin train-ranker --role grade --ratings FILE")
     judged = read_judgements(ratings)
     if judged.ratings is None:
         raise KenpinError(f"{ratings}: evaluation needs an image,rating file (better,worse pairs have no scale)")
-    scores = np.array([grader.grade(read_rgb(p)) for p in judged.images])
+    if grader.reads_anomaly_model:  # it grades the anomaly model's view of each frame: open that model too
+        insp = Inspector(b, precision, 1)
+        grade: Callable[[np.ndarray], float] = lambda rgb: insp.grade(rgb, grader)  # noqa: E731
+    else:
+        grade = grader.grade
+    scores = np.array([grade(read_rgb(p)) for p in judged.images])
     m = {"bundle": str(bundle), "ratings": str(ratings), "precision": precision,
          **ranking_metrics(scores, np.asarray(judged.ratings), k)}
     if json_path is not None:

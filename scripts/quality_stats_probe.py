@@ -2,16 +2,16 @@
 
 Everything here reads ``DATA/train/good`` only (never ``test/``):
 
-1. ``stats``: a RankNet on the :data:`device.quality.FRAME_STATS` vector alone (linear, and a
+1. ``stats``: a RankNet on the :data:`device.ranker_input.FRAME_STATS` vector alone (linear, and a
    32-unit MLP), trained on pairs from 160 images and validated on 60 others, per degradation
    kind and per noise level; plus how often a single statistic moves with σ = 0.001 noise.
 2. ``exposure``: the ceiling of a brightness-only prior for same-image exposure pairs: a scorer
    peaked at one brightness (fitted on half the images) measured on the other half.
-3. ``grade-map BUNDLE RATINGS/train.csv``: Kendall τ of each :data:`device.quality.MAP_STATS`
+3. ``grade-map BUNDLE RATINGS/train.csv``: Kendall τ of each :data:`device.ranker_input.MAP_STATS`
    against the ratings of the TRAIN half only, and a seeded split of it into ``trainA.csv`` /
    ``valB.csv`` (3:1) next to it, for choosing grade settings without the held-out half.
 4. ``grade-embedding BUNDLE RATINGS``: on that trainA / valB split, Kendall τ on valB of rankers
-   over pooled patch embeddings (:func:`device.quality.grade_vector` parts): ridge regression on
+   over pooled patch embeddings (:func:`device.ranker_input.grade_vector` parts): ridge regression on
    log area, and RankNet scorers (linear, 16 and 32 hidden units, three weight decays).
 
     .venv/bin/python scripts/quality_stats_probe.py stats    ../shared/datasets/magnetic_tile [noise,defocus,...]
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from device.images import list_images, read_rgb
-from device.quality import FRAME_STATS, RankerInput, frame_stats
+from device.ranker_input import FRAME_STATS, RankerInput, frame_stats
 from training.degrade import KINDS, degrade, to_float, to_uint8
 from training.rank_pairs import QualityPool, build_quality_pool, quality_pairs
 
@@ -103,14 +103,14 @@ def probe_exposure(data: Path) -> None:
 def probe_grade_map(bundle: Path, ratings: Path) -> None:
     """Per map statistic: Kendall τ with the training ratings; and the trainA / valB split of them."""
     from device.bundle import load_bundle
-    from device.quality import MAP_STATS, anomaly_map, map_stats
+    from device.ranker_input import MAP_STATS, map_stats
     from device.runtime import Inspector
     from training.rank_eval import kendall_tau
     from training.rank_pairs import read_judgements
 
     j = read_judgements(ratings)
     insp = Inspector(load_bundle(bundle), "int8", 1)
-    stats = np.array([map_stats(anomaly_map(insp, read_rgb(p))) for p in j.images])
+    stats = np.array([map_stats(insp.anomaly_map(read_rgb(p))) for p in j.images])
     for k, name in enumerate(MAP_STATS):
         col = stats[:, k]
         print(f"{name:<12} τ {kendall_tau(col, np.asarray(j.ratings)):.3f}" if np.ptp(col) else f"{name:<12} constant")
@@ -161,12 +161,12 @@ def probe_grade_embedding(bundle: Path, ratings: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 
     from device.bundle import load_bundle
-    from device.quality import grade_vector, patch_view
+    from device.ranker_input import grade_vector
     from device.runtime import Inspector
 
     insp = Inspector(load_bundle(bundle), "int8", 1)
     (pa, ya), (pb, yb) = _rated(ratings / "trainA.csv"), _rated(ratings / "valB.csv")
-    xa, xb = (np.array([grade_vector(*patch_view(insp, read_rgb(p))) for p in ps]) for ps in (pa, pb))
+    xa, xb = (np.array([grade_vector(*insp.patch_view(read_rgb(p))) for p in ps]) for ps in (pa, pb))
     d = insp.variant.dim
     parts = {"mean": slice(0, d), "mean+max": slice(0, 2 * d), "top8": slice(2 * d, 3 * d),
              "map stats": slice(3 * d, None), "all": slice(None)}

@@ -156,8 +156,9 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     b = load_bundle(dst)
     assert set(b.rankers) == {"quality", "grade"}  # the gate stays
     assert b.rankers["grade"].input.source == ("anomaly" if "anomaly" in grade_input else "embedding")
-    grader = Grader.from_bundle(b)
-    held = [(grader.grade(_bad(read_rgb(p), "under", g)), g) for p in parts[20:26] for g in gains]
+    insp = Inspector(b, "int8", 1, rankers=True)
+    grader = insp.grader
+    held = [(insp.grade(_bad(read_rgb(p), "under", g)), g) for p in parts[20:26] for g in gains]
     assert kendall_tau(np.array([s for s, _ in held]), np.array([g for _, g in held])) >= 0.5
     assert 0.0 <= grader.percentile(held[0][0]) <= 1.0
     # the station grades a defect from what judging it computed, and agrees with the whole-frame grade
@@ -170,7 +171,7 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     model = Model(b, self_check(b, 1, "int8"), 1)
     decision = model.decide(Job(frame, 0.0, time.perf_counter(), "free-run", None), 1e-6, "line")
     assert decision.record.verdict == "defect"
-    assert decision.record.grade == pytest.approx(grader.percentile(grader.grade(frame)))
+    assert decision.record.grade == pytest.approx(grader.percentile(insp.grade(frame)))
 
 
 def test_cli_errors_are_one_sentence(gated, tmp_path, capsys):
