@@ -165,7 +165,7 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     import time
 
     from device.selfcheck import self_check
-    from device.station.pipeline import Job, Model
+    from device.station.model import Job, Model
 
     frame = read_rgb(parts[21])  # a well-captured frame (a dark one would be retaken by the gate)
     model = Model(b, self_check(b, 1, "int8"), 1)

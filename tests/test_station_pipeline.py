@@ -288,7 +288,9 @@ def test_a_slow_disk_gets_the_waiting_verdicts_in_one_commit_in_order():
     import time
     from types import SimpleNamespace
 
-    from device.station.pipeline import Counters, Decision, RecorderWorker
+    from device.station.counters import Counters
+    from device.station.model import Decision
+    from device.station.pipeline import RecorderWorker
     from device.station.record import VerdictRecord
 
     class SlowStore:  # every commit costs a sync of 20 ms, like an SD card

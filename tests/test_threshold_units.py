@@ -27,7 +27,7 @@ def test_good_parts_stay_below_the_threshold_on_the_anomaly_map(fixture, request
 def test_a_fused_bundles_reject_heat_map_shows_the_defect_not_the_part(tiny_texture_bundle, tiny_line):
     from device.bundle import load_bundle
     from device.selfcheck import self_check
-    from device.station.pipeline import Job, Model
+    from device.station.model import Job, Model
     from device.station.retention import OVERLAY_ALPHA, heat_overlay
 
     bundle = load_bundle(tiny_texture_bundle)

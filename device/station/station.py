@@ -25,8 +25,10 @@ from device.station.actuator import make_actuator
 from device.station.camera import Backoff, Camera, CameraLost, make_camera
 from device.station.config import StationConfig
 from device.station.overrides import OverrideFile, Overrides
-from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decision, EmbedWorker, InOrder,
-                                     InspectWorker, Job, Model, RecorderWorker, ScoreWorker)
+from device.station.capture import CameraState, CaptureWorker
+from device.station.counters import Counters
+from device.station.model import Decision, Job, Model
+from device.station.pipeline import EmbedWorker, InOrder, InspectWorker, RecorderWorker, ScoreWorker
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
 from device.station.triggers import FreeRun, GpioTrigger, TriggerQueue
