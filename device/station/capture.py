@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from device.station.camera import Backoff, Camera, CameraLost
+from device.station.camera import Backoff, Camera, CameraLost, FullSizeCamera
 from device.station.counters import Counters
 from device.station.model import Job, Model
 from device.station.triggers import FreeRun, TriggerQueue
@@ -23,12 +23,17 @@ log = logging.getLogger("kenpin.station")
 
 
 class CameraState:
-    """The newest frame and the camera's health, shared with the live view and the watchdog."""
+    """The newest frame and the camera's health, shared with the live view and the watchdog.
+
+    Frames are numbered as they are published (1, 2, …); a reader that wants the next one waits on
+    ``cond`` (:meth:`wait_newer`), which every publish notifies.
+    """
 
     def __init__(self, description: str) -> None:
         self.description = description
         self.cond = threading.Condition()
         self.frame: np.ndarray | None = None
+        self.frame_number = 0  # of ``frame``; 0 before the first
         self.frame_time = 0.0
         self.last_frame_mono = 0.0
         self.connected = False
@@ -39,9 +44,22 @@ class CameraState:
     def publish(self, frame: np.ndarray, when: float) -> None:
         with self.cond:
             self.frame, self.frame_time = frame, when
+            self.frame_number += 1
             self.last_frame_mono = time.monotonic()
             self._fps_window.append(self.last_frame_mono)
             self.cond.notify_all()
+
+    def latest(self) -> tuple[np.ndarray | None, int]:
+        """The newest frame (None before the first) and its number."""
+        with self.cond:
+            return self.frame, self.frame_number
+
+    def wait_newer(self, seen: int, timeout: float | None = None) -> int:
+        """Wait until a frame newer than number ``seen`` is published, at most ``timeout`` seconds;
+        the newest frame's number (``seen`` itself when none came in time)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.frame_number > seen, timeout)
+            return self.frame_number
 
     @property
     def fps(self) -> float:
@@ -67,6 +85,7 @@ class CaptureWorker(threading.Thread):
         self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
         self._slot = False  # a slot acquired before reading a paced frame
         self._seq = 0  # capture order of the frames handed to inference
+        self._full_size = camera.full_size if isinstance(camera, FullSizeCamera) else None
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -118,6 +137,8 @@ class CaptureWorker(threading.Thread):
             job = Job(frame, now, t0, trigger.source, trigger.id)
         else:
             job = Job(frame, now, t0, "free-run", None)
+        if self._full_size is not None:  # only for the frames inspected: the full-size copy costs
+            job.full = self._full_size()
         self.counters.add("triggers")
         job.model = self.model()
         try:

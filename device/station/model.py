@@ -27,6 +27,12 @@ class Job:
     tensor: np.ndarray | None = None  # preprocessed (capture stage)
     patches: np.ndarray | None = None  # embedded (embed stage)
     seq: int = -1  # capture order, for the in-order hand-off of parallel workers
+    full: np.ndarray | None = None  # the same frame at full size, from a camera that has one (picamera2's main)
+
+    @property
+    def kept_image(self) -> np.ndarray:
+        """The image the record keeps of this part: full size where the camera gave one, else the analysed frame."""
+        return self.frame if self.full is None else self.full
 
 
 @dataclass

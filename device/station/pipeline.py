@@ -152,7 +152,7 @@ class RecorderWorker(threading.Thread):
 
     def _record(self, batch: list[Decision]) -> None:
         try:
-            recs = self.store.record_many([(d.record, d.job.frame, d.heatmap) for d in batch])
+            recs = self.store.record_many([(d.record, d.job.kept_image, d.heatmap) for d in batch])
         except KenpinError as e:  # the store degrades rather than raising; belt and braces
             log.error("recording failed: %s", e)
             recs = [d.record for d in batch]

@@ -308,6 +308,11 @@ class Station:
         for s in subs:
             s.offer(rec)
 
+    def wait_frame(self, seen: int, timeout: float) -> int:
+        """Block until the camera has a frame newer than number ``seen`` (at most ``timeout`` s); the
+        newest frame's number, ``seen`` when none came. Live views wait here rather than poll."""
+        return self.camera_state.wait_newer(seen, timeout)
+
     def latest_frame(self) -> tuple[bytes, VerdictRecord | None] | None:
         """JPEG of the newest frame (re-encoded at most ``pipeline.live_jpeg_hz`` times a second)."""
         now = time.monotonic()
@@ -315,7 +320,7 @@ class Station:
             cached, last = self._jpeg, self._last
         if cached is not None and now - cached[0] < 1.0 / self.config.pipeline.live_jpeg_hz:
             return cached[1], last
-        frame = self.camera_state.frame
+        frame, _ = self.camera_state.latest()
         if frame is None:
             return None
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
