@@ -1,4 +1,4 @@
-"""``kenpin bench station``: the daemon's figures of issue 5, measured side by side in one run.
+"""``kenpin bench station``: the daemon's figures (throughput, triggers, memory, a Pi estimate) side by side in one run.
 
     kenpin bench station --bundle BUNDLE_224_INT8 --replay DIR [--seconds 20] \\
         [--triggered-seconds 60] [--memory-minutes 20] [--markdown FILE]
