@@ -134,7 +134,7 @@ def test_a_ranker_whose_shape_does_not_match_its_input_is_refused(gated, tmp_pat
 @pytest.mark.parametrize("grade_input", ["{size: 32, crops: 0}", "{source: anomaly, size: 32, crops: 0, stats: true}"],
                          ids=["embedding", "anomaly-map"])
 def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, tiny_line, recipe_file, tmp_path,
-                                                                         grade_input):
+                                                                         grade_input, capsys):
     """Operators rate darker captures of a part lower; the grade ranks unseen parts the same way."""
     from kenpin.cli import main
 
@@ -172,6 +172,10 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     decision = model.decide(Job(frame, 0.0, time.perf_counter(), "free-run", None), 1e-6, "line")
     assert decision.record.verdict == "defect"
     assert decision.record.grade == pytest.approx(grader.percentile(insp.grade(frame)))
+    # eval-ranker grades whole rated frames the same way (the anomaly model runs first)
+    capsys.readouterr()
+    assert main(["eval-ranker", "--bundle", str(dst), "--role", "grade", "--ratings", str(tmp_path / "ratings.csv")]) == 0
+    assert "Kendall τ" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_sentence(gated, tmp_path, capsys):
