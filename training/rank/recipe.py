@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from device.errors import KenpinError
-from device.quality import RankerInput
+from device.ranker_input import RankerInput
 from export.ranker import RankerExportSpec
 from training.rank.degrade import FAMILIES, KINDS
 
