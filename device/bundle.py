@@ -17,7 +17,7 @@ from device.calibrate import calibrate
 from device.errors import BundleError
 from device.errors import KenpinError
 from device.preprocess import Preprocess
-from device.quality import ROLES, QualityFamily, RankerInput
+from device.ranker_input import ROLES, QualityFamily, RankerInput
 from device.scoring import Fusion, Normalization, TextureModel
 
 MANIFEST = "manifest.json"
@@ -106,7 +106,7 @@ class ProbeSpec:
 
 @dataclass(frozen=True)
 class Ranker:
-    """An optional RankNet scorer (issue 4): role ``quality`` (the capture gate) or ``grade``."""
+    """An optional RankNet scorer: role ``quality`` (the capture gate) or ``grade``."""
 
     role: str
     model: Path  # int8

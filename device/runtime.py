@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from device.bundle import Bundle, Variant, load_bundle
 from device.errors import BundleError
-from device.quality import Grader, QualityGate, distance_unit
+from device.quality import Grader, QualityGate
 from device.scoring import (NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, Normalization, heat_units,
                             heatmap, patch_threshold, patches_from_map)
+from device.session import OnnxModel
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,9 @@ class Verdict:
     distances: np.ndarray | None = None
 
 
-def make_session(model: Path, threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session pinned to ``threads`` intra-op threads (the Pi has 4 cores)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's workers busy-wait after each run by default; on a small CPU they then fight the BLAS
-    # threads of the reference search that follows (measured: embed + search 24-32 ms vs 13 ms).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own hierarchy; the message is what matters
-        raise BundleError(f"{model}: ONNX Runtime cannot load this model ({e})") from None
+def distance_unit(variant: Variant) -> np.float32:
+    """The patch distance at the bundle's own threshold: rankers read distances in this unit."""
+    return np.float32(patch_threshold(variant.normalization.threshold, variant.fusion))
 
 
 def load_rankers(bundle: Bundle) -> tuple[QualityGate | None, Grader | None]:
@@ -75,8 +65,7 @@ class Inspector:
         self.bundle = bundle
         self.variant: Variant = variant if isinstance(variant, Variant) else bundle.variant(variant)
         self.preprocess = bundle.preprocess
-        self.session = make_session(self.variant.model, threads)
-        self._input = self.session.get_inputs()[0].name
+        self.embedder = OnnxModel(self.variant.model, threads)
         self.scorer = NearestNeighbourScorer(np.load(self.variant.bank))
         self.image_scorer = ImageScorer(self.scorer, self.variant.texture, self.variant.fusion)
         self._check_output_shape()
@@ -89,18 +78,39 @@ class Inspector:
 
     def _check_output_shape(self) -> None:
         probe = np.zeros((1, 3, self.preprocess.height, self.preprocess.width), np.float32)
-        out = self.session.run(None, {self._input: probe})[0]
+        out = self.embedder(probe)
         expected = (1, self.variant.dim, *self.variant.grid)
         if out.shape != expected:
             raise BundleError(f"{self.variant.model}: output shape {out.shape} does not match the manifest's {expected}")
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """Patch embeddings, (h*w) x C, of a preprocessed 1x3xHxW tensor (the model alone)."""
-        return patches_from_map(self.session.run(None, {self._input: tensor})[0])
+        return patches_from_map(self.embedder(tensor))
 
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         """Patch embeddings of a frame, (h*w) x C."""
         return self.run(self.preprocess(rgb))
+
+    def patch_view(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A frame's patch embeddings and their distances to the reference bank in units of the threshold."""
+        patches = self.embed(rgb)
+        return patches, self.scorer.distances(patches) / distance_unit(self.variant)
+
+    def anomaly_map(self, rgb: np.ndarray) -> np.ndarray:
+        """The frame's patch distances to the reference bank on the model's grid, in units of the threshold."""
+        return self.patch_view(rgb)[1].reshape(self.variant.grid)
+
+    def grade(self, rgb: np.ndarray, grader: Grader | None = None) -> float:
+        """A whole frame's grade by ``grader`` (default: the bundle's, loaded with ``rankers``), with
+        the anomaly model run first where the grade reads it; :meth:`Grader.percentile` reads it."""
+        grader = self.grader if grader is None else grader
+        if grader is None:
+            raise BundleError(f"{self.bundle.root}: no grade model loaded; the bundle has none, or open the "
+                              "inspector with rankers=True")
+        if not grader.reads_anomaly_model:
+            return grader.grade(rgb)
+        patches, distances = self.patch_view(rgb)
+        return grader.grade_judged(rgb, patches, distances, self.variant.grid)
 
     def inspect(self, rgb: np.ndarray, with_heatmap: bool = False) -> Verdict:
         """Judge one HxWx3 uint8 RGB frame (heat map always or never)."""

@@ -16,8 +16,8 @@ from device.bundle import sha256_file
 from device.errors import KenpinError
 from device.macs import model_gmacs
 from device.probes import PROBES_FILE, write_probes
-from device.runtime import make_session
 from device.scoring import NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, patches_from_map
+from device.session import OnnxModel
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
 from export.parity import Parity, compare, pick_best
@@ -44,8 +44,7 @@ log = logging.getLogger(__name__)
 
 def ort_embed_fn(model_path: Path, threads: int = 2) -> EmbedFn:
     """An ONNX model as an embed function (the station's session settings)."""
-    session = make_session(model_path, threads)
-    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    return OnnxModel(model_path, threads)
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 
 from device.bundle import load_bundle
 from device.errors import KenpinError
-from device.quality import ROLES, RankerInput
-from device.runtime import make_session
+from device.ranker_input import ROLES, RankerInput
+from device.session import OnnxModel
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME
 from export.parity import Parity, compare, pick_best
@@ -59,9 +59,9 @@ def export_onnx(model: torch.nn.Module, inp: RankerInput, path: Path) -> None:
 
 def ort_scores(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
     """Scores (N x outputs) of model inputs with an ONNX model, in the station's session settings."""
-    session = make_session(path, 1)
+    model = OnnxModel(path, 1)
     x = inputs.astype(np.float32, copy=False)
-    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    return np.concatenate([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def _parity(method: str, fp32: np.ndarray, int8: np.ndarray) -> Parity:

@@ -1,3 +1,5 @@
 """kenpin (検品): edge visual inspection. The ``kenpin`` command lives in :mod:`kenpin.cli`."""
 
-__version__ = "0.1.0"
+from device.version import kenpin_version
+
+__version__ = kenpin_version()

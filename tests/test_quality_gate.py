@@ -134,7 +134,7 @@ def test_a_ranker_whose_shape_does_not_match_its_input_is_refused(gated, tmp_pat
 @pytest.mark.parametrize("grade_input", ["{size: 32, crops: 0}", "{source: anomaly, size: 32, crops: 0, stats: true}"],
                          ids=["embedding", "anomaly-map"])
 def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, tiny_line, recipe_file, tmp_path,
-                                                                         grade_input):
+                                                                         grade_input, capsys):
     """Operators rate darker captures of a part lower; the grade ranks unseen parts the same way."""
     from kenpin.cli import main
 
@@ -156,21 +156,26 @@ def test_grade_learns_an_operator_order_and_generalises_to_unrated_parts(gated, 
     b = load_bundle(dst)
     assert set(b.rankers) == {"quality", "grade"}  # the gate stays
     assert b.rankers["grade"].input.source == ("anomaly" if "anomaly" in grade_input else "embedding")
-    grader = Grader.from_bundle(b)
-    held = [(grader.grade(_bad(read_rgb(p), "under", g)), g) for p in parts[20:26] for g in gains]
+    insp = Inspector(b, "int8", 1, rankers=True)
+    grader = insp.grader
+    held = [(insp.grade(_bad(read_rgb(p), "under", g)), g) for p in parts[20:26] for g in gains]
     assert kendall_tau(np.array([s for s, _ in held]), np.array([g for _, g in held])) >= 0.5
     assert 0.0 <= grader.percentile(held[0][0]) <= 1.0
     # the station grades a defect from what judging it computed, and agrees with the whole-frame grade
     import time
 
     from device.selfcheck import self_check
-    from device.station.pipeline import Job, Model
+    from device.station.model import Job, Model
 
     frame = read_rgb(parts[21])  # a well-captured frame (a dark one would be retaken by the gate)
     model = Model(b, self_check(b, 1, "int8"), 1)
     decision = model.decide(Job(frame, 0.0, time.perf_counter(), "free-run", None), 1e-6, "line")
     assert decision.record.verdict == "defect"
-    assert decision.record.grade == pytest.approx(grader.percentile(grader.grade(frame)))
+    assert decision.record.grade == pytest.approx(grader.percentile(insp.grade(frame)))
+    # eval-ranker grades whole rated frames the same way (the anomaly model runs first)
+    capsys.readouterr()
+    assert main(["eval-ranker", "--bundle", str(dst), "--role", "grade", "--ratings", str(tmp_path / "ratings.csv")]) == 0
+    assert "Kendall τ" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_sentence(gated, tmp_path, capsys):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from device.errors import KenpinError
-from device.quality import RankerInput
+from device.ranker_input import RankerInput
 from training.rank.degrade import EVAL_GRID, KINDS, TRAIN_GRID, degrade, to_uint8
 from training.rank.metrics import ndcg_at, pairwise_accuracy, ranking_metrics
 from training.rank.optimize import ranknet_loss
@@ -83,7 +83,7 @@ def _texture(seed=0, shape=(240, 320)):
 
 
 def test_whole_frame_fine_energy_rises_with_sub_lsb_noise_and_falls_with_blur():
-    from device.quality import FRAME_STATS, frame_stats
+    from device.ranker_input import FRAME_STATS, frame_stats
 
     up = []
     for seed in range(10):
@@ -99,7 +99,7 @@ def test_whole_frame_fine_energy_rises_with_sub_lsb_noise_and_falls_with_blur():
 
 
 def test_map_statistics_measure_the_share_above_the_threshold():
-    from device.quality import MAP_STATS, map_stats
+    from device.ranker_input import MAP_STATS, map_stats
 
     d = np.zeros((10, 10), np.float32)
     d[:2] = 1.6  # 20 % of the map at 1.6x the threshold
@@ -111,7 +111,7 @@ def test_map_statistics_measure_the_share_above_the_threshold():
 def test_the_statistics_plane_rides_last_and_flips_leave_it_alone(tmp_path):
     import cv2
 
-    from device.quality import FRAME_STATS, frame_stats
+    from device.ranker_input import FRAME_STATS, frame_stats
     from training.rank.pairs import judged_inputs
 
     img = (np.tile(np.arange(100, dtype=np.float32), (80, 1)) * 2.5).astype(np.uint8)

@@ -288,7 +288,9 @@ def test_a_slow_disk_gets_the_waiting_verdicts_in_one_commit_in_order():
     import time
     from types import SimpleNamespace
 
-    from device.station.pipeline import Counters, Decision, RecorderWorker
+    from device.station.counters import Counters
+    from device.station.model import Decision
+    from device.station.pipeline import RecorderWorker
     from device.station.record import VerdictRecord
 
     class SlowStore:  # every commit costs a sync of 20 ms, like an SD card
@@ -310,7 +312,7 @@ def test_a_slow_disk_gets_the_waiting_verdicts_in_one_commit_in_order():
     for i in range(40):
         rec = VerdictRecord(0.0, "line", "b", "defect" if i % 5 == 0 else "ok", 0.1, 0.5, 1.0, 2.0, None, 1.0,
                             "software", i)
-        outq.put(Decision(SimpleNamespace(frame=None), rec, None))
+        outq.put(Decision(SimpleNamespace(kept_image=None), rec, None))
     outq.put(None)
     store = SlowStore()
     w = RecorderWorker(outq, store, actuator, Counters(), seen.append)

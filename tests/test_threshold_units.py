@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from device.images import list_images, read_rgb
-from device.quality import anomaly_map
 from device.runtime import Inspector
 
 
@@ -18,7 +17,7 @@ from device.runtime import Inspector
 def test_good_parts_stay_below_the_threshold_on_the_anomaly_map(fixture, request, tiny_line):
     insp = Inspector.open(request.getfixturevalue(fixture), "int8")
     goods = [read_rgb(p) for p in list_images(tiny_line / "test" / "good")]
-    maps = np.stack([anomaly_map(insp, rgb) for rgb in goods])
+    maps = np.stack([insp.anomaly_map(rgb) for rgb in goods])
     # Most patches of good parts are well inside the good range; a good part's worst patch is
     # near the threshold, not many times past it.
     assert np.median(maps) < 0.8
@@ -28,7 +27,7 @@ def test_good_parts_stay_below_the_threshold_on_the_anomaly_map(fixture, request
 def test_a_fused_bundles_reject_heat_map_shows_the_defect_not_the_part(tiny_texture_bundle, tiny_line):
     from device.bundle import load_bundle
     from device.selfcheck import self_check
-    from device.station.pipeline import Job, Model
+    from device.station.model import Job, Model
     from device.station.retention import OVERLAY_ALPHA, heat_overlay
 
     bundle = load_bundle(tiny_texture_bundle)

@@ -69,6 +69,9 @@ class StandInStation:
     def unsubscribe(self, s: _Sub) -> None:
         self._subs.remove(s)
 
+    def wait_frame(self, seen: int, timeout: float) -> int:
+        return seen + 1  # a new frame is always there: the page's own rate limit paces the stream
+
     def latest_frame(self):
         return self._jpeg + self.n.to_bytes(4, "little"), None  # a new frame each time
 

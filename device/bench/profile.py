@@ -23,11 +23,11 @@ def run_profile(bundle: Path, data: Path, cv_threads: int | None = None, repeat:
     insp = Inspector.open(bundle, "int8")
     paths = [p for d in sorted((data / "test").iterdir()) if d.is_dir() for p in list_images(d)]
     frames = [read_rgb(p) for p in paths[::10][:40]]
-    x, name = insp.preprocess(frames[0]), insp.session.get_inputs()[0].name
+    x = insp.preprocess(frames[0])
     patches = {id(f): insp.embed(f) for f in frames}  # each frame's own, as the station searches them
     res = time_side_by_side({
         "station path": lambda f: insp.inspect(f),
-        "bare model": lambda f: insp.session.run(None, {name: x}),
+        "bare model": lambda f: insp.embedder(x),
         "preprocess": lambda f: insp.preprocess(f),
         "search": lambda f: insp.scorer.distances(patches[id(f)]),
         "judge (search + texture + verdict)": lambda f: insp.judge(f, patches[id(f)], heat="never"),

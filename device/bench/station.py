@@ -110,8 +110,7 @@ def _parallel_rate(steps: list[Callable[[int], object]], seconds: float) -> floa
 
 
 def _ort_step(insp: Inspector, tensors: list[np.ndarray]) -> Callable[[int], object]:
-    name = insp.session.get_inputs()[0].name
-    return lambda n: insp.session.run(None, {name: tensors[n % len(tensors)]})
+    return lambda n: insp.embedder(tensors[n % len(tensors)])
 
 
 def bare_rates(sessions: dict[int, Inspector], layout: list[Inspector], frames: list[np.ndarray],

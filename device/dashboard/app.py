@@ -17,6 +17,7 @@ from device.dashboard.events import VerdictHub
 from device.dashboard.limits import BodyLimit, SecurityHeaders
 from device.dashboard.settings import DashboardSettings
 from device.errors import KenpinError
+from device.version import kenpin_version
 
 log = logging.getLogger("kenpin.dashboard")
 STATIC = Path(__file__).parent / "static"
@@ -31,7 +32,7 @@ def create_app(station: Any, settings: DashboardSettings) -> FastAPI:
         app.state.hub.stop()
 
     # docs_url/redoc_url would load Swagger UI from a CDN; the OpenAPI JSON is served locally.
-    app = FastAPI(title="kenpin station dashboard", version=_version(), docs_url=None, redoc_url=None,
+    app = FastAPI(title="kenpin station dashboard", version=kenpin_version(), docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.state.station = station
     app.state.access = Access(settings)
@@ -87,12 +88,3 @@ def _add_plain_routes(app: FastAPI) -> None:
 async def _kenpin_error(request: Request, exc: KenpinError) -> JSONResponse:
     """An expected failure (bad bundle, empty range, …): its one sentence, as a 400."""
     return JSONResponse({"detail": str(exc)}, status_code=400)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("kenpin")
-    except PackageNotFoundError:
-        return "0+unknown"

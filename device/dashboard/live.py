@@ -12,6 +12,7 @@ import zlib
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from device.dashboard.access import require_view
 from device.dashboard.events import _as_dict
@@ -19,6 +20,7 @@ from device.dashboard.events import _as_dict
 router = APIRouter(prefix="/api", tags=["live"], dependencies=[Depends(require_view)])
 
 PING_S = 15.0  # keeps proxies and the browser from closing an idle stream
+FRAME_WAIT_S = 1.0  # longest a live stream's wait for the next camera frame (a stopped camera: it waits again)
 BOUNDARY = "kenpinframe"
 
 
@@ -50,12 +52,19 @@ async def live_frame(request: Request) -> Response:
             responses={200: {"content": {f"multipart/x-mixed-replace; boundary={BOUNDARY}": {}}}})
 async def live_stream(request: Request) -> StreamingResponse:
     """Each new frame as one JPEG part (with ``Content-Length`` and ``X-Verdict-Id``), at most
-    ``dashboard.live_fps`` a second; an ``<img>`` shows it as it is, and so do VLC and browsers."""
+    ``dashboard.live_fps`` a second; an ``<img>`` shows it as it is, and so do VLC and browsers.
+
+    The stream waits for the camera's next frame (in a worker thread: the wait blocks) instead of
+    asking on a timer, so a stopped camera costs no JPEG work and a new frame goes out at once."""
     station, period = request.app.state.station, 1.0 / request.app.state.access.settings.live_fps
 
     async def parts():
-        last = None
+        last, seen = None, 0
         while True:
+            newest = await run_in_threadpool(station.wait_frame, seen, FRAME_WAIT_S)
+            if newest == seen:
+                continue
+            seen = newest
             latest = station.latest_frame()
             if latest is not None and latest[0] != last:  # only a changed frame is sent
                 last, record = latest

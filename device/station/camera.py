@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -34,6 +34,16 @@ class Camera(Protocol):
     def open(self) -> None: ...
     def read(self) -> np.ndarray: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FullSizeCamera(Camera, Protocol):
+    """A source that analyses a small image of each frame and also has the frame at full size (the
+    image kept for the record): picamera2's ``lores`` and ``main`` streams."""
+
+    def full_size(self) -> np.ndarray | None:
+        """The full-size RGB image of the frame :meth:`read` returned last; None when it cannot be had."""
+        ...
 
 
 class ReplayCamera:
@@ -126,8 +136,11 @@ class OpenCVCamera:
 class PiCamera:
     """A Raspberry Pi camera through picamera2 (imported only here; apt's python3-picamera2).
 
-    The picamera2 idiom: a video configuration for continuous capture, the small ``lores``
-    stream (YUV420) analysed, fixed exposure and gain so that images are repeatable.
+    The picamera2 idiom: a video configuration for continuous capture, fixed exposure and gain so
+    that images are repeatable, and two streams of every frame taken from one request: the small
+    ``lores`` one (YUV420) is analysed and shown live, the full-size ``main`` one (XBGR8888, laid
+    out R, G, B, X in memory) is the image kept for the record. The request of the last frame read
+    is held until the next read, so ``main`` is copied out only for the frames that are inspected.
     """
 
     def __init__(self, size: tuple[int, int], lores: tuple[int, int], exposure_us: int, gain: float, fps: float) -> None:
@@ -135,6 +148,7 @@ class PiCamera:
         self.description = f"picamera2:{lores[0]}x{lores[1]}"
         self.paced = False
         self._cam = None
+        self._request = None  # the last frame's completed request, released at the next read
 
     def open(self) -> None:
         try:
@@ -151,7 +165,7 @@ class PiCamera:
             controls.update(ExposureTime=self.exposure_us, AeEnable=False)
         if self.gain:
             controls.update(AnalogueGain=self.gain)
-        config = cam.create_video_configuration(main={"size": tuple(self.size)},
+        config = cam.create_video_configuration(main={"size": tuple(self.size), "format": "XBGR8888"},
                                                 lores={"size": tuple(self.lores), "format": "YUV420"},
                                                 controls=controls)
         cam.configure(config)
@@ -159,17 +173,44 @@ class PiCamera:
         self._cam = cam
 
     def read(self) -> np.ndarray:
+        """The next frame's ``lores`` image, RGB."""
         if self._cam is None:
             raise CameraLost("camera not open")
+        self._release()
         try:
-            yuv = self._cam.capture_array("lores")
+            self._request = self._cam.capture_request()
+            yuv = self._request.make_array("lores")
         except Exception as e:  # libcamera errors surface as assorted types; all mean "lost"
+            self._release()
             raise CameraLost(f"picamera2: capture failed ({e})") from None
-        return cv2.cvtColor(yuv, cv2.COLOR_YUV420p2RGB)
+        rgb = cv2.cvtColor(yuv, cv2.COLOR_YUV420p2RGB)
+        width = self.lores[0]  # rows are padded to the stream's stride: the padding is no part of the image
+        return rgb if rgb.shape[1] == width else np.ascontiguousarray(rgb[:, :width])
+
+    def full_size(self) -> np.ndarray | None:
+        """The ``main`` image (RGB, a copy) of the frame :meth:`read` returned last; None when it cannot be read."""
+        if self._request is None:
+            return None
+        try:
+            xbgr = self._request.make_array("main")
+        except Exception as e:  # as in read(); the analysed image is then kept instead
+            log.warning("picamera2: full-size image unavailable (%s); the lores image is kept", e)
+            return None
+        return cv2.cvtColor(xbgr, cv2.COLOR_RGBA2RGB)
+
+    def _release(self) -> None:
+        """Give the held request's buffers back to the camera (one that is gone may refuse: nothing to do then)."""
+        request, self._request = self._request, None
+        if request is not None:
+            try:
+                request.release()
+            except Exception:  # the reconnect that follows opens a new camera
+                log.debug("picamera2: releasing a request failed", exc_info=True)
 
     def close(self) -> None:
         if self._cam is not None:
             try:
+                self._release()
                 self._cam.stop()
                 self._cam.close()
             finally:

@@ -2,8 +2,8 @@
 
 Type=notify: READY=1 once the camera and model are up; WATCHDOG=1 only while frames really
 flow (a stalled camera lets systemd restart us); SIGTERM/SIGINT finish the part in flight,
-flush the record and exit 0. The dashboard (issue 6) and the MQTT publisher are started
-in-process when the config enables them.
+flush the record and exit 0. The dashboard and the MQTT publisher are started in-process when
+the config enables them.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _mqtt(station: Station, cfg: StationConfig) -> Any:
     """The fleet publisher when the config has an ``mqtt`` section, else None."""
     if cfg.mqtt is None:
         return None
-    from device.station.mqtt import start_publisher  # paho is imported only when configured
+    from device.station.mqtt import start_publisher  # imported only when configured: it loads paho-mqtt
 
     return start_publisher(station, cfg.mqtt)
 

@@ -25,21 +25,18 @@ from device.station.actuator import make_actuator
 from device.station.camera import Backoff, Camera, CameraLost, make_camera
 from device.station.config import StationConfig
 from device.station.overrides import OverrideFile, Overrides
-from device.station.pipeline import (CameraState, CaptureWorker, Counters, Decision, EmbedWorker, InOrder,
-                                     InspectWorker, Job, Model, RecorderWorker, ScoreWorker)
+from device.station.capture import CameraState, CaptureWorker
+from device.station.counters import Counters
+from device.station.model import Decision, Job, Model
+from device.station.pipeline import EmbedWorker, InOrder, InspectWorker, RecorderWorker, ScoreWorker
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
 from device.station.triggers import TRIGGER_INPUTS, FreeRun, TriggerQueue
+from device.version import kenpin_version
 
 log = logging.getLogger("kenpin.station")
 
 FEEDBACK_LABELS = {"good": "good", "defect": "defect"}
-
-
-def _version() -> str:
-    from kenpin import __version__
-
-    return __version__
 
 
 class Subscription:
@@ -311,6 +308,11 @@ class Station:
         for s in subs:
             s.offer(rec)
 
+    def wait_frame(self, seen: int, timeout: float) -> int:
+        """Block until the camera has a frame newer than number ``seen`` (at most ``timeout`` s); the
+        newest frame's number, ``seen`` when none came. Live views wait here rather than poll."""
+        return self.camera_state.wait_newer(seen, timeout)
+
     def latest_frame(self) -> tuple[bytes, VerdictRecord | None] | None:
         """JPEG of the newest frame (re-encoded at most ``pipeline.live_jpeg_hz`` times a second)."""
         now = time.monotonic()
@@ -318,7 +320,7 @@ class Station:
             cached, last = self._jpeg, self._last
         if cached is not None and now - cached[0] < 1.0 / self.config.pipeline.live_jpeg_hz:
             return cached[1], last
-        frame = self.camera_state.frame
+        frame, _ = self.camera_state.latest()
         if frame is None:
             return None
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
@@ -363,7 +365,7 @@ class Station:
         model = self._model
         cam = self.camera_state
         return {
-            "name": self.name, "version": _version(), "started_at": self.started_at,
+            "name": self.name, "version": kenpin_version(), "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 1), "running": self.running,
             "bundle": model.summary() if model else None,
             "previous_bundle": self._previous_model.bundle.bundle_id if self._previous_model else None,

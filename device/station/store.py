@@ -6,62 +6,29 @@ error never raises out of ``record()``: images are dropped first, then (if the d
 fails) the verdict is returned without an id, and ``health()`` says the record is degraded.
 
 One writer connection guarded by a lock (the recorder thread, audit events); readers (dashboard,
-metrics) get one read-only connection per thread, which WAL lets run beside the writer.
+metrics) get one read-only connection per thread, which WAL lets run beside the writer. The tables
+are in :mod:`device.station.store_schema`, the reading queries in :mod:`device.station.store_queries`.
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import random
 import sqlite3
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from device.errors import KenpinError
-from device.station.record import VERDICTS, VerdictRecord
+from device.station import store_queries as queries
+from device.station.record import VerdictRecord
 from device.station.retention import ImageFolder, heat_overlay
+from device.station.store_schema import COLUMNS, KEPT, open_writer
 
-SCHEMA_VERSION = 2  # 2: verdicts.grade and verdicts.retake_reason
-COLUMNS = tuple(f.name for f in fields(VerdictRecord) if f.name != "id")
-SELECT_COLS = "id, " + ", ".join(COLUMNS)
-HIST_BINS = 20  # score histogram over 0..1; scores above 1 count in the last bin
-MAX_BUCKETS = 10_000  # stats/trend refuse finer buckets over a long range
 RETENTION_TARGET = 0.9  # retention frees down to 90 % of the budget, so it runs in batches
-KEPT = "(frame_ref IS NOT NULL OR heatmap_ref IS NOT NULL)"
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS verdicts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL, station TEXT NOT NULL, bundle_id TEXT NOT NULL,
-    verdict TEXT NOT NULL CHECK (verdict IN ('ok', 'defect', 'retake')),
-    score REAL NOT NULL, threshold REAL NOT NULL, raw_score REAL NOT NULL, raw_threshold REAL NOT NULL,
-    quality REAL, latency_ms REAL NOT NULL, trigger_source TEXT NOT NULL, trigger_id INTEGER,
-    frame_ref TEXT, heatmap_ref TEXT, grade REAL, retake_reason TEXT);
-CREATE INDEX IF NOT EXISTS verdicts_time ON verdicts(time);
-CREATE INDEX IF NOT EXISTS verdicts_verdict ON verdicts(verdict, id);
-CREATE INDEX IF NOT EXISTS verdicts_kept ON verdicts(verdict, id) WHERE {KEPT};
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL, event TEXT NOT NULL, who TEXT NOT NULL, detail TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-"""
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a record written by an older kenpin up to this schema; every row stays."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(verdicts)")}
-    for column, kind in (("grade", "REAL"), ("retake_reason", "TEXT")):  # schema 1 → 2
-        if column not in have:
-            db.execute(f"ALTER TABLE verdicts ADD COLUMN {column} {kind}")
 
 
 class VerdictStore:
@@ -87,7 +54,7 @@ class VerdictStore:
         self._fault_lock = threading.Lock()  # health() reads faults from other threads
         self.failures = {"db": 0, "images": 0, "retention": 0}
         self._images = self._open_images()
-        self._db: sqlite3.Connection | None = self._open_writer()
+        self._db: sqlite3.Connection | None = open_writer(self.db_path)
         self._start_up()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -103,29 +70,6 @@ class VerdictStore:
             raise KenpinError(f"data directory {self.data_dir} cannot be created or written ({e.strerror or e}); "
                               f"set record.data_dir to a folder the station's user may write") from e
         return folder
-
-    def _open_writer(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            db.execute("PRAGMA synchronous=FULL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if mode == "wal" and version <= SCHEMA_VERSION:
-                db.executescript(SCHEMA)
-                _migrate(db)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as e:
-            raise KenpinError(f"{self.db_path} is not a usable SQLite database ({e}): it must be one the station's "
-                              f"user can write; move a damaged one aside and the station starts a new one") from e
-        if mode != "wal" or version > SCHEMA_VERSION:
-            db.close()
-        if mode != "wal":
-            raise KenpinError(f"{self.db_path}: SQLite refused WAL mode (got {mode!r}); put record.data_dir "
-                              f"on a local file system")
-        if version > SCHEMA_VERSION:
-            raise KenpinError(f"{self.db_path} was written by a newer kenpin (schema {version}, this one "
-                              f"reads {SCHEMA_VERSION}); upgrade kenpin or use another record.data_dir")
-        return db
 
     def _start_up(self) -> None:
         """Sweep image files no row names (a crash between image and row), then apply the budget."""
@@ -300,8 +244,7 @@ class VerdictStore:
 
     def get(self, id: int) -> VerdictRecord | None:
         """The verdict with this id, or None."""
-        row = self._reader().execute(f"SELECT {SELECT_COLS} FROM verdicts WHERE id = ?", (id,)).fetchone()
-        return _to_record(row) if row else None
+        return queries.get(self._reader(), id)
 
     def query(self, limit: int = 100, before_id: int | None = None, verdict: str | None = None,
               since: float | None = None, until: float | None = None,
@@ -310,92 +253,31 @@ class VerdictStore:
 
         ``since`` is inclusive, ``until`` exclusive (unix seconds); scores are inclusive bounds.
         """
-        if not 1 <= limit <= 10_000:
-            raise KenpinError(f"limit={limit} is out of range; ask for 1 to 10000 verdicts")
-        if verdict is not None and verdict not in VERDICTS:
-            raise KenpinError(f"verdict filter {verdict!r} is not one of {', '.join(VERDICTS)}")
-        where, args = _where(since, until, [("id < ?", before_id), ("verdict = ?", verdict),
-                                            ("score >= ?", min_score), ("score <= ?", max_score)])
-        rows = self._reader().execute(f"SELECT {SELECT_COLS} FROM verdicts {where} ORDER BY id DESC LIMIT ?",
-                                      (*args, limit)).fetchall()
-        return [_to_record(r) for r in rows]
+        return queries.query(self._reader(), limit, before_id, verdict, since, until, min_score, max_score)
 
     def first_id_since(self, since: float) -> int | None:
         """The id of the first verdict captured at or after ``since`` (None if there is none yet)."""
-        row = self._reader().execute("SELECT id FROM verdicts WHERE time >= ? ORDER BY time LIMIT 1",
-                                     (since,)).fetchone()
-        return row[0] if row else None
+        return queries.first_id_since(self._reader(), since)
 
     def observations_after(self, after_id: int, limit: int = 10_000) -> list[tuple[int, str, float, float]]:
-        """(id, verdict, score, latency_ms) of verdicts with id > ``after_id``, oldest first: lets a
-        reader (metrics) follow the log incrementally without missing a row."""
-        return self._reader().execute("SELECT id, verdict, score, latency_ms FROM verdicts WHERE id > ? "
-                                      "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        """(id, verdict, score, latency_ms) of verdicts with id > ``after_id``, oldest first."""
+        return queries.observations_after(self._reader(), after_id, limit)
 
     def export_csv(self, fh: TextIO, since: float | None = None, until: float | None = None) -> int:
         """Write the verdicts in [since, until) as CSV (oldest first, with a UTC time column); returns rows."""
-        where, args = _where(since, until, [])
-        cur = self._reader().execute(f"SELECT {SELECT_COLS} FROM verdicts {where} ORDER BY id", args)
-        out = csv.writer(fh)
-        out.writerow(["id", "time", "time_utc", *COLUMNS[1:]])
-        n = 0
-        while rows := cur.fetchmany(1000):
-            for r in rows:
-                utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r[1])) + f".{int(r[1] % 1 * 1000):03d}Z"
-                out.writerow([r[0], r[1], utc, *r[2:]])
-            n += len(rows)
-        return n
+        return queries.export_csv(self._reader(), fh, since, until)
 
     def stats(self, since: float, until: float, bucket_s: int = 3600) -> dict[str, Any]:
-        """Counts and yield per bucket (aligned to multiples of ``bucket_s`` in UTC, empty ones filled
-        between the first and last non-empty), overall counts, score histogram per verdict over
-        0..1, latency min/avg/max and the latest threshold. Yield = ok / (ok + defect): a retake is
-        not a judged part."""
-        _check_range(since, until, bucket_s)
-        db = self._reader()
-        per = db.execute("SELECT CAST(time / ? AS INTEGER) AS b, verdict, COUNT(*) FROM verdicts "
-                         "WHERE time >= ? AND time < ? GROUP BY b, verdict", (bucket_s, since, until)).fetchall()
-        buckets = _fill_buckets(per, bucket_s)
-        counts = {v: sum(b[v] for b in buckets) for v in VERDICTS}
-        counts["total"] = sum(counts.values())
-        lat = db.execute("SELECT MIN(latency_ms), AVG(latency_ms), MAX(latency_ms) FROM verdicts "
-                         "WHERE time >= ? AND time < ?", (since, until)).fetchone()
-        last = db.execute("SELECT threshold FROM verdicts WHERE time >= ? AND time < ? ORDER BY time DESC LIMIT 1",
-                          (since, until)).fetchone()
-        return {"since": since, "until": until, "bucket_s": bucket_s, "buckets": buckets, "counts": counts,
-                "yield": _yield(counts), "histogram": self._histogram(since, until),
-                "latency_ms": dict(zip(("min", "avg", "max"), lat)), "threshold": last[0] if last else None}
-
-    def _histogram(self, since: float, until: float) -> dict[str, Any]:
-        rows = self._reader().execute(
-            "SELECT verdict, MIN(MAX(CAST(score * ? AS INTEGER), 0), ?) AS bin, COUNT(*) FROM verdicts "
-            "WHERE time >= ? AND time < ? GROUP BY verdict, bin", (HIST_BINS, HIST_BINS - 1, since, until)).fetchall()
-        counts = {v: [0] * HIST_BINS for v in VERDICTS}
-        for verdict, b, n in rows:
-            counts[verdict][b] = n
-        return {"edges": [round(i / HIST_BINS, 6) for i in range(HIST_BINS + 1)], "counts": counts}
+        """Counts and yield per bucket, score histograms, latency and the latest threshold (see store_queries.stats)."""
+        return queries.stats(self._reader(), since, until, bucket_s)
 
     def trend(self, since: float, until: float, bucket_s: int) -> list[dict[str, Any]]:
-        """Score drift: per non-empty bucket, count, mean, p95 (nearest rank, to 0.001) and max score."""
-        _check_range(since, until, bucket_s)
-        db = self._reader()
-        head = db.execute("SELECT CAST(time / ? AS INTEGER) AS b, COUNT(*), AVG(score), MAX(score) FROM verdicts "
-                          "WHERE time >= ? AND time < ? GROUP BY b ORDER BY b", (bucket_s, since, until)).fetchall()
-        _check_bucket_count([r[0] for r in head])
-        # Per bucket, a histogram of scores rounded to 0.001 gives the p95 without fetching every row.
-        hist: dict[int, list[tuple[float, int]]] = {}
-        for b, s, n in db.execute("SELECT CAST(time / ? AS INTEGER) AS b, ROUND(score, 3) AS s, COUNT(*) "
-                                  "FROM verdicts WHERE time >= ? AND time < ? GROUP BY b, s ORDER BY b, s",
-                                  (bucket_s, since, until)):
-            hist.setdefault(b, []).append((s, n))
-        return [{"start": b * bucket_s, "count": n, "mean": mean, "p95": _nearest_rank(hist[b], n, 0.95),
-                 "max": mx} for b, n, mean, mx in head]
+        """Score drift: per non-empty bucket, count, mean, p95 and max score."""
+        return queries.trend(self._reader(), since, until, bucket_s)
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` audit events, newest first."""
-        rows = self._reader().execute("SELECT id, time, event, who, detail FROM audit ORDER BY id DESC LIMIT ?",
-                                      (limit,)).fetchall()
-        return [{"id": i, "time": t, "event": e, "who": w, "detail": json.loads(d)} for i, t, e, w, d in rows]
+        return queries.audit_log(self._reader(), limit)
 
     def image_path(self, ref: str) -> Path:
         """The file of a frame_ref/heatmap_ref; KenpinError if it escapes images/ or does not exist."""
@@ -439,54 +321,3 @@ def _rgb_to_bgr(rgb: np.ndarray) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"frame must be HxW or HxWx3, got shape {arr.shape}")
     return np.ascontiguousarray(arr[:, :, ::-1])
-
-
-def _to_record(row: tuple) -> VerdictRecord:
-    return VerdictRecord(id=row[0], **dict(zip(COLUMNS, row[1:])))
-
-
-def _where(since: float | None, until: float | None, extra: list[tuple[str, Any]]) -> tuple[str, list]:
-    terms = [("time >= ?", since), ("time < ?", until), *extra]
-    used = [(sql, v) for sql, v in terms if v is not None]
-    return ("WHERE " + " AND ".join(s for s, _ in used) if used else ""), [v for _, v in used]
-
-
-def _check_range(since: float, until: float, bucket_s: int) -> None:
-    if not bucket_s >= 1:
-        raise KenpinError(f"bucket_s={bucket_s} is too small; use whole seconds ≥ 1 (3600 for hours)")
-    if not until > since:
-        raise KenpinError(f"time range since={since} until={until} is empty; until must be later than since")
-
-
-def _check_bucket_count(indexes: list[int]) -> None:
-    if indexes and max(indexes) - min(indexes) + 1 > MAX_BUCKETS:
-        raise KenpinError(f"{max(indexes) - min(indexes) + 1} buckets over that range; "
-                          f"use a larger bucket_s (at most {MAX_BUCKETS} buckets)")
-
-
-def _fill_buckets(per: list[tuple[int, str, int]], bucket_s: int) -> list[dict[str, Any]]:
-    if not per:
-        return []
-    _check_bucket_count([b for b, _, _ in per])
-    lo, hi = min(b for b, _, _ in per), max(b for b, _, _ in per)
-    out = {b: {"start": b * bucket_s, **{v: 0 for v in VERDICTS}} for b in range(lo, hi + 1)}
-    for b, verdict, n in per:
-        out[b][verdict] = n
-    for row in out.values():
-        row["total"] = sum(row[v] for v in VERDICTS)
-        row["yield"] = _yield(row)
-    return list(out.values())
-
-
-def _yield(counts: dict[str, int]) -> float | None:
-    judged = counts["ok"] + counts["defect"]
-    return counts["ok"] / judged if judged else None
-
-
-def _nearest_rank(hist: list[tuple[float, int]], n: int, q: float) -> float:
-    rank, seen = math.ceil(q * n), 0
-    for value, count in hist:
-        seen += count
-        if seen >= rank:
-            return value
-    return hist[-1][0]

@@ -89,13 +89,21 @@ def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", a
 
 def eval_grade(bundle: Path, ratings: Path, precision: str, k: int, json_path: Path | None) -> dict[str, Any]:
     """Kendall τ, NDCG@k and pairwise accuracy of the bundle's grade on a rated file (held out from training)."""
-    grader = Grader.from_bundle(load_bundle(bundle), threads=1, precision=precision)
+    from device.runtime import Inspector
+
+    b = load_bundle(bundle)
+    grader = Grader.from_bundle(b, threads=1, precision=precision)
     if grader is None:
         raise KenpinError(f"{bundle}: has no grade model; add one with kenpin train-ranker --role grade --ratings FILE")
     judged = read_judgements(ratings)
     if judged.ratings is None:
         raise KenpinError(f"{ratings}: evaluation needs an image,rating file (better,worse pairs have no scale)")
-    scores = np.array([grader.grade(read_rgb(p)) for p in judged.images])
+    if grader.reads_anomaly_model:  # it grades the anomaly model's view of each frame: open that model too
+        insp = Inspector(b, precision, 1)
+        grade: Callable[[np.ndarray], float] = lambda rgb: insp.grade(rgb, grader)  # noqa: E731
+    else:
+        grade = grader.grade
+    scores = np.array([grade(read_rgb(p)) for p in judged.images])
     m = {"bundle": str(bundle), "ratings": str(ratings), "precision": precision,
          **ranking_metrics(scores, np.asarray(judged.ratings), k)}
     if json_path is not None:

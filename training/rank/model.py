@@ -1,11 +1,11 @@
 """RankNet (Burges et al. 2005): a scorer trained so that sigmoid(s_a - s_b) = P(a ranks above b).
 
-The model is a small CNN over :class:`device.quality.RankerInput` (a gray thumbnail of the whole
+The model is a small CNN over :class:`device.ranker_input.RankerInput` (a gray thumbnail of the whole
 frame plus native-resolution crops). The crop branch starts with a fixed high-pass filter and pools
 log-energies, so it sees the per-pixel signal of sensor noise and the loss of fine texture under
 blur whatever the scene; the thumbnail branch sees exposure, glare and occlusion. With
 ``input.stats`` the whole-frame statistics vector (native resolution, computed in
-``device.quality``) is sliced from the input's last plane and joins the pooled features before
+``device.ranker_input``) is sliced from the input's last plane and joins the pooled features before
 the head: no convolution touches it, so the int8 export keeps that path fp32.
 
 Run it with ``kenpin train-ranker`` (see ``configs/recipe_ranker.yaml``).
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from device.quality import RankerInput
+from device.ranker_input import RankerInput
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:

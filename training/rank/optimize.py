@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from device.quality import RankerInput
+from device.ranker_input import RankerInput
 from training.rank.model import make_scorer
 from training.rank.pairs import PairBatch
 from training.rank.recipe import TrainSpec

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from device.errors import KenpinError
 from device.images import read_rgb
-from device.quality import RankerInput
+from device.ranker_input import RankerInput
 from training.rank.degrade import TRAIN_GRID, degrade, to_float, to_uint8
 
 # (index a, index b, P(a above b), output column judging the pair) for one batch; one per step.

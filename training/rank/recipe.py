@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.quality import RankerInput
+from device.ranker_input import RankerInput
 from device.schema import need
 from export.ranker import RankerExportSpec
 from training.rank.degrade import FAMILIES, KINDS

@@ -16,7 +16,7 @@ import numpy as np
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images
-from device.quality import RankerInput, anomaly_map, patch_view
+from device.ranker_input import RankerInput
 from export.ranker import add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
 from training.dataset import read_many
 from training.fit import split_holdout
@@ -126,9 +126,9 @@ def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, 
 
         insp = Inspector(load_bundle(bundle), "int8", 2)
         if spec.input.source == "anomaly":
-            prepare = lambda rgb: spec.input.from_map(anomaly_map(insp, rgb))  # noqa: E731
+            prepare = lambda rgb: spec.input.from_map(insp.anomaly_map(rgb))  # noqa: E731
         else:
-            prepare = lambda rgb: spec.input.from_embedding(*patch_view(insp, rgb))  # noqa: E731
+            prepare = lambda rgb: spec.input.from_embedding(*insp.patch_view(rgb))  # noqa: E731
     inputs = judged_inputs(judged.images, prepare, spec.input)
     log.info("training the grade ranker on %d judgements of %d images", len(judged.pairs), len(judged.images))
     trained = train_ranknet(inputs, judgement_pairs(judged.pairs, 4), spec.input, spec.train, "grade ranknet")

@@ -1,0 +1,175 @@
+"""The capture stage: reads the camera, keeps the newest frame for the live view, hands frames on.
+
+Capture also preprocesses (:meth:`Model.prepare`), so that preprocessing overlaps the model's run
+of the previous frame; free-run skips under load and counts it, triggered modes never skip a trigger.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from device.station.camera import Backoff, Camera, CameraLost, FullSizeCamera
+from device.station.counters import Counters
+from device.station.model import Job, Model
+from device.station.triggers import FreeRun, TriggerQueue
+
+log = logging.getLogger("kenpin.station")
+
+
+class CameraState:
+    """The newest frame and the camera's health, shared with the live view and the watchdog.
+
+    Frames are numbered as they are published (1, 2, …); a reader that wants the next one waits on
+    ``cond`` (:meth:`wait_newer`), which every publish notifies.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.cond = threading.Condition()
+        self.frame: np.ndarray | None = None
+        self.frame_number = 0  # of ``frame``; 0 before the first
+        self.frame_time = 0.0
+        self.last_frame_mono = 0.0
+        self.connected = False
+        self.reconnects = 0
+        self.finished = False  # a non-looping replay reached its end
+        self._fps_window: collections.deque[float] = collections.deque(maxlen=60)
+
+    def publish(self, frame: np.ndarray, when: float) -> None:
+        with self.cond:
+            self.frame, self.frame_time = frame, when
+            self.frame_number += 1
+            self.last_frame_mono = time.monotonic()
+            self._fps_window.append(self.last_frame_mono)
+            self.cond.notify_all()
+
+    def latest(self) -> tuple[np.ndarray | None, int]:
+        """The newest frame (None before the first) and its number."""
+        with self.cond:
+            return self.frame, self.frame_number
+
+    def wait_newer(self, seen: int, timeout: float | None = None) -> int:
+        """Wait until a frame newer than number ``seen`` is published, at most ``timeout`` seconds;
+        the newest frame's number (``seen`` itself when none came in time)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.frame_number > seen, timeout)
+            return self.frame_number
+
+    @property
+    def fps(self) -> float:
+        with self.cond:
+            w = self._fps_window
+            return (len(w) - 1) / (w[-1] - w[0]) if len(w) > 1 and w[-1] > w[0] else 0.0
+
+
+class CaptureWorker(threading.Thread):
+    """Reads the camera, reconnects with back-off, and feeds the frames to inspect to inference.
+
+    ``slots`` counts the room in the inference queue (released by inference as it takes a job):
+    a live camera that finds no room skips the frame (counted); a paced source (replay at fps 0)
+    waits for room before it reads, so its frames' capture time is when they really enter.
+    """
+
+    def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", slots: threading.Semaphore,
+                 triggers: TriggerQueue, freerun: FreeRun | None, counters: Counters, backoff: Backoff,
+                 stop: threading.Event, model: Callable[[], "Model"]) -> None:
+        super().__init__(name="capture", daemon=True)
+        self.model = model
+        self.camera, self.state, self.inq, self.slots, self.triggers = camera, state, inq, slots, triggers
+        self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
+        self._slot = False  # a slot acquired before reading a paced frame
+        self._seq = 0  # capture order of the frames handed to inference
+        self._full_size = camera.full_size if isinstance(camera, FullSizeCamera) else None
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.state.connected and not self._reconnect():
+                continue
+            if not self._ready():
+                continue
+            try:
+                frame = self.camera.read()
+            except CameraLost as e:
+                self._release()
+                self._lost(str(e))
+                continue
+            except EOFError:
+                self._release()
+                log.info("camera %s: replay finished", self.state.description)
+                self.state.finished = True
+                return
+            self._dispatch(frame, time.time(), time.perf_counter())
+        self._release()
+
+    def _ready(self) -> bool:
+        """Live sources always read; a paced one reads when a frame is wanted and there is room."""
+        if not self.camera.paced:
+            return True
+        if self.freerun is None and not self.triggers.wait(0.05):
+            return False
+        self._slot = self.slots.acquire(timeout=0.1)
+        return self._slot
+
+    def _release(self) -> None:
+        if self._slot:
+            self._slot = False
+            self.slots.release()
+
+    def _dispatch(self, frame: np.ndarray, now: float, t0: float) -> None:
+        self.state.publish(frame, now)
+        due = self.freerun is not None and self.freerun.due(now)
+        if not due and not len(self.triggers):
+            self._release()
+            return
+        if not (self._slot or self.slots.acquire(blocking=False)):
+            if due:
+                self.counters.add("skipped_frames")
+            return  # pending triggers wait for room: they are never dropped
+        self._slot = False
+        trigger = self.triggers.pop()
+        if trigger is not None:
+            job = Job(frame, now, t0, trigger.source, trigger.id)
+        else:
+            job = Job(frame, now, t0, "free-run", None)
+        if self._full_size is not None:  # only for the frames inspected: the full-size copy costs
+            job.full = self._full_size()
+        self.counters.add("triggers")
+        job.model = self.model()
+        try:
+            job.model.prepare(job)  # here, so that preprocessing overlaps the model's run
+        except Exception:  # e.g. a frame OpenCV cannot resize: counted, logged, the line goes on
+            self.slots.release()
+            self.counters.add("trigger_errors")
+            log.exception("preprocessing failed for trigger %s (%s)", job.trigger_id, job.source)
+            return
+        job.seq, self._seq = self._seq, self._seq + 1
+        self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
+
+    def _reconnect(self) -> bool:
+        try:
+            self.camera.open()
+        except CameraLost as e:
+            delay = self.backoff.next()
+            log.warning("camera %s: %s; retrying in %.1f s", self.state.description, e, delay)
+            self.stop_event.wait(delay)
+            return False
+        self.state.connected = True
+        self.backoff.reset()
+        log.info("camera %s: connected", self.state.description)
+        return True
+
+    def _lost(self, why: str) -> None:
+        self.state.connected = False
+        self.state.reconnects += 1
+        log.warning("camera %s lost (%s); reconnect #%d", self.state.description, why, self.state.reconnects)
+        try:
+            self.camera.close()
+        except Exception:  # a dead device may fail to close; we reopen it anyway
+            log.debug("camera close failed", exc_info=True)
+        self.stop_event.wait(self.backoff.next())

@@ -1,0 +1,45 @@
+"""The station's PLC-style counters and its processing-time window, shared by the workers."""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+
+import numpy as np
+
+from device.station.record import VerdictRecord
+
+
+class Counters:
+    """PLC-style counters and the processing-time window, shared by the workers."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.lock = threading.Lock()
+        self.triggers = self.ok = self.defect = self.retake = 0
+        self.trigger_errors = self.skipped_frames = self.frames = 0
+        self._lat: collections.deque[float] = collections.deque(maxlen=window)
+        self._min, self._max, self._sum, self._n = math.inf, 0.0, 0.0, 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def verdict(self, rec: VerdictRecord) -> None:
+        with self.lock:
+            setattr(self, rec.verdict, getattr(self, rec.verdict) + 1)
+            self._lat.append(rec.latency_ms)
+            self._min, self._max = min(self._min, rec.latency_ms), max(self._max, rec.latency_ms)
+            self._sum += rec.latency_ms
+            self._n += 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, float | None]]:
+        """(counters, processing_ms) — processing percentiles over the last ``window`` parts."""
+        with self.lock:
+            counts = {k: getattr(self, k) for k in ("triggers", "ok", "defect", "retake", "trigger_errors", "skipped_frames")}
+            lat = np.asarray(self._lat, dtype=np.float64)
+            if self._n:
+                p50, p99 = (float(x) for x in np.percentile(lat, [50, 99]))
+                ms = {"min": self._min, "avg": self._sum / self._n, "max": self._max, "p50": p50, "p99": p99}
+            else:
+                ms = {k: None for k in ("min", "avg", "max", "p50", "p99")}
+        return counts, {k: (round(v, 2) if v is not None else None) for k, v in ms.items()}
