@@ -96,6 +96,20 @@ def internal(default: Any = None) -> Any:
     return dataclasses.field(default=default, metadata={"internal": True})
 
 
+def per_kind(registry: dict[str, Any], settings_of: Any = lambda kind: kind.Settings) -> Any:
+    """A field holding each kind's own block of settings, by kind name (``{"opencv": OpenCVSettings()…}``).
+
+    ``registry`` maps a kind's name to its class, ``settings_of(class)`` is its settings dataclass;
+    both are read when a file is, so a kind added to the registry is known at once. In the file
+    each block is a key of the section beside ``type`` (``camera: {type: opencv, opencv: {source:
+    0}}``), read with the kind's settings class; kinds left out keep their defaults."""
+    def kinds() -> dict[str, type]:
+        return {name: settings_of(kind) for name, kind in registry.items()}
+
+    return dataclasses.field(default_factory=lambda: {name: block() for name, block in kinds().items()},
+                             metadata={"kinds": kinds})
+
+
 class _Builder:
     """Walks a schema and a document side by side, converting and naming what is wrong."""
 
@@ -111,13 +125,23 @@ class _Builder:
         if not isinstance(data, dict):
             at = self.doc.where(path) if path else self.doc.source
             raise KenpinError(f"{at}: expected a mapping of keys, got {data!r}")
-        known = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
+        fields = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
+        kinds = {name: (f.name, block) for f in fields if "kinds" in f.metadata
+                 for name, block in f.metadata["kinds"]().items()}
+        known = {f.name for f in fields if "kinds" not in f.metadata} | set(kinds)
         for key in data:
             if key not in known:
                 raise KenpinError(f"{self.doc.where(path + (str(key),))}: unknown key; expected one of {sorted(known)}")
         hints = get_type_hints(cls)
         defaults = base if base is not None else _defaults(cls)
-        kwargs = {k: self.value(v, hints[k], path + (k,), getattr(defaults, k, None)) for k, v in data.items()}
+        kwargs: dict[str, Any] = {}
+        for k, v in data.items():
+            if k in kinds:  # one kind's block: into its field's mapping, read by the kind's class
+                field_name, block = kinds[k]
+                blocks = kwargs.setdefault(field_name, dict(getattr(defaults, field_name)))
+                blocks[k] = self.dataclass(block, v, path + (k,), blocks.get(k))
+            else:
+                kwargs[k] = self.value(v, hints[k], path + (k,), getattr(defaults, k, None))
         try:
             return dataclasses.replace(defaults, **kwargs) if defaults is not None else cls(**kwargs)
         except Invalid as e:

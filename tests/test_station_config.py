@@ -77,3 +77,27 @@ def test_a_new_actuator_or_trigger_input_is_one_class_in_its_registry(monkeypatc
     monkeypatch.setitem(TRIGGER_INPUTS, "laser", Relay)
     cfg = parse_config("actuator:\n  type: relay\ntrigger:\n  mode: laser\n", "st.yaml")
     assert isinstance(make_actuator(cfg.actuator), Relay) and cfg.trigger.mode == "laser"
+
+
+def test_a_new_camera_is_one_class_whose_settings_are_its_block(monkeypatch):
+    from dataclasses import dataclass
+
+    from device.station.camera import CAMERAS, make_camera
+
+    @dataclass(frozen=True)
+    class GigESettings:
+        address: str = "192.168.0.10"
+        exposure_us: int = 1000
+
+    class GigECamera:
+        Settings = GigESettings
+
+        def __init__(self, address: str, exposure_us: int) -> None:
+            self.address, self.exposure_us = address, exposure_us
+
+    monkeypatch.setitem(CAMERAS, "gige", GigECamera)
+    cfg = parse_config("camera:\n  type: gige\n  gige:\n    exposure_us: 500\n", "st.yaml")
+    cam = make_camera(cfg.camera.type, cfg.camera.settings)
+    assert isinstance(cam, GigECamera) and (cam.address, cam.exposure_us) == ("192.168.0.10", 500)
+    with pytest.raises(KenpinError, match=r"line 3: camera.gige.adress: unknown key"):
+        parse_config("camera:\n  gige:\n    adress: x\n", "st.yaml")

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from device.errors import ImageError, KenpinError
 from device.images import list_images, read_rgb
-from device.station.config import CameraSection
+from device.schema import need
 
 log = logging.getLogger("kenpin.station.camera")
 
@@ -46,12 +47,24 @@ class FullSizeCamera(Camera, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ReplaySettings:
+    folder: Path = Path("/var/lib/kenpin/replay")
+    fps: float = 0.0
+    loop: bool = True
+
+    def __post_init__(self) -> None:
+        need(self.fps >= 0, "fps", self.fps, "must be 0 (as fast as inspected) or positive")
+
+
 class ReplayCamera:
     """Images of a folder, decoded once and replayed in name order (the embedded default).
 
     Corrupt images are skipped, counted and logged when the folder is opened. ``fps`` 0 means
     paced by the pipeline: every frame is inspected, as fast as the model goes (tests, benches).
     """
+
+    Settings: ClassVar[type] = ReplaySettings
 
     def __init__(self, folder: Path, fps: float = 0.0, loop: bool = True) -> None:
         self.folder, self.fps, self.loop = Path(folder), fps, loop
@@ -98,8 +111,17 @@ class ReplayCamera:
         self._frames = []
 
 
+@dataclass(frozen=True)
+class OpenCVSettings:
+    source: str = "0"
+    width: int = 0
+    height: int = 0
+
+
 class OpenCVCamera:
     """A USB/V4L2 device (an integer index or /dev/videoN), an RTSP URL or a video file."""
+
+    Settings: ClassVar[type] = OpenCVSettings
 
     def __init__(self, source: str, width: int = 0, height: int = 0) -> None:
         self.source = int(source) if source.isdigit() else source
@@ -133,6 +155,15 @@ class OpenCVCamera:
             self._cap = None
 
 
+@dataclass(frozen=True)
+class PiCameraSettings:
+    size: tuple[int, int] = (1280, 960)
+    lores: tuple[int, int] = (640, 480)
+    exposure_us: int = 0
+    gain: float = 0.0
+    fps: float = 30.0
+
+
 class PiCamera:
     """A Raspberry Pi camera through picamera2 (imported only here; apt's python3-picamera2).
 
@@ -142,6 +173,8 @@ class PiCamera:
     out R, G, B, X in memory) is the image kept for the record. The request of the last frame read
     is held until the next read, so ``main`` is copied out only for the frames that are inspected.
     """
+
+    Settings: ClassVar[type] = PiCameraSettings
 
     def __init__(self, size: tuple[int, int], lores: tuple[int, int], exposure_us: int, gain: float, fps: float) -> None:
         self.size, self.lores, self.exposure_us, self.gain, self.fps = size, lores, exposure_us, gain, fps
@@ -217,16 +250,14 @@ class PiCamera:
                 self._cam = None
 
 
-def make_camera(cfg: CameraSection) -> Camera:
-    """The source the ``camera`` section names (not opened yet)."""
-    if cfg.type == "replay":
-        r = cfg.replay
-        return ReplayCamera(r.folder, r.fps, r.loop)
-    if cfg.type == "opencv":
-        o = cfg.opencv
-        return OpenCVCamera(o.source, o.width, o.height)
-    p = cfg.picamera2
-    return PiCamera(p.size, p.lores, p.exposure_us, p.gain, p.fps)
+# Sources by ``camera.type``: a new one is a class whose ``Settings`` dataclass is its block in the
+# config and whose constructor takes those settings as keywords, listed here.
+CAMERAS: dict[str, Any] = {"replay": ReplayCamera, "opencv": OpenCVCamera, "picamera2": PiCamera}
+
+
+def make_camera(kind: str, settings: Any) -> Camera:
+    """The source of type ``kind`` with its settings (not opened yet)."""
+    return CAMERAS[kind](**vars(settings))
 
 
 class Backoff:

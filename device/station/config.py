@@ -13,12 +13,12 @@ from typing import Any
 
 from device.dashboard.settings import DashboardSettings
 from device.errors import KenpinError
-from device.schema import Document, internal, load, need, parse_yaml, read_yaml
+from device.schema import Document, internal, load, need, parse_yaml, per_kind, read_yaml
 from device.station.actuator import ActuatorSection
+from device.station.camera import CAMERAS
 from device.station.mqtt_settings import MqttSettings
 from device.station.triggers import TriggerSection
 
-CAMERA_TYPES = ("replay", "opencv", "picamera2")
 PRECISION_CHOICES = ("auto", "int8", "fp32")
 
 
@@ -43,44 +43,30 @@ class BundleSection:
 
 
 @dataclass(frozen=True)
-class ReplaySection:
-    folder: Path = Path("/var/lib/kenpin/replay")
-    fps: float = 0.0
-    loop: bool = True
-
-    def __post_init__(self) -> None:
-        need(self.fps >= 0, "fps", self.fps, "must be 0 (as fast as inspected) or positive")
-
-
-@dataclass(frozen=True)
-class OpenCVSection:
-    source: str = "0"
-    width: int = 0
-    height: int = 0
-
-
-@dataclass(frozen=True)
-class PiCameraSection:
-    size: tuple[int, int] = (1280, 960)
-    lores: tuple[int, int] = (640, 480)
-    exposure_us: int = 0
-    gain: float = 0.0
-    fps: float = 30.0
-
-
-@dataclass(frozen=True)
 class CameraSection:
+    """The ``camera:`` section: ``type`` picks a source of CAMERAS; each source's settings sit under
+    a key of its name (``replay:``, ``opencv:``, ``picamera2:``), read by the source's own class."""
+
     type: str = "replay"
-    replay: ReplaySection = field(default_factory=ReplaySection)
-    opencv: OpenCVSection = field(default_factory=OpenCVSection)
-    picamera2: PiCameraSection = field(default_factory=PiCameraSection)
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
+    sources: dict[str, Any] = per_kind(CAMERAS)
 
     def __post_init__(self) -> None:
-        need(self.type in CAMERA_TYPES, "type", self.type, f"must be one of {CAMERA_TYPES}")
+        need(self.type in CAMERAS, "type", self.type, f"must be one of {tuple(CAMERAS)}")
         need(0 < self.reconnect_initial_s <= self.reconnect_max_s, "reconnect_initial_s",
              self.reconnect_initial_s, "must be positive and at most reconnect_max_s")
+
+    @property
+    def settings(self) -> Any:
+        """The chosen source's settings."""
+        return self.sources[self.type]
+
+    def __getattr__(self, name: str) -> Any:  # cfg.camera.replay reads like the file
+        sources = self.__dict__.get("sources", {})
+        if name in sources:
+            return sources[name]
+        raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -168,7 +154,8 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
         cfg,
         station=replace(cfg.station, data_dir=rel(cfg.station.data_dir)),
         bundle=replace(cfg.bundle, path=rel(cfg.bundle.path)),
-        camera=replace(cfg.camera, replay=replace(cfg.camera.replay, folder=rel(cfg.camera.replay.folder))),
+        camera=replace(cfg.camera, sources={**cfg.camera.sources,
+                                            "replay": replace(cfg.camera.replay, folder=rel(cfg.camera.replay.folder))}),
     )
 
 
