@@ -18,9 +18,9 @@ from device.bench.timing import time_side_by_side
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import read_rgb
-from device.runtime import Inspector
+from device.runtime import Inspector, Verdict
 from device.selfcheck import self_check
-from device.scoring import NearestNeighbourScorer, image_score, patches_from_map
+from device.scoring import NearestNeighbourScorer, patches_from_map
 from export.build import build_bundle
 from training.dataset import scan_mvtec
 from training.evaluate import metrics, score_test_set
@@ -57,10 +57,10 @@ def latency(bundle: Path, recipe: Recipe, frames: list[np.ndarray], int8: str) -
     model = PatchEmbedder(recipe.features).eval()
     pre = i8.preprocess
 
-    def torch_path(rgb: np.ndarray) -> float:
+    def torch_path(rgb: np.ndarray) -> Verdict:  # torch's embedding, judged like the station judges
         with torch.inference_mode():
             fmap = model(torch.from_numpy(pre(rgb))).numpy()
-        return image_score(f32.scorer.distances(patches_from_map(fmap)))
+        return f32.judge(rgb, patches_from_map(fmap), heat="never")
 
     x = pre(frames[0])
     patches = {id(f): i8.embed(f) for f in frames}  # each frame's own, as the station searches them
