@@ -46,7 +46,6 @@ from device.station.station import Station
 log = logging.getLogger("kenpin.station.bench")
 
 
-
 @dataclass(frozen=True)
 class StationBenchOptions:
     bundle: Path
