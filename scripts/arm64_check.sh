@@ -24,7 +24,7 @@
 #      dependencies plus gpiozero (the Pi extra), never the train extra (torch);
 #   5. runs the torch-free station tests under emulation with KENPIN_TEST_PREBUILT set (the fixtures
 #      copy the prebuilt line and bundle instead of training), then times int8 inference.
-# Results (and the excluded tests, with the reason) are in BENCHMARKS.md, "Station daemon (issue 5)".
+# Results (and the excluded tests, with the reason) are in BENCHMARKS.md, "Station daemon".
 #
 # Environment: KENPIN_REF, KENPIN_TEST_PREBUILT as above; KENPIN_ARM64_TIME_BUNDLE=DIR also times
 # that bundle's int8 model and proves it with `kenpin verify`; KENPIN_ARM64_PYTEST_ARGS replaces the
@@ -51,6 +51,7 @@ TESTS=(
   tests/test_bundle.py tests/test_station_pipeline.py tests/test_station_gpio.py
   tests/test_station_service.py tests/test_durability.py tests/test_mqtt.py tests/test_dashboard.py
   tests/test_station_bench.py tests/test_bundle_archive.py tests/test_body_limit.py tests/test_selfcheck.py
+  tests/test_picamera2.py
   --deselect tests/test_bundle.py::test_failed_training_leaves_the_previous_bundle_untouched
   --deselect tests/test_bundle.py::test_int8_model_keeps_the_stem_in_fp32_and_quantizes_the_rest
   --deselect tests/test_selfcheck.py::test_a_variant_with_corrupted_scales_is_refused_and_the_station_falls_back
