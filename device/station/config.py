@@ -142,13 +142,13 @@ class StationConfig:
         """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt sections left out)."""
         return {
             "name": self.station.name, "data_dir": str(self.station.data_dir),
-            "bundle": str(self.bundle.path), "precision": self.bundle.precision,
+            "bundle": str(self.bundle.path) if not self.products else "per product", "precision": self.bundle.precision,
             "camera": self.camera.type, "trigger": self.trigger.mode, "every_n": self.trigger.every_n,
             "rate_hz": self.trigger.rate_hz, "actuator": self.actuator.type,
             "pulse_ms": self.actuator.pulse_ms, "delay_ms": self.actuator.delay_ms,
             "image_budget_mb": self.record.image_budget_mb,
             "ok_image_fraction": self.record.ok_image_fraction,
-            "products": [{"number": p.number, "name": p.label, "bundle": str(p.bundle)} for p in self.product_sections()],
+            "products": {str(p.number): f"{p.label} ({p.bundle})" for p in self.product_sections()},
             "start_product": self.start_product,
         }
 
