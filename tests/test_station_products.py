@@ -129,7 +129,7 @@ def test_100_switches_under_load_judge_every_part_as_its_trigger_product_none_lo
     assert sorted(t for t, _, _ in rows) == sorted(run.sent)  # each trigger exactly once: none lost, none doubled
     assert all(p == run.sent[t] and b == bundle_of[run.sent[t]] for t, p, b in rows)
     assert {p for _, p, _ in rows} == {1, 2} and run.switches == 100
-    assert run.in_flight > 0 and max(run.pending_at_switch) > 0  # switches really came with parts in flight
+    assert run.judged_after_switch > 0 and min(run.in_flight_at_switch) >= 1  # every switch came with parts in flight
     figures = judge_run(tmp_path / "data" / "verdicts.sqlite3", run, bundle_of, {p.number: p.threshold for p in products})
     assert (figures["lost"], figures["doubled"], figures["wrong_bundle"], figures["wrong_threshold"]) == (0, 0, 0, 0)
 
