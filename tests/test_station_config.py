@@ -128,6 +128,17 @@ def test_products_parse_with_paths_relative_to_the_file(tmp_path):
     assert cfg.start_product == 7
 
 
+def test_the_documented_products_example_loads_once_uncommented(tmp_path):
+    lines = EXAMPLE.read_text().splitlines()
+    first = lines.index("# products:")
+    last = next(i for i, line in enumerate(lines) if line.startswith("# product:"))
+    (tmp_path / "st.yaml").write_text("\n".join(line[2:] for line in lines[first:last + 1]) + "\n")
+    cfg = load_config(tmp_path / "st.yaml")
+    assert [(p.number, p.label, p.bundle) for p in cfg.product_sections()] == \
+        [(1, "bolt M8", tmp_path / "bundles/bolt-m8"), (2, "nut M8", tmp_path / "bundles/nut-m8")]
+    assert cfg.start_product == 1 and cfg.products[0].delay_ms == 120.0
+
+
 def test_without_products_the_station_is_its_one_product_zero():
     cfg = parse_config("station:\n  name: press-3\nbundle:\n  path: /b\n", "st.yaml")
     (only,) = cfg.product_sections()
