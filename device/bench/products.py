@@ -209,7 +209,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     """The figures as the table recorded in BENCHMARKS.md."""
     return "\n".join([
         f"{r['switches']} product switches under load ({r['products']} products, software triggers, "
-        f"{r['backlog']} kept pending, {r['workers']} worker(s)), {r['seconds']:.1f} s, {r['parts_per_s']} parts/s.", "",
+        f"{r['backlog']} kept pending, {r['workers']} worker(s)), {r['seconds']:.1f} s, "
+        f"{r['parts_per_s']} parts/s.", "",
         "| figure | measured | target |", "|---|---|---|",
         f"| triggers sent / verdicts recorded | {r['sent']} / {r['recorded']} | equal |",
         f"| lost / doubled | {r['lost']} / {r['doubled']} | 0 / 0 |",

@@ -44,7 +44,7 @@ def keep_feedback(store: Any, data_dir: Path, per_product: bool, verdict_id: int
             w.writerow(["image", "label", "verdict_id", "station_verdict", "score", "bundle_id", "who", "time"])
         w.writerow([dst.relative_to(root).as_posix(), correct, rec.id, rec.verdict, f"{rec.score:.4f}",
                     rec.bundle_id, who, f"{time.time():.3f}"])
+    image = dst.relative_to(Path(data_dir) / "feedback").as_posix()
     store.audit("mark_wrong", {"verdict_id": rec.id, "station_verdict": rec.verdict, "correct": correct,
-                               "product": rec.product, "image": dst.relative_to(Path(data_dir) / "feedback").as_posix()},
-                who)
+                               "product": rec.product, "image": image}, who)
     return dst

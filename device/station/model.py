@@ -27,7 +27,7 @@ class Job:
     source: str
     trigger_id: int | None
     model: "Model | None" = None  # the product's model bound to this part (a swap or switch applies to the next)
-    product: "Product | None" = None  # the Product bound to this part (device.station.products): threshold, pulse, number
+    product: "Product | None" = None  # the Product bound to this part: its number, threshold and pulse
     tensor: np.ndarray | None = None  # preprocessed (capture stage)
     patches: np.ndarray | None = None  # embedded (embed stage)
     seq: int = -1  # capture order, for the in-order hand-off of parallel workers

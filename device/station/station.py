@@ -35,6 +35,7 @@ from device.version import kenpin_version
 
 log = logging.getLogger("kenpin.station")
 
+
 class Subscription:
     """A subscriber's own bounded queue of recorded verdicts; a slow reader loses events, counted."""
 
@@ -87,7 +88,8 @@ class Station:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the camera and every product's model, then start recorder, inference workers and capture, in that order."""
+        """Open the camera and every product's model, then start recorder, inference workers and capture,
+        in that order."""
         try:
             self._camera.open()
         except CameraLost as e:
@@ -108,7 +110,7 @@ class Station:
         self.store.audit("start", {"bundle": model.bundle.bundle_id, "precision": model.precision,
                                    "threshold": active.threshold, "product": active.number,
                                    "products": [p.to_dict() for p in table.all()],
-                                   "restored_from_dashboard": bool(self._kept.products) or self._kept.product is not None,
+                                   "restored_from_dashboard": bool(self._kept.products or self._kept.product is not None),
                                    "config": self.config.summary()})
         c, freerun = self.config, None
         if c.trigger.mode == "free-run":
@@ -284,8 +286,9 @@ class Station:
     def trigger(self, source: str = "software") -> int:
         """A part is here: queue a trigger; it gets exactly one verdict (``VerdictRecord.trigger_id``),
         judged as the product active now. Returns its id."""
-        if source not in TRIGGER_SOURCES or source == "free-run":
-            raise KenpinError(f"trigger source {source!r}: must be one of {[s for s in TRIGGER_SOURCES if s != 'free-run']}")
+        announced = [s for s in TRIGGER_SOURCES if s != "free-run"]
+        if source not in announced:
+            raise KenpinError(f"trigger source {source!r}: must be one of {announced}")
         before = self.triggers.refused
         tid = self.triggers.put(source)
         if self.triggers.refused != before:
