@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import threading
 
+import numpy as np
 import pytest
 
 from device.bench.products import judge_run, product_copy, switch_under_load
@@ -78,9 +79,11 @@ def test_a_switch_to_an_unknown_number_is_refused_and_the_product_stays(bundles,
                                                   r"it knows 1 \(bolt\), 2 \(nut\)$"):
                 st.switch_product(bad, who="plc")
         assert st.active_product.number == 2
+        assert st.switch_product(np.uint16(1), who="plc")["number"] == 1  # a protocol library's integer
+        st.switch_product(2, who="plc")
         st.trigger()
         assert sub.get(timeout=10).product == 2
-        assert "product_switch" not in [a["event"] for a in st.store.audit_log(20)]
+        assert [a["event"] for a in st.store.audit_log(20)].count("product_switch") == 2  # the two that were made
     finally:
         st.stop()
 

@@ -13,6 +13,7 @@ keeps its own threshold history and roll-back bundle.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ class ProductTable:
         """Make product ``number`` active for the parts announced from now on; (previous, new).
         An unknown number raises KenpinError and changes nothing."""
         with self._lock:
-            slot = self._slots.get(number) if isinstance(number, int) and not isinstance(number, bool) else None
+            slot = self._slots.get(_whole(number))
             if slot is None:
                 known = ", ".join(f"{n} ({s.section.label})" for n, s in self._slots.items())
                 raise KenpinError(f"product {number!r}: no such product on this station; it knows {known}")
@@ -166,6 +167,17 @@ class ProductTable:
         """What a restart should come back to."""
         with self._lock:
             return Kept({n: s.overrides() for n, s in self._slots.items()}, self._active.section.number, config_product)
+
+
+def _whole(number: Any) -> int | None:
+    """``number`` as a product number: any whole number type a server hands over (a protocol
+    library's integers too), never a bool or a string; None when it is not one."""
+    if isinstance(number, bool):
+        return None
+    try:
+        return operator.index(number)
+    except TypeError:
+        return None
 
 
 def configured(config: StationConfig) -> dict[int, tuple[str, float]]:
