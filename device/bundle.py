@@ -47,6 +47,12 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def bundle_id_of(files: dict[str, str]) -> str:
+    """A bundle's id: derived from its files' names and SHA-256s (what the exporter writes), so two
+    bundles share an id only when they hold the same files."""
+    return hashlib.sha256("".join(f"{n}:{d}" for n, d in files.items()).encode()).hexdigest()[:16]
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, streamed."""
     h = hashlib.sha256()

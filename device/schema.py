@@ -4,11 +4,13 @@ A frozen dataclass is the schema: its type hints say what each key holds, its de
 absent key means, and its ``__post_init__`` the ranges and choices types cannot express (raise
 :class:`Invalid` there). Reading a file is then one call, and every mistake is one sentence that
 names the file, the YAML line and the key — an unknown key (a typo must not fall back to a
-default silently), a wrong type, or a value out of range.
+default silently), a wrong type, a missing required key, or a value out of range. Items of a
+list of sections are named by their place (``products[2].bundle``), with their own line.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +20,14 @@ import yaml
 
 from device.errors import KenpinError
 
-Key = tuple[str, ...]
+Key = tuple[str, ...]  # a list item's place is its own element: ("products", "[2]", "bundle")
 
 
 class Invalid(KenpinError):
     """A value a dataclass refuses in ``__post_init__``; the loader adds the file, line and section.
 
     ``key`` is relative to the dataclass raising it (``"port"``, or ``"calibration.holdout_fraction"``
-    for a check across sections)."""
+    for a check across sections, ``"products[1].number"`` for one item of a list)."""
 
     def __init__(self, key: str, value: Any, right: str) -> None:
         self.key, self.value, self.right = key, value, right
@@ -46,12 +48,23 @@ class Document:
     source: str
     lines: dict[Key, int] = dataclasses.field(default_factory=dict)
 
-    def where(self, path: Key) -> str:
-        """``file, line N: a.b.c`` (the line when the key was written in the file)."""
+    def where(self, path: Key, near: Key | None = None) -> str:
+        """``file, line N: a.b[2].c`` (the line when the key or list item was written in the file;
+        for a key that is missing, the line of ``near``, the section it is missing from)."""
         if not path:
             return self.source
-        line = self.lines.get(path)
-        return f"{self.source}{f', line {line}' if line else ''}: {'.'.join(path)}"
+        line = self.lines.get(path) or (self.lines.get(near) if near is not None else None)
+        return f"{self.source}{f', line {line}' if line else ''}: {dotted(path)}"
+
+
+def dotted(path: Key) -> str:
+    """A key path as written in messages: ``products[2].bundle``."""
+    return "".join(p if p.startswith("[") else f".{p}" for p in path).lstrip(".")
+
+
+def key_path(key: str) -> Key:
+    """The inverse of :func:`dotted`: ``"products[2].bundle"`` → ``("products", "[2]", "bundle")``."""
+    return tuple(re.findall(r"\[\d+\]|[^.\[\]]+", key))
 
 
 def parse_yaml(text: str, source: str) -> Document:
@@ -69,6 +82,11 @@ def parse_yaml(text: str, source: str) -> Document:
                 key = path + (str(k.value),)
                 lines[key] = k.start_mark.line + 1
                 walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                key = path + (f"[{i}]",)
+                lines[key] = item.start_mark.line + 1
+                walk(item, key)
 
     walk(node, ())
     return Document({} if data is None else data, source, lines)
@@ -134,6 +152,10 @@ class _Builder:
                 raise KenpinError(f"{self.doc.where(path + (str(key),))}: unknown key; expected one of {sorted(known)}")
         hints = get_type_hints(cls)
         defaults = base if base is not None else _defaults(cls)
+        if defaults is None:  # a section with required keys (a list item): each must be written
+            for f in fields:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data:
+                    raise KenpinError(f"{self.doc.where(path + (f.name,), near=path)}: missing; this key is required")
         kwargs: dict[str, Any] = {}
         for k, v in data.items():
             if k in kinds:  # one kind's block: into its field's mapping, read by the kind's class
@@ -145,7 +167,7 @@ class _Builder:
         try:
             return dataclasses.replace(defaults, **kwargs) if defaults is not None else cls(**kwargs)
         except Invalid as e:
-            raise self.fail(path + tuple(e.key.split(".")), e.value, e.right) from None
+            raise self.fail(path + key_path(e.key), e.value, e.right) from None
         except KenpinError as e:  # a check that names its own key: add where the section is
             raise KenpinError(f"{self.doc.where(path) if path else self.doc.source}: {e}") from None
 
@@ -164,6 +186,8 @@ class _Builder:
             return value
         if origin is tuple:
             return self.tuple(value, args, path)
+        if origin is list:
+            return list(self.tuple(value, (args[0], Ellipsis), path))
         if origin is dict:
             return self.mapping(value, args, path)
         return self.scalar(value, hint, path)
@@ -189,8 +213,8 @@ class _Builder:
     def tuple(self, value: Any, args: tuple[Any, ...], path: Key) -> tuple[Any, ...]:
         if not isinstance(value, (list, tuple)):
             raise self.fail(path, value, "expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(self.value(v, args[0], path, None) for v in value)
+        if len(args) == 2 and args[1] is Ellipsis:  # each item named by its place: products[2]
+            return tuple(self.value(v, args[0], path + (f"[{i}]",), None) for i, v in enumerate(value))
         if len(value) != len(args):
             raise self.fail(path, value, f"expected a list of {len(args)}, e.g. [640, 480]")
         return tuple(self.value(v, a, path, None) for v, a in zip(value, args))

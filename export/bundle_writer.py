@@ -1,7 +1,6 @@
 """Writing a bundle atomically: build in a temp dir beside the target, verify, then rename."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -9,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device.bundle import MANIFEST, SCHEMA, load_bundle, manifest_digest, schema_version_for, sha256_file
+from device.bundle import MANIFEST, SCHEMA, bundle_id_of, load_bundle, manifest_digest, schema_version_for, sha256_file
 
 
 def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
@@ -20,7 +19,7 @@ def write_bundle(out_dir: Path, staged: Path, body: dict[str, Any]) -> Path:
     failure at any point leaves no half-written bundle.
     """
     files = {p.name: sha256_file(p) for p in sorted(staged.iterdir()) if p.is_file() and p.name != MANIFEST}
-    bundle_id = hashlib.sha256("".join(f"{n}:{d}" for n, d in files.items()).encode()).hexdigest()[:16]
+    bundle_id = bundle_id_of(files)
     manifest = {
         "schema": SCHEMA,
         "schema_version": schema_version_for(body),

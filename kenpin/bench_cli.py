@@ -6,11 +6,12 @@
     kenpin bench dashboard [load] [--bundle B --replay DIR]         # 20 dashboard clients vs the line's rate
     kenpin bench dashboard cost [--seconds 10]                      # station CPU per kind of dashboard traffic
     kenpin bench durability [--bundle B --replay DIR] [--kills 50]  # kill -9 the daemon; nothing acknowledged lost
+    kenpin bench products [--bundles B1 B2 --replay DIR]            # 100 product switches under load; none misjudged
     kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
 
 The station's benchmarks live in ``device/bench/`` and never import torch; each module is imported
 only when its benchmark runs. Only the model benchmark, and the generated line and bundle that
-``dashboard`` and ``durability`` train when given no --bundle/--replay, need the training extra.
+``dashboard``, ``durability`` and ``products`` train when given no bundle and --replay, need the training extra.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 def add_bench(sub: argparse._SubParsersAction) -> None:
     """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
     b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
-                                     "dashboard, durability, profile",
+                                     "dashboard, durability, products, profile",
                        description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
     b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
     what = b.add_subparsers(dest="what", required=True)
@@ -29,6 +30,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_store(what)
     _add_dashboard(what)
     _add_durability(what)
+    _add_products(what)
     _add_profile(what)
 
 
@@ -111,6 +113,20 @@ def _add_durability(what: argparse._SubParsersAction) -> None:
     k.set_defaults(func=cmd_bench_durability)
 
 
+def _add_products(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser("products", help="switch products under load; every part judged with the bundle and "
+                                         "threshold of the product active when its trigger came, none lost or doubled")
+    p.add_argument("--bundles", nargs="+", help="one bundle per product, two or more (default: the tiny line's "
+                                                "bundle and a copy of it with another id, trained in --workdir)")
+    p.add_argument("--replay", help="folder of images replayed as the camera (with --bundles)")
+    p.add_argument("--switches", type=int, default=100)
+    p.add_argument("--parts-per-switch", type=int, default=3, help="verdicts between two switches")
+    p.add_argument("--backlog", type=int, default=4, help="triggers kept pending, so parts are always in flight")
+    p.add_argument("--workers", type=int, default=1, help="the station's pipeline.workers")
+    p.add_argument("--workdir", default="bench-products-run")
+    p.set_defaults(func=cmd_bench_products)
+
+
 def _add_profile(what: argparse._SubParsersAction) -> None:
     p = what.add_parser("profile", help="where a frame's station-path time goes: preprocess, bare model, search, "
                                         "judge, whole path (side by side on DATA's test images)")
@@ -183,6 +199,28 @@ def cmd_bench_durability(args: argparse.Namespace) -> int:
         given = bundle, mixed_replay(line, workdir / "replay")
     return run_durability_bench(workdir, *given, args.kills, args.seed, args.max_after,
                                 Path(args.json) if args.json else None)
+
+
+def cmd_bench_products(args: argparse.Namespace) -> int:
+    from device.bench.products import ProductsBenchOptions, product_copy, run_products_bench
+    from device.errors import KenpinError
+
+    workdir = Path(args.workdir)
+    if (args.bundles is None) != (args.replay is None):
+        raise KenpinError("give both --bundles and --replay, or neither")
+    if args.bundles:
+        if len(args.bundles) < 2:
+            raise KenpinError(f"--bundles: {len(args.bundles)} given; switching needs two or more, one per product")
+        bundles, replay = [Path(b) for b in args.bundles], Path(args.replay)
+    else:
+        from device.bench.durability import mixed_replay
+        from kenpin.bench_inputs import tiny_line_and_bundle
+
+        bundle, line = tiny_line_and_bundle(workdir)
+        bundles = [bundle, product_copy(bundle, workdir / "bundle-2", "product 2")]
+        replay = mixed_replay(line, workdir / "replay")
+    return run_products_bench(ProductsBenchOptions(bundles, replay, workdir, args.switches, args.parts_per_switch,
+                                                   args.backlog, args.workers))
 
 
 def cmd_bench_profile(args: argparse.Namespace) -> int:

@@ -201,7 +201,7 @@ def test_threshold_needs_the_token_and_is_audited_and_undoable(client, station, 
     r = client.post("/api/threshold", json={"threshold": 0.7}, headers=AUTH)
     assert r.status_code == 200 and r.json()["threshold"] == 0.7 == station.threshold
     audit = client.get("/api/audit").json()["items"][0]
-    assert audit["event"] == "threshold" and audit["detail"] == {"from": 0.5, "to": 0.7}
+    assert audit["event"] == "threshold" and audit["detail"] == {"from": 0.5, "to": 0.7, "product": 0}
     assert audit["who"].startswith("dashboard 127.0.0.1")
     assert client.post("/api/threshold/undo", headers=AUTH).json()["threshold"] == 0.5 == station.threshold
     out_of_range = client.post("/api/threshold", json={"threshold": 5}, headers=AUTH)

@@ -51,7 +51,7 @@ def test_metrics_count_every_verdict_of_a_replay(running):
     assert n > 0
     wait_recorded(running, n)
     m = scrape(exposition(running))
-    counts = {v: m[("kenpin_verdicts_total", (("verdict", v),))] for v in ("ok", "defect", "retake")}
+    counts = {v: m[("kenpin_verdicts_total", (("product", "0"), ("verdict", v)))] for v in ("ok", "defect", "retake")}
     assert sum(counts.values()) == n
     # The score histogram saw each recorded verdict once, split by verdict like the counters.
     for v, c in counts.items():

@@ -51,3 +51,18 @@ def test_kenpin_bench_table_has_a_cell_under_every_heading():
     header, rule, line = markdown([row]).splitlines()
     assert header.count("|") == rule.count("|") == line.count("|")
     assert "| 3.5 | 1.75 |" in line  # search, station ÷ bare model
+
+
+def test_bench_products_prints_the_switch_figures_and_refuses_one_bundle(tiny_line, tiny_bundle, tmp_path, capsys):
+    from device.bench.products import product_copy
+
+    replay = replay_folder(tiny_line, tmp_path / "replay")
+    other = product_copy(tiny_bundle, tmp_path / "other", "other")
+    assert main(["bench", "products", "--bundles", str(tiny_bundle), str(other), "--replay", str(replay),
+                 "--switches", "10", "--workdir", str(tmp_path / "run")]) == 0
+    res = json.loads((tmp_path / "run" / "products-bench.json").read_text())
+    assert res["switches"] == 10 and res["sent"] == res["recorded"] > 0
+    assert (res["lost"], res["doubled"], res["wrong_product"], res["wrong_bundle"]) == (0, 0, 0, 0)
+    assert "| lost / doubled | 0 / 0 | 0 / 0 |" in capsys.readouterr().out
+    assert main(["bench", "products", "--bundles", str(tiny_bundle), "--replay", str(replay)]) == 2
+    assert "--bundles: 1 given; switching needs two or more, one per product" in capsys.readouterr().err

@@ -101,3 +101,64 @@ def test_a_new_camera_is_one_class_whose_settings_are_its_block(monkeypatch):
     assert isinstance(cam, GigECamera) and (cam.address, cam.exposure_us) == ("192.168.0.10", 500)
     with pytest.raises(KenpinError, match=r"line 3: camera.gige.adress: unknown key"):
         parse_config("camera:\n  gige:\n    adress: x\n", "st.yaml")
+
+
+# ---- products --------------------------------------------------------------------------------
+
+PRODUCTS = """products:
+  - number: 1
+    name: bolt
+    bundle: bundles/bolt
+    threshold: 0.6
+  - number: 7
+    bundle: bundles/nut
+    pulse_ms: 20
+    delay_ms: 150
+product: 7
+"""
+
+
+def test_products_parse_with_paths_relative_to_the_file(tmp_path):
+    path = tmp_path / "st.yaml"
+    path.write_text(PRODUCTS)
+    cfg = load_config(path)
+    bolt, nut = cfg.product_sections()
+    assert (bolt.number, bolt.label, bolt.bundle, bolt.threshold) == (1, "bolt", tmp_path / "bundles/bolt", 0.6)
+    assert (nut.label, nut.pulse_ms, nut.delay_ms, nut.threshold) == ("product 7", 20.0, 150.0, None)
+    assert cfg.start_product == 7
+
+
+def test_the_documented_products_example_loads_once_uncommented(tmp_path):
+    lines = EXAMPLE.read_text().splitlines()
+    first = lines.index("# products:")
+    last = next(i for i, line in enumerate(lines) if line.startswith("# product:"))
+    (tmp_path / "st.yaml").write_text("\n".join(line[2:] for line in lines[first:last + 1]) + "\n")
+    cfg = load_config(tmp_path / "st.yaml")
+    assert [(p.number, p.label, p.bundle) for p in cfg.product_sections()] == \
+        [(1, "bolt M8", tmp_path / "bundles/bolt-m8"), (2, "nut M8", tmp_path / "bundles/nut-m8")]
+    assert cfg.start_product == 1 and cfg.products[0].delay_ms == 120.0
+
+
+def test_without_products_the_station_is_its_one_product_zero():
+    cfg = parse_config("station:\n  name: press-3\nbundle:\n  path: /b\n", "st.yaml")
+    (only,) = cfg.product_sections()
+    assert (only.number, only.label, only.bundle, cfg.start_product) == (0, "press-3", Path("/b"), 0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("products:\n  - number: 1\n    bundle: a\n  - number: 2\n    name: nut\n",
+     r"st.yaml, line 4: products\[1\]\.bundle: missing; this key is required"),
+    ("products:\n  - number: 1\n    bundle: a\n  - number: 1\n    bundle: b\n",
+     r"st.yaml, line 4: products\[1\]\.number = 1: products\[0\] already has this number"),
+    ("products:\n  - number: 1\n    bundle: a\nproduct: 4\n",
+     r"st.yaml, line 4: product = 4: names no product; use one of the numbers in products: \[1\]"),
+    ("product: 2\n", r"st.yaml, line 1: product = 2: names no product; without products: the station's only product is 0"),
+    ("products:\n  - {number: 1, bundle: a}\n  - {number: 2, bundle: b, threshold: 1.5}\n",
+     r"st.yaml, line 3: products\[1\]\.threshold = 1\.5: must be strictly between 0 and 1"),
+    ("products:\n  - number: 1\n    bundel: a\n", r"st.yaml, line 3: products\[0\]\.bundel: unknown key"),
+    ("products:\n  - 3\n", r"st.yaml, line 2: products\[0\]: expected a mapping of keys"),
+])
+def test_product_mistakes_are_one_sentence_naming_the_item_key_and_line(text, message):
+    with pytest.raises(KenpinError, match=message) as e:
+        parse_config(text, "st.yaml")
+    assert "\n" not in str(e.value)

@@ -66,3 +66,25 @@ def test_gpio_sensor_triggers_verdicts_and_defects_pulse_reject(tiny_line, tiny_
     assert [r.trigger_id for r in recs] == list(range(1, 7))
     defects = sum(r.verdict != "ok" for r in recs)
     assert len(_pulses(factory.pin(27))) == defects
+
+
+def test_each_part_is_pulsed_with_its_own_products_timing(tiny_line, tiny_bundle, tmp_path, factory):
+    # every part a defect (threshold near 0): bolt pulses 5 ms (the actuator's), nut its own 80 ms
+    replay = replay_folder(tiny_line, tmp_path / "replay")
+    cfg = station_config(tmp_path, tiny_bundle, replay, mode="software", loop=True,
+                         extra="actuator: {type: gpio, reject_pin: GPIO27, pulse_ms: 5}\n"
+                               f"products:\n  - {{number: 1, name: bolt, bundle: {tiny_bundle}, threshold: 0.000001}}\n"
+                               f"  - {{number: 2, name: nut, bundle: {tiny_bundle}, threshold: 0.000001, pulse_ms: 80}}\n")
+    st = Station(cfg, pin_factory=factory)
+    st.start()
+    sub = st.subscribe()
+    try:
+        for number in (1, 1, 2, 2):
+            st.switch_product(number, who="plc")
+            st.trigger()
+            assert sub.get(timeout=10).product == number
+            time.sleep(0.15)  # one pulse at a time on the one reject line
+    finally:
+        st.stop()
+    pulses = _pulses(factory.pin(27))
+    assert len(pulses) == 4 and all(p < 0.05 for p in pulses[:2]) and all(0.079 <= p < 0.2 for p in pulses[2:]), pulses

@@ -307,12 +307,13 @@ def test_a_slow_disk_gets_the_waiting_verdicts_in_one_commit_in_order():
             return out
 
     fired, seen = [], []
-    actuator = SimpleNamespace(fire=fired.append)
+    actuator = SimpleNamespace(fire=lambda verdict, **timing: fired.append(verdict))
     outq: queue.Queue = queue.Queue()
+    product = SimpleNamespace(pulse_ms=50.0, delay_ms=0.0)
     for i in range(40):
         rec = VerdictRecord(0.0, "line", "b", "defect" if i % 5 == 0 else "ok", 0.1, 0.5, 1.0, 2.0, None, 1.0,
                             "software", i)
-        outq.put(Decision(SimpleNamespace(kept_image=None), rec, None))
+        outq.put(Decision(SimpleNamespace(kept_image=None, product=product), rec, None))
     outq.put(None)
     store = SlowStore()
     w = RecorderWorker(outq, store, actuator, Counters(), seen.append)

@@ -15,6 +15,7 @@ import pytest
 from device.errors import KenpinError
 from device.station.record import VerdictRecord
 from device.station.store import VerdictStore
+from device.station.store_schema import SCHEMA_VERSION
 
 T0 = 1_800_000_000.0  # a fixed "now" on an hour boundary, so buckets are predictable
 
@@ -391,4 +392,5 @@ def test_a_record_from_before_grades_keeps_every_row_and_takes_grades_from_now_o
         s.record(replace(rec("defect", 0.8), grade=0.42))
         old, new = sorted(s.query(limit=10), key=lambda r: r.id)
     assert old.verdict == "defect" and old.grade is None and old.retake_reason is None and new.grade == 0.42
-    assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("PRAGMA user_version").fetchone()[0] == 2
+    assert old.product == 0 == new.product  # before products, every part was the station's one product
+    assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

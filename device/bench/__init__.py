@@ -4,6 +4,7 @@
     store       verdicts per second the record keeps up with, each committed durably
     dashboard   what dashboard clients cost the station (load: the real station; cost: per kind of traffic)
     durability  kill -9 of the running daemon: no acknowledged verdict lost
+    products    product switches under load: every part judged as its trigger's product, none lost
     profile     where a frame's time goes on the station path
 
 ``kenpin/bench_cli.py`` holds their command-line arguments and imports each module only when it runs.

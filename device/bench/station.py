@@ -27,9 +27,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -277,24 +278,31 @@ def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dic
     return out
 
 
-def run_station_bench(opts: StationBenchOptions) -> int:
-    """Run the figures and print (and optionally write) them as Markdown; exit 0."""
-    opts.workdir.mkdir(parents=True, exist_ok=True)
-    # The in-process stations' verdict lines go to a file (thousands; their cost stays measured).
+@contextmanager
+def station_log_in(path: Path) -> Iterator[None]:
+    """The in-process stations' log lines go to ``path`` while inside (thousands of verdict lines:
+    written, so their cost stays measured, but not printed)."""
     station_log = logging.getLogger("kenpin.station")
-    handler = logging.FileHandler(opts.workdir / "stations.log")
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     station_log.addHandler(handler)
     saved = station_log.level, station_log.propagate
     station_log.setLevel(logging.INFO)
     station_log.propagate = False
     try:
-        return _run(opts)
+        yield
     finally:
         station_log.removeHandler(handler)
         handler.close()
         station_log.setLevel(saved[0])
         station_log.propagate = saved[1]
+
+
+def run_station_bench(opts: StationBenchOptions) -> int:
+    """Run the figures and print (and optionally write) them as Markdown; exit 0."""
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    with station_log_in(opts.workdir / "stations.log"):
+        return _run(opts)
 
 
 def _run(opts: StationBenchOptions) -> int:

@@ -1,6 +1,7 @@
 """Actions for the quality engineer, each behind the engineer's token and audited by the station:
-threshold adjust and undo, bundle upload + activate (verified first) and roll-back, software
-trigger, and marking a verdict wrong (saved as feedback for retraining)."""
+product switch, threshold adjust and undo, bundle upload + activate (verified first) and roll-back
+(threshold and bundle act on the active product), software trigger, and marking a verdict wrong
+(saved as feedback for retraining)."""
 from __future__ import annotations
 
 import math
@@ -31,6 +32,10 @@ class ThresholdChange(BaseModel):
         return v
 
 
+class ProductSwitch(BaseModel):
+    number: int = Field(ge=0, le=2**31 - 1, description="the product's number in the station config's products:")
+
+
 class Correction(BaseModel):
     correct: Literal["good", "defect"] = Field(description="what the part really was")
 
@@ -47,6 +52,13 @@ def undo_threshold(request: Request) -> dict:
     station = request.app.state.station
     station.undo_threshold(who(request))
     return {"threshold": station.threshold}
+
+
+@router.post("/product", summary="Switch the active product (between two parts; audited, kept across restarts)")
+def switch_product(request: Request, switch: ProductSwitch) -> dict:
+    """Parts announced from now on are judged as this product; an unknown number is a 400 naming the
+    known ones, and the station stays on its product."""
+    return {"product": request.app.state.station.switch_product(switch.number, who(request))}
 
 
 @router.post("/trigger", summary="Trigger an inspection now (software trigger)")

@@ -2,6 +2,8 @@
 
 Capture also preprocesses (:meth:`Model.prepare`), so that preprocessing overlaps the model's run
 of the previous frame; free-run skips under load and counts it, triggered modes never skip a trigger.
+Each part goes on with the product binding its trigger got when queued (free-run: the one active
+at capture), so a product switch never reaches a part already announced.
 """
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from device.station.camera import Backoff, Camera, CameraLost, FullSizeCamera
 from device.station.counters import Counters
-from device.station.model import Job, Model
+from device.station.model import Job
 from device.station.triggers import FreeRun, TriggerQueue
+
+if TYPE_CHECKING:
+    from device.station.products import Binding
 
 log = logging.getLogger("kenpin.station")
 
@@ -78,9 +83,10 @@ class CaptureWorker(threading.Thread):
 
     def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", slots: threading.Semaphore,
                  triggers: TriggerQueue, freerun: FreeRun | None, counters: Counters, backoff: Backoff,
-                 stop: threading.Event, model: Callable[[], "Model"]) -> None:
+                 stop: threading.Event, bind: Callable[[], "Binding"]) -> None:
+        """``bind()``: the active product's binding, for free-run frames and triggers queued unbound."""
         super().__init__(name="capture", daemon=True)
-        self.model = model
+        self.bind = bind
         self.camera, self.state, self.inq, self.slots, self.triggers = camera, state, inq, slots, triggers
         self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
         self._slot = False  # a slot acquired before reading a paced frame
@@ -140,7 +146,8 @@ class CaptureWorker(threading.Thread):
         if self._full_size is not None:  # only for the frames inspected: the full-size copy costs
             job.full = self._full_size()
         self.counters.add("triggers")
-        job.model = self.model()
+        binding = trigger.bound if trigger is not None and trigger.bound is not None else self.bind()
+        job.model, job.product = binding.model, binding.product
         try:
             job.model.prepare(job)  # here, so that preprocessing overlaps the model's run
         except Exception:  # e.g. a frame OpenCV cannot resize: counted, logged, the line goes on

@@ -3,7 +3,7 @@
 Strict like Frigate's schema: an unknown key, a wrong type or a value out of range is a
 KenpinError naming the file, the key, its YAML line and what would be right (``device.schema``
 reads every YAML file kenpin takes). Every key is documented in ``configs/station.yaml``. The
-``dashboard`` and ``mqtt`` sections are typed by their own modules' settings classes.
+``dashboard``, ``mqtt`` and ``products`` sections are typed by their own modules' settings classes.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from device.schema import Document, internal, load, need, parse_yaml, per_kind, 
 from device.station.actuator import ActuatorSection
 from device.station.camera import CAMERAS
 from device.station.mqtt_settings import MqttSettings
+from device.station.product_settings import ProductSection, check_products
 from device.station.triggers import TriggerSection
 
 PRECISION_CHOICES = ("auto", "int8", "fp32")
@@ -121,18 +122,34 @@ class StationConfig:
     record: RecordSection = field(default_factory=RecordSection)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     mqtt: MqttSettings | None = None  # no section: no fleet publishing
+    products: tuple[ProductSection, ...] = ()  # none: one product, number 0, judged with bundle.path
+    product: int | None = None  # the product at start when no switch was kept; None: the first listed
     config_file: Path | None = internal()  # the file it was read from (for messages)
+
+    def __post_init__(self) -> None:
+        check_products(self.products, self.product)
+
+    def product_sections(self) -> tuple[ProductSection, ...]:
+        """The products in config order; without ``products:`` the implicit one (0, the station's name, bundle.path)."""
+        return self.products or (ProductSection(0, self.bundle.path, self.station.name),)
+
+    @property
+    def start_product(self) -> int:
+        """The number of the product active at start when no switch was kept."""
+        return self.product if self.product is not None else self.product_sections()[0].number
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt sections left out)."""
         return {
             "name": self.station.name, "data_dir": str(self.station.data_dir),
-            "bundle": str(self.bundle.path), "precision": self.bundle.precision,
+            "bundle": str(self.bundle.path) if not self.products else "per product", "precision": self.bundle.precision,
             "camera": self.camera.type, "trigger": self.trigger.mode, "every_n": self.trigger.every_n,
             "rate_hz": self.trigger.rate_hz, "actuator": self.actuator.type,
             "pulse_ms": self.actuator.pulse_ms, "delay_ms": self.actuator.delay_ms,
             "image_budget_mb": self.record.image_budget_mb,
             "ok_image_fraction": self.record.ok_image_fraction,
+            "products": {str(p.number): f"{p.label} ({p.bundle})" for p in self.product_sections()},
+            "start_product": self.start_product,
         }
 
 
@@ -156,6 +173,7 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
         bundle=replace(cfg.bundle, path=rel(cfg.bundle.path)),
         camera=replace(cfg.camera, sources={**cfg.camera.sources,
                                             "replay": replace(cfg.camera.replay, folder=rel(cfg.camera.replay.folder))}),
+        products=tuple(replace(p, bundle=rel(p.bundle)) for p in cfg.products),
     )
 
 

@@ -1,4 +1,4 @@
-"""The station's PLC-style counters and its processing-time window, shared by the workers."""
+"""The station's PLC-style counters (overall and per product) and its processing-time window, shared by the workers."""
 from __future__ import annotations
 
 import collections
@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from device.station.record import VerdictRecord
+from device.station.record import VERDICTS, VerdictRecord
 
 
 class Counters:
@@ -17,6 +17,7 @@ class Counters:
         self.lock = threading.Lock()
         self.triggers = self.ok = self.defect = self.retake = 0
         self.trigger_errors = self.skipped_frames = self.frames = 0
+        self._per_product: dict[int, dict[str, int]] = {}
         self._lat: collections.deque[float] = collections.deque(maxlen=window)
         self._min, self._max, self._sum, self._n = math.inf, 0.0, 0.0, 0
 
@@ -27,6 +28,8 @@ class Counters:
     def verdict(self, rec: VerdictRecord) -> None:
         with self.lock:
             setattr(self, rec.verdict, getattr(self, rec.verdict) + 1)
+            per = self._per_product.setdefault(rec.product, dict.fromkeys(VERDICTS, 0))
+            per[rec.verdict] += 1
             self._lat.append(rec.latency_ms)
             self._min, self._max = min(self._min, rec.latency_ms), max(self._max, rec.latency_ms)
             self._sum += rec.latency_ms
@@ -43,3 +46,8 @@ class Counters:
             else:
                 ms = {k: None for k in ("min", "avg", "max", "p50", "p99")}
         return counts, {k: (round(v, 2) if v is not None else None) for k, v in ms.items()}
+
+    def by_product(self) -> dict[int, dict[str, int]]:
+        """Verdicts decided since start per product number (only products that had a part)."""
+        with self.lock:
+            return {n: dict(c) for n, c in self._per_product.items()}

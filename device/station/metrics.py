@@ -97,10 +97,7 @@ class StationMetrics:
 
 def _status_metrics(name: str, s: dict[str, Any]) -> Iterator[Metric]:
     c = s.get("counters", {})
-    verdicts = CounterMetricFamily("kenpin_verdicts", "Verdicts decided, by verdict", labels=["verdict"])
-    for v in VERDICTS:
-        verdicts.add_metric([v], c.get(v, 0))
-    yield verdicts
+    yield from _product_metrics(s)
     for key, help_ in (("triggers", "Triggers received (parts announced)"),
                        ("trigger_errors", "Triggers that got no verdict (refused or failed)"),
                        ("skipped_frames", "Free-run frames skipped under load")):
@@ -130,6 +127,24 @@ def _status_metrics(name: str, s: dict[str, Any]) -> Iterator[Metric]:
                             value=1.0 if bundle.get("verified_on_this_cpu") else 0.0)
     yield GaugeMetricFamily("kenpin_self_check_seconds", "Time the bundle's self-check took at load",
                             value=bundle.get("self_check_seconds") or 0.0)
+
+
+def _product_metrics(s: dict[str, Any]) -> Iterator[Metric]:
+    """Verdicts per product and verdict (sum by verdict for the station's total), which product is
+    active, and each product's name and bundle (to label a dashboard's series)."""
+    verdicts = CounterMetricFamily("kenpin_verdicts", "Verdicts decided, by product number and verdict",
+                                   labels=["product", "verdict"])
+    info = GaugeMetricFamily("kenpin_product_info", "Constant 1: each product's number, name and bundle in use",
+                             labels=["product", "name", "bundle"])
+    for p in s.get("products", []):
+        for v in VERDICTS:
+            verdicts.add_metric([str(p["number"]), v], p["counters"].get(v, 0))
+        info.add_metric([str(p["number"]), p["name"], p["bundle_id"]], 1.0)
+    yield verdicts
+    yield info
+    active = s.get("product") or {}
+    yield GaugeMetricFamily("kenpin_active_product", "Number of the product new parts are judged as",
+                            value=active.get("number", 0))
 
 
 def _record_metrics(h: dict[str, Any]) -> Iterator[Metric]:

@@ -4,7 +4,7 @@ judges it (:class:`Model`) and the judgement waiting to be recorded (:class:`Dec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from device.bundle import Bundle
 from device.runtime import Inspector
 from device.selfcheck import SelfCheck
 from device.station.record import VerdictRecord
+
+if TYPE_CHECKING:  # products.py builds on this module
+    from device.station.products import Product
 
 
 @dataclass
@@ -23,7 +26,8 @@ class Job:
     t0: float  # perf_counter at capture (latency origin)
     source: str
     trigger_id: int | None
-    model: "Model | None" = None  # the model current when the frame was taken (a swap applies to the next)
+    model: "Model | None" = None  # the product's model bound to this part (a swap or switch applies to the next)
+    product: "Product | None" = None  # the Product bound to this part: its number, threshold and pulse
     tensor: np.ndarray | None = None  # preprocessed (capture stage)
     patches: np.ndarray | None = None  # embedded (embed stage)
     seq: int = -1  # capture order, for the in-order hand-off of parallel workers
@@ -80,10 +84,11 @@ class Model:
         job.patches = self.inspector.run(job.tensor)
         job.tensor = None
 
-    def decide(self, job: Job, threshold: float, station: str) -> Decision:
-        """Score stage: the judgement of the embedded frame (embedded here when not pipelined) against ``threshold``."""
+    def decide(self, job: Job, threshold: float, station: str, product: int = 0) -> Decision:
+        """Score stage: the judgement of the embedded frame (embedded here when not pipelined) against
+        ``threshold``, recorded as product number ``product``."""
         v = self.inspector.judge(job.frame, job.patches, threshold, t0=job.t0)
         rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, v.verdict, v.score, threshold, v.raw_score,
                             v.raw_threshold, v.quality, v.latency_ms, job.source, job.trigger_id, grade=v.grade,
-                            retake_reason=v.retake_reason)
+                            retake_reason=v.retake_reason, product=product)
         return Decision(job, rec, v.heatmap)

@@ -8,7 +8,8 @@ With ``pipeline.workers`` > 1, N inspect workers each take a whole frame (model,
 instead, and :class:`InOrder` hands their decisions to the recorder in capture order: small
 models scale poorly across ONNX Runtime's threads, frames side by side scale well.
 The recorder makes the verdict durable, then fires the actuator, logs the verdict line and tells
-subscribers — in that order, so nothing is acknowledged before it is recorded.
+subscribers — in that order, so nothing is acknowledged before it is recorded. Threshold and pulse
+timing are the part's own product's (``Job.product``, bound when its trigger came).
 """
 from __future__ import annotations
 
@@ -50,20 +51,25 @@ class ScoreWorker(threading.Thread):
     """Scores embedded frames (reference search, threshold, heat map) into decisions."""
 
     def __init__(self, midq: "queue.Queue[Job | None]", outq: "queue.Queue[Decision | None]",
-                 threshold: Callable[[], float], station: str, counters: Counters) -> None:
+                 station: str, counters: Counters) -> None:
         super().__init__(name="score", daemon=True)
-        self.midq, self.outq, self.threshold, self.station, self.counters = midq, outq, threshold, station, counters
+        self.midq, self.outq, self.station, self.counters = midq, outq, station, counters
 
     def run(self) -> None:
         while (job := self.midq.get()) is not None:
             try:
-                decision = job.model.decide(job, self.threshold(), self.station)
+                decision = decide(job, self.station)
             except Exception:  # as above: counted and logged
                 self.counters.add("trigger_errors")
                 log.exception("scoring failed for trigger %s (%s)", job.trigger_id, job.source)
                 continue
             self.outq.put(decision)
         self.outq.put(None)
+
+
+def decide(job: Job, station: str) -> Decision:
+    """The part's judgement with its own product's model and threshold."""
+    return job.model.decide(job, job.product.threshold, station, job.product.number)
 
 
 class InOrder:
@@ -101,9 +107,9 @@ class InspectWorker(threading.Thread):
     """One of N parallel workers: model and decision for a whole frame, then the in-order hand-off."""
 
     def __init__(self, index: int, inq: "queue.Queue[Job | None]", slots: threading.Semaphore, order: InOrder,
-                 threshold: Callable[[], float], station: str, counters: Counters) -> None:
+                 station: str, counters: Counters) -> None:
         super().__init__(name=f"inspect-{index}", daemon=True)
-        self.inq, self.slots, self.order, self.threshold = inq, slots, order, threshold
+        self.inq, self.slots, self.order = inq, slots, order
         self.station, self.counters = station, counters
 
     def run(self) -> None:
@@ -112,7 +118,7 @@ class InspectWorker(threading.Thread):
             decision = None
             try:
                 job.model.embed(job)
-                decision = job.model.decide(job, self.threshold(), self.station)
+                decision = decide(job, self.station)
             except Exception:  # one bad frame must not stop the line; it is counted and logged
                 self.counters.add("trigger_errors")
                 log.exception("inspection failed for trigger %s (%s)", job.trigger_id, job.source)
@@ -156,8 +162,8 @@ class RecorderWorker(threading.Thread):
         except KenpinError as e:  # the store degrades rather than raising; belt and braces
             log.error("recording failed: %s", e)
             recs = [d.record for d in batch]
-        for rec in recs:
-            self.actuator.fire(rec.verdict)
+        for d, rec in zip(batch, recs):
+            self.actuator.fire(rec.verdict, pulse_ms=d.job.product.pulse_ms, delay_ms=d.job.product.delay_ms)
             self.counters.verdict(rec)
             log.info("verdict id=%s trigger=%s source=%s verdict=%s%s score=%.3f quality=%s grade=%s latency_ms=%.1f",
                      rec.id, rec.trigger_id, rec.trigger_source, rec.verdict,

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 VERDICTS = ("ok", "defect", "retake")
-TRIGGER_SOURCES = ("free-run", "software", "gpio")
+# free-run: the capture loop; software: the dashboard/HTTP; gpio: a part-present sensor;
+# modbus / opcua: the line's PLC over its protocol server
+TRIGGER_SOURCES = ("free-run", "software", "gpio", "modbus", "opcua")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class VerdictRecord:
     grade: float | None = None
     # retakes only: the capture-quality family below its floor (sharpness, dark, noise…)
     retake_reason: str | None = None
+    # the product this part was judged as (its trigger's, or free-run's at capture); 0 for a station
+    # without ``products:`` and for rows recorded before products existed
+    product: int = 0
     id: int | None = None
 
     def __post_init__(self) -> None:

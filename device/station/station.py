@@ -1,15 +1,14 @@
 """The Station: one object that starts the workers and answers the dashboard, metrics and MQTT.
 
-Start-up opens things in order (store, camera, model, actuator, recorder, score, embed, capture,
-triggers) and ``stop`` closes them in reverse, so the parts in flight are finished and recorded
-before the store closes.
+Start-up opens things in order (store, camera, every product's model, actuator, recorder, score,
+embed, capture, triggers) and ``stop`` closes them in reverse, so the parts in flight are finished
+and recorded before the store closes. The products and which one is active are
+:mod:`device.station.products`; the station audits and keeps their changes.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,25 +17,23 @@ from typing import Any
 import cv2
 from threadpoolctl import threadpool_limits
 
-from device.bundle import load_bundle
-from device.selfcheck import self_check
 from device.errors import KenpinError
 from device.station.actuator import make_actuator
 from device.station.camera import Backoff, Camera, CameraLost, make_camera
 from device.station.config import StationConfig
-from device.station.overrides import OverrideFile, Overrides
+from device.station.overrides import OverrideFile
 from device.station.capture import CameraState, CaptureWorker
 from device.station.counters import Counters
-from device.station.model import Decision, Job, Model
+from device.station.feedback import keep_feedback
+from device.station.model import Decision, Job
 from device.station.pipeline import EmbedWorker, InOrder, InspectWorker, RecorderWorker, ScoreWorker
-from device.station.record import VerdictRecord
+from device.station.products import Binding, Product, ProductTable, configured, load_model, load_products
+from device.station.record import TRIGGER_SOURCES, VerdictRecord
 from device.station.store import VerdictStore
 from device.station.triggers import TRIGGER_INPUTS, FreeRun, TriggerQueue
 from device.version import kenpin_version
 
 log = logging.getLogger("kenpin.station")
-
-FEEDBACK_LABELS = {"good": "good", "defect": "defect"}
 
 
 class Subscription:
@@ -70,14 +67,11 @@ class Station:
         self._pin_factory = pin_factory
         self._lock = threading.Lock()
         self._overrides = OverrideFile(config.station.data_dir)
-        self._restored = self._overrides.load(config.bundle.path, config.decision.threshold)
-        self._threshold = self._restored.threshold if self._restored else config.decision.threshold
-        self._threshold_history: list[float] = []
-        self._model: Model | None = None
-        self._previous_model: Model | None = None
+        self._kept = self._overrides.load(configured(config), config.start_product)
+        self._products: ProductTable | None = None  # loaded at start
         self.counters = Counters()
         self.camera_state = CameraState(self._camera.description)
-        self.triggers = TriggerQueue(config.trigger.max_backlog)
+        self.triggers = TriggerQueue(config.trigger.max_backlog, bind=self._bind_if_started)
         self._subs: list[Subscription] = []
         self._last: VerdictRecord | None = None
         self._jpeg: tuple[float, bytes] | None = None
@@ -94,7 +88,8 @@ class Station:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the camera and the model, then start recorder, inference workers and capture, in that order."""
+        """Open the camera and every product's model, then start recorder, inference workers and capture,
+        in that order."""
         try:
             self._camera.open()
         except CameraLost as e:
@@ -105,14 +100,17 @@ class Station:
             raise
         self.camera_state.connected = True
         try:
-            self._model = self._load_start_model()
+            self._products = table = load_products(self.config, self.store, self._kept)
         except KenpinError:
             self._camera.close()
             self.store.close()
             raise
         self._actuator = make_actuator(self.config.actuator, self._pin_factory)
-        self.store.audit("start", {"bundle": self._model.bundle.bundle_id, "precision": self._model.precision,
-                                   "threshold": self._threshold, "restored_from_dashboard": self._restored is not None,
+        model, active = table.model, table.active
+        self.store.audit("start", {"bundle": model.bundle.bundle_id, "precision": model.precision,
+                                   "threshold": active.threshold, "product": active.number,
+                                   "products": [p.to_dict() for p in table.all()],
+                                   "restored_from_dashboard": bool(self._kept.products or self._kept.product is not None),
                                    "config": self.config.summary()})
         c, freerun = self.config, None
         if c.trigger.mode == "free-run":
@@ -121,26 +119,26 @@ class Station:
                          *self._inference_workers(),
                          CaptureWorker(self._camera, self.camera_state, self._inq, self._slots, self.triggers, freerun,
                                        self.counters, Backoff(c.camera.reconnect_initial_s, c.camera.reconnect_max_s),
-                                       self._stop, self._current_model)]
+                                       self._stop, table.bind)]
         for w in self._workers:
             w.start()
         if c.trigger.mode in TRIGGER_INPUTS:
             self._trigger_input = TRIGGER_INPUTS[c.trigger.mode](c.trigger, self.triggers, self._pin_factory)
         self.running = True
-        log.info("station %s running: bundle %s (%s), camera %s, trigger %s", self.name, self._model.bundle.bundle_id,
-                 self._model.precision, self._camera.description, c.trigger.mode)
+        log.info("station %s running: product %d (%s), bundle %s (%s), camera %s, trigger %s", self.name, active.number,
+                 active.name, model.bundle.bundle_id, model.precision, self._camera.description, c.trigger.mode)
 
     def _inference_workers(self) -> list[threading.Thread]:
         """Embed and score stages (one worker), or N whole-frame workers handing over in order."""
-        n, threshold = self.config.pipeline.workers, lambda: self._threshold
+        n = self.config.pipeline.workers
         if n == 1:
-            return [ScoreWorker(self._midq, self._outq, threshold, self.name, self.counters),
+            return [ScoreWorker(self._midq, self._outq, self.name, self.counters),
                     EmbedWorker(self._inq, self._slots, self._midq, self.counters)]
         # N searches side by side: one BLAS thread each, or they oversubscribe the cores
         # (measured on 2 cores, 2 workers: 193 frames/s with 1 BLAS thread, 125 with 2).
         self._blas_limit = threadpool_limits(limits=1, user_api="blas")
         order = InOrder(self._outq, n)
-        return [InspectWorker(i, self._inq, self._slots, order, threshold, self.name, self.counters) for i in range(n)]
+        return [InspectWorker(i, self._inq, self._slots, order, self.name, self.counters) for i in range(n)]
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop in reverse order: no new triggers or frames, finish the parts in flight, flush, close."""
@@ -183,106 +181,114 @@ class Station:
         paced_idle = self._camera.paced and self.config.trigger.mode != "free-run"
         return self.running and self.camera_state.connected and (paced_idle or age < self.config.pipeline.watchdog_stall_s)
 
-    # -- model and bundle swap ------------------------------------------------------------
-    def _load_model(self, path: Path) -> Model:
-        """Verify the bundle, prove it on this CPU (the self-check chooses the variant), load it."""
-        bundle = load_bundle(path)
-        check = self_check(bundle, self.config.bundle.threads, self.config.bundle.precision)
-        self.store.audit("self_check", {"bundle": bundle.bundle_id, **check.to_dict()})
-        return Model(bundle, check, self.config.bundle.threads)
+    # -- products, bundle swap, threshold --------------------------------------------------
+    def _table(self) -> ProductTable:
+        if self._products is None:
+            raise KenpinError(f"station {self.name} is not started; its products are loaded at start")
+        return self._products
 
-    def _load_start_model(self) -> Model:
-        """The bundle last activated from the dashboard if it still loads, else the config's."""
-        ov = self._restored
-        if ov is not None and ov.bundle != str(self.config.bundle.path):
-            try:
-                return self._load_model(Path(ov.bundle))
-            except KenpinError as e:
-                log.warning("the bundle last activated from the dashboard does not load (%s); starting with "
-                            "bundle.path from the config", e)
-                self.store.audit("restore_refused", {"bundle": ov.bundle, "reason": str(e)})
-        return self._load_model(self.config.bundle.path)
+    def _bind_if_started(self) -> Binding | None:
+        """A queued trigger's product; before start, None (the part is then bound when captured)."""
+        return self._products.bind() if self._products is not None else None
+
+    @property
+    def products(self) -> list[Product]:
+        """Every product in config order (once started)."""
+        return self._table().all()
+
+    @property
+    def active_product(self) -> Product:
+        """The product new parts are judged as (once started)."""
+        return self._table().active
+
+    def switch_product(self, number: int, who: str) -> dict:
+        """Make product ``number`` active: parts announced from now on are judged with its bundle,
+        threshold and pulse; parts already announced keep theirs. Audited and kept across a restart.
+        Switching to the active product changes nothing and is not audited (a PLC may write the
+        same number every scan). An unknown number raises KenpinError and the product stays."""
+        try:
+            old, new = self._table().switch(number)
+        except KenpinError as e:
+            log.warning("product switch by %s refused: %s", who, e)
+            raise
+        if old.number != new.number:
+            self.store.audit("product_switch", {"from": old.number, "to": new.number, "name": new.name,
+                                                "bundle": new.bundle_id}, who)
+            log.info("product %d (%s) active, switched by %s from %d", new.number, new.name, who, old.number)
+            self._keep_overrides()
+        return new.to_dict()
 
     def _keep_overrides(self) -> None:
-        """Write the threshold and active bundle so that a restart or power cut keeps them."""
-        with self._lock:
-            ov = Overrides(str(self.config.bundle.path), self.config.decision.threshold,
-                           str(self._model.bundle.root) if self._model else str(self.config.bundle.path),
-                           self._threshold)
+        """Write each product's threshold and bundle and the active product, so a restart or power cut keeps them."""
         try:
-            self._overrides.save(ov)
+            self._overrides.save(lambda: self._table().kept(self.config.start_product))
         except OSError as e:  # verdicts keep flowing; the change holds until the next restart
             log.error("the change is in effect but will not survive a restart: %s: %s", self._overrides.path, e)
 
-    def _current_model(self) -> Model:
-        with self._lock:
-            assert self._model is not None
-            return self._model
-
     def activate_bundle(self, path: Path, who: str) -> dict:
-        """Verify a bundle and swap it in between two parts; the old one is kept for roll-back."""
+        """Verify a bundle and swap it in between two parts, for the product active when asked; the
+        old one is kept for that product's roll-back.
+
+        The dashboard's upload and roll-back act on the active product because that is what the
+        engineer sees running on the station page; the product is fixed when the call starts, so a
+        switch during the verification does not send the bundle to another product."""
+        number = self._table().active.number
         try:
-            model = self._load_model(Path(path))
+            model = load_model(Path(path), self.config.bundle, self.store)
         except KenpinError as e:
-            self.store.audit("bundle_refused", {"path": str(path), "reason": str(e)}, who)
+            self.store.audit("bundle_refused", {"path": str(path), "product": number, "reason": str(e)}, who)
             raise
-        with self._lock:
-            old, self._previous_model, self._model = self._model, self._model, model
+        product, old = self._table().swap_model(model, number)
         self.store.audit("bundle_activated", {"bundle": model.bundle.bundle_id, "path": str(path),
-                                              "previous": old.bundle.bundle_id if old else None}, who)
-        log.info("bundle %s activated by %s (previous %s kept for roll-back)", model.bundle.bundle_id, who,
-                 old.bundle.bundle_id if old else None)
+                                              "product": product.number, "previous": old.bundle.bundle_id}, who)
+        log.info("product %d: bundle %s activated by %s (previous %s kept for roll-back)", product.number,
+                 model.bundle.bundle_id, who, old.bundle.bundle_id)
         self._keep_overrides()
         return model.summary()
 
     def rollback_bundle(self, who: str) -> dict:
-        """Swap back to the previous bundle (the current one becomes the roll-back target)."""
-        with self._lock:
-            if self._previous_model is None:
-                raise KenpinError("no previous bundle to roll back to; activate a bundle first")
-            self._model, self._previous_model = self._previous_model, self._model
-            model, old = self._model, self._previous_model
-        self.store.audit("bundle_rolled_back", {"bundle": model.bundle.bundle_id, "previous": old.bundle.bundle_id}, who)
-        log.info("bundle rolled back to %s by %s", model.bundle.bundle_id, who)
+        """Swap the active product's previous bundle back (the current one becomes its roll-back target)."""
+        now, old = self._table().roll_back()
+        product = now.product
+        self.store.audit("bundle_rolled_back", {"bundle": product.bundle_id, "product": product.number,
+                                                "previous": old.bundle.bundle_id}, who)
+        log.info("product %d: bundle rolled back to %s by %s", product.number, product.bundle_id, who)
         self._keep_overrides()
-        return model.summary()
+        return now.model.summary()
 
-    # -- threshold -------------------------------------------------------------------------
     @property
     def threshold(self) -> float:
-        return self._threshold
+        """The active product's threshold (before start: the configured one of the starting product)."""
+        if self._products is None:
+            return configured(self.config)[self.config.start_product][1]
+        return self._products.active.threshold
 
     def set_threshold(self, value: float, who: str) -> None:
-        """A new normalized threshold from the next part on (audited, undoable)."""
+        """A new normalized threshold for the active product, from its next part on (audited, undoable)."""
         try:
             value = float(value)
         except (TypeError, ValueError):
             raise KenpinError(f"threshold {value!r}: must be a number between 0 and 1") from None
         if not 0 < value < 1:
             raise KenpinError(f"threshold {value}: must be strictly between 0 and 1 (the calibrated one is 0.5)")
-        with self._lock:
-            old = self._threshold
-            self._threshold_history.append(old)
-            self._threshold = value
-        self.store.audit("threshold", {"from": old, "to": value}, who)
+        product, old = self._table().set_threshold(value)
+        self.store.audit("threshold", {"from": old, "to": value, "product": product.number}, who)
         self._keep_overrides()
 
     def undo_threshold(self, who: str) -> float:
-        """Restore the threshold before the last change (audited); returns it."""
-        with self._lock:
-            if not self._threshold_history:
-                raise KenpinError("no threshold change to undo")
-            old, self._threshold = self._threshold, self._threshold_history.pop()
-            value = self._threshold
-        self.store.audit("threshold_undo", {"from": old, "to": value}, who)
+        """Restore the active product's threshold before its last change (audited); returns it."""
+        product, old = self._table().undo_threshold()
+        self.store.audit("threshold_undo", {"from": old, "to": product.threshold, "product": product.number}, who)
         self._keep_overrides()
-        return value
+        return product.threshold
 
     # -- triggers, live view, subscribers ---------------------------------------------------
     def trigger(self, source: str = "software") -> int:
-        """A part is here: queue a trigger; it gets exactly one verdict. Returns its id."""
-        if source not in ("software", "gpio"):
-            raise KenpinError(f"trigger source {source!r}: must be 'software' or 'gpio'")
+        """A part is here: queue a trigger; it gets exactly one verdict (``VerdictRecord.trigger_id``),
+        judged as the product active now. Returns its id."""
+        announced = [s for s in TRIGGER_SOURCES if s != "free-run"]
+        if source not in announced:
+            raise KenpinError(f"trigger source {source!r}: must be one of {announced}")
         before = self.triggers.refused
         tid = self.triggers.put(source)
         if self.triggers.refused != before:
@@ -332,44 +338,25 @@ class Station:
 
     # -- feedback ----------------------------------------------------------------------------
     def mark_wrong(self, verdict_id: int, correct: str, who: str) -> Path:
-        """Keep a wrongly judged part's image as training feedback (MVTec layout) + labels.csv."""
-        if correct not in FEEDBACK_LABELS:
-            raise KenpinError(f"correct label {correct!r}: must be 'good' or 'defect'")
-        rec = self.store.get(int(verdict_id))
-        if rec is None:
-            raise KenpinError(f"verdict {verdict_id}: no such verdict in the log")
-        if rec.frame_ref is None:
-            raise KenpinError(f"verdict {verdict_id}: its image was not kept (sampled out or removed by retention), "
-                              "so it cannot become feedback")
-        src = self.store.image_path(rec.frame_ref)
-        root = self.config.station.data_dir / "feedback"
-        dst = root / "train" / FEEDBACK_LABELS[correct] / f"{rec.id:08d}{src.suffix}"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        labels = root / "labels.csv"
-        new = not labels.exists()
-        with open(labels, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["image", "label", "verdict_id", "station_verdict", "score", "bundle_id", "who", "time"])
-            w.writerow([dst.relative_to(root).as_posix(), correct, rec.id, rec.verdict, f"{rec.score:.4f}",
-                        rec.bundle_id, who, f"{time.time():.3f}"])
-        self.store.audit("mark_wrong", {"verdict_id": rec.id, "station_verdict": rec.verdict, "correct": correct,
-                                        "image": dst.relative_to(root).as_posix()}, who)
-        return dst
+        """Keep a wrongly judged part's image as training feedback (MVTec layout) + labels.csv
+        (per product when the config lists products: see :mod:`device.station.feedback`)."""
+        return keep_feedback(self.store, self.config.station.data_dir, bool(self.config.products), verdict_id,
+                             correct, who)
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Everything the dashboard's station page and the PLC-style status show, JSON-ready."""
         counters, processing = self.counters.snapshot()
-        model = self._model
+        table = self._products
+        model, previous = (table.model, table.previous_model) if table else (None, None)
         cam = self.camera_state
         return {
             "name": self.name, "version": kenpin_version(), "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 1), "running": self.running,
             "bundle": model.summary() if model else None,
-            "previous_bundle": self._previous_model.bundle.bundle_id if self._previous_model else None,
-            "threshold": self._threshold, "config": self.config.summary(),
+            "previous_bundle": previous.bundle.bundle_id if previous else None,
+            "threshold": self.threshold, "config": self.config.summary(),
+            "product": table.active.to_dict() if table else None, "products": self._product_status(),
             "camera": {"source": cam.description, "connected": cam.connected, "reconnects": cam.reconnects,
                        "fps": round(cam.fps, 1), "frames_flowing": self.frames_flowing()},
             "counters": counters,
@@ -380,3 +367,11 @@ class Station:
             "processing_ms": processing,
             "store": self.store.health(),
         }
+
+    def _product_status(self) -> list[dict[str, Any]]:
+        """Each product with its verdicts since start (the station page's per-product counters)."""
+        if self._products is None:
+            return []
+        counts = self.counters.by_product()
+        return [{**p.to_dict(), "counters": counts.get(p.number, {"ok": 0, "defect": 0, "retake": 0})}
+                for p in self._products.all()]

@@ -74,8 +74,8 @@ def export_csv(db: sqlite3.Connection, fh: TextIO, since: float | None = None, u
 def stats(db: sqlite3.Connection, since: float, until: float, bucket_s: int = 3600) -> dict[str, Any]:
     """Counts and yield per bucket (aligned to multiples of ``bucket_s`` in UTC, empty ones filled
     between the first and last non-empty), overall counts, score histogram per verdict over
-    0..1, latency min/avg/max and the latest threshold. Yield = ok / (ok + defect): a retake is
-    not a judged part."""
+    0..1, latency min/avg/max, the latest threshold, and the counts and yield of each product that
+    had parts in the window. Yield = ok / (ok + defect): a retake is not a judged part."""
     _check_range(since, until, bucket_s)
     per = db.execute("SELECT CAST(time / ? AS INTEGER) AS b, verdict, COUNT(*) FROM verdicts "
                      "WHERE time >= ? AND time < ? GROUP BY b, verdict", (bucket_s, since, until)).fetchall()
@@ -88,7 +88,21 @@ def stats(db: sqlite3.Connection, since: float, until: float, bucket_s: int = 36
                       (since, until)).fetchone()
     return {"since": since, "until": until, "bucket_s": bucket_s, "buckets": buckets, "counts": counts,
             "yield": _yield(counts), "histogram": _histogram(db, since, until),
-            "latency_ms": dict(zip(("min", "avg", "max"), lat)), "threshold": last[0] if last else None}
+            "latency_ms": dict(zip(("min", "avg", "max"), lat)), "threshold": last[0] if last else None,
+            "products": _per_product(db, since, until)}
+
+
+def _per_product(db: sqlite3.Connection, since: float, until: float) -> list[dict[str, Any]]:
+    """Counts and yield per product number in [since, until), in number order."""
+    rows = db.execute("SELECT product, verdict, COUNT(*) FROM verdicts WHERE time >= ? AND time < ? "
+                      "GROUP BY product, verdict ORDER BY product", (since, until)).fetchall()
+    out: dict[int, dict[str, Any]] = {}
+    for product, verdict, n in rows:
+        out.setdefault(product, {"product": product, **{v: 0 for v in VERDICTS}})[verdict] = n
+    for row in out.values():
+        row["total"] = sum(row[v] for v in VERDICTS)
+        row["yield"] = _yield(row)
+    return list(out.values())
 
 
 def _histogram(db: sqlite3.Connection, since: float, until: float) -> dict[str, Any]:

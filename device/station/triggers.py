@@ -3,7 +3,8 @@
 Free-run inspects every N-th frame and/or at most ``rate_hz``; frames it cannot take because
 inference is busy are skipped and counted. Software and GPIO triggers ("a part is here") go into
 a TriggerQueue; each gets exactly one verdict. The queue is bounded (``max_backlog``): a trigger
-beyond it is refused and counted as a trigger error, never silently dropped.
+beyond it is refused and counted as a trigger error, never silently dropped. Each trigger is bound,
+as it is queued, to what the station says its part is judged with (the active product).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from device.errors import KenpinError
 from device.schema import need
@@ -26,15 +27,21 @@ class Trigger:
     """One request for a verdict."""
 
     id: int
-    source: str  # "software" | "gpio" (record.TRIGGER_SOURCES)
+    source: str  # "software" | "gpio" | "modbus" | "opcua" (record.TRIGGER_SOURCES)
     time: float  # unix seconds
+    bound: Any = None  # the queue's ``bind()`` when queued (the station's product binding); None: bind at capture
 
 
 class TriggerQueue:
-    """Pending triggers in arrival order; thread-safe; reports its backlog."""
+    """Pending triggers in arrival order; thread-safe; reports its backlog.
 
-    def __init__(self, max_backlog: int) -> None:
+    ``bind`` is called under the queue's lock for each trigger queued and its result kept with it,
+    so whatever an input (GPIO, HTTP, a PLC server) queues carries the product active at that moment.
+    """
+
+    def __init__(self, max_backlog: int, bind: Callable[[], Any] | None = None) -> None:
         self.max_backlog = max_backlog
+        self._bind = bind
         self._pending: collections.deque[Trigger] = collections.deque()
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
@@ -45,7 +52,7 @@ class TriggerQueue:
     def put(self, source: str) -> int:
         """Queue a trigger; returns its id. A full queue refuses it (counted, logged, id returned)."""
         with self._lock:
-            trigger = Trigger(next(self._ids), source, time.time())
+            trigger = Trigger(next(self._ids), source, time.time(), self._bind() if self._bind else None)
             if len(self._pending) >= self.max_backlog:
                 self.refused += 1
                 log.error("trigger %d (%s) refused: backlog full at %d", trigger.id, source, self.max_backlog)

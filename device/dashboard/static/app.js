@@ -162,6 +162,7 @@
     state.latencies.push(shown - decidedAt(r));
     if (state.latencies.length > 5000) state.latencies.shift();
     state.lastId = r.id;
+    window.kenpinProducts.onVerdict(r, api);
   }
 
   function connectEvents() {
@@ -288,6 +289,7 @@
     KenpinCharts.lines($("#chart-trend"), { labels: trend.buckets.map((b) => bucketLabel(b.start, bucket)),
       series: [{ name: "mean", values: trend.buckets.map((b) => b.mean) }, { name: "p95", values: trend.buckets.map((b) => b.p95) }],
       threshold: trend.threshold });
+    window.kenpinProducts.showStats(s);
   }
 
   // ---------- station ----------
@@ -309,6 +311,7 @@
   async function loadStation() {
     const [st, audit] = await Promise.all([api("/api/station"), api("/api/audit?limit=100")]);
     $("#threshold-now").textContent = fmt(st.threshold, 3);
+    window.kenpinProducts.showStation(st);
     kv($("#station-info"), [["name", st.name], ["version", st.version], ["uptime", duration(st.uptime_s || 0)],
       ["live pages", st.dashboard.live_clients]].concat(flatten({ camera: st.camera, counters: st.counters,
       processing_ms: st.processing_ms, queues: st.queues })));
@@ -394,6 +397,7 @@
       action("/api/bundle", { body }, (r) => `bundle ${r.activated.bundle_id || ""} verified and active`);
     });
     $("#rollback-btn").addEventListener("click", () => action("/api/bundle/rollback", {}, () => "rolled back to the previous bundle"));
+    window.kenpinProducts.wire(action);
     $("#login-btn").addEventListener("click", () => (state.token ? logout() : openLogin()));
     $("#login-cancel").addEventListener("click", () => $("#login-dialog").close());
     $("#login-form").addEventListener("submit", async (e) => {
@@ -416,6 +420,7 @@
     api("/api/live").then((s) => {
       started = true;
       if (s.verdict) showLiveVerdict(s.verdict);
+      window.kenpinProducts.refresh(api);
       connectEvents();
       streamLive();
       const tab = location.hash.slice(1);
