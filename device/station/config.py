@@ -3,7 +3,7 @@
 Strict like Frigate's schema: an unknown key, a wrong type or a value out of range is a
 KenpinError naming the file, the key, its YAML line and what would be right (``device.schema``
 reads every YAML file kenpin takes). Every key is documented in ``configs/station.yaml``. The
-``dashboard`` and ``mqtt`` sections are typed by their own modules' settings classes.
+``dashboard``, ``mqtt`` and ``modbus`` sections are typed by their own modules' settings classes.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from device.errors import KenpinError
 from device.schema import Document, internal, load, need, parse_yaml, per_kind, read_yaml
 from device.station.actuator import ActuatorSection
 from device.station.camera import CAMERAS
+from device.station.modbus_settings import ModbusSettings
 from device.station.mqtt_settings import MqttSettings
 from device.station.triggers import TriggerSection
 
@@ -121,6 +122,7 @@ class StationConfig:
     record: RecordSection = field(default_factory=RecordSection)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     mqtt: MqttSettings | None = None  # no section: no fleet publishing
+    modbus: ModbusSettings | None = None  # no section: no Modbus TCP server
     config_file: Path | None = internal()  # the file it was read from (for messages)
 
     def summary(self) -> dict[str, Any]:
