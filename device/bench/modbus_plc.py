@@ -4,14 +4,13 @@
 
 Each job talks to the station's Modbus server on 127.0.0.1:PORT and writes its figures to
 OUT.json: ``handshake`` runs A documented cycles; ``poll`` reads the status bits and result
-registers every B ms for A seconds (at nice 19: on the line the PLC has its own CPU); ``fuzz``
+registers every B ms for A seconds (its own CPU is reported: on the line it is the PLC's); ``fuzz``
 sends A malformed frames (seed B). Cycles and polls use pymodbus's own client; malformed frames
 need raw sockets, since no client sends them.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import select
 import socket
@@ -135,8 +134,7 @@ def _plc_main(mode: str, port: str, a: str, b: str, out: str) -> int:
     """One PLC job, its figures written as JSON to ``out``."""
     if mode == "handshake":
         res = plc_handshake(int(port), int(a))
-    elif mode == "poll":
-        os.nice(19)  # the PLC is another machine: here it must not take the station's CPU first
+    elif mode == "poll":  # not niced: light, and it must keep its scan period on a busy machine
         res = plc_poll(int(port), float(a), float(b))
     else:
         res = plc_fuzz(int(port), int(a), int(b))

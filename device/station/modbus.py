@@ -98,14 +98,20 @@ class _Throttle:
 
 
 class _QuietLibrary(logging.Filter):
-    """Throttles pymodbus's own log lines (each malformed frame is one, with a frame dump)."""
+    """Throttles pymodbus's own log lines (one per malformed frame) and drops the dump of the last
+    20 frames it appends to an error: a client must not be able to fill the journal."""
 
     def __init__(self) -> None:
         super().__init__()
         self.throttle = _Throttle()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.throttle.allow() is not None
+        held = self.throttle.allow()
+        if held is None:
+            return False
+        text = record.getMessage().split("\n", 1)[0]
+        record.msg, record.args = f"pymodbus: {text}" + (f" ({held} more held back)" if held else ""), None
+        return True
 
 
 class _Connection(ServerRequestHandler):
