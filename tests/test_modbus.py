@@ -326,7 +326,10 @@ def test_the_modbus_section_is_typed_and_named_with_its_line():
         parse_config("modbus:\n  port: 0\n", "st.yaml")
 
 
-def test_a_port_in_use_is_one_sentence_and_nothing_recorded_is_lost(station, tiny_line, tiny_bundle, tmp_path):
+def test_a_port_in_use_is_one_sentence_and_nothing_recorded_is_lost(station, tiny_line, tiny_bundle, tmp_path,
+                                                                   capsys):
+    from kenpin.cli import main
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -334,6 +337,14 @@ def test_a_port_in_use_is_one_sentence_and_nothing_recorded_is_lost(station, tin
         with pytest.raises(KenpinError, match=rf"^modbus\.port = {port}: port {port} on 127\.0\.0\.1 is already "
                                               r"in use by another program"):
             check_port(ModbusSettings(host="127.0.0.1", port=port))
+        # kenpin run: one sentence, exit 2, before the camera or the record is opened
+        (tmp_path / "st.yaml").write_text(f"station: {{data_dir: {tmp_path / 'run'}}}\n"
+                                          f"modbus: {{host: 127.0.0.1, port: {port}}}\n")
+        assert main(["run", "--config", str(tmp_path / "st.yaml")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"kenpin: error: modbus.port = {port}: port {port} on 127.0.0.1 is already in use by "
+                       "another program; stop it or choose another modbus.port"]
+        assert not (tmp_path / "run").exists()
         # The service: a free-running station is up when the port is found taken; it stops, and
         # every part it judged meanwhile is in the record.
         cfg = station_config(tmp_path, tiny_bundle, replay_folder(tiny_line, tmp_path / "replay"), loop=True)
