@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from device.bench.timing import thread_cpu
 from device.errors import KenpinError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,40 +204,24 @@ def fuzz_run(opts: ModbusBenchOptions) -> dict:
             "refused_connections": server.refused_connections}
 
 
-def _thread_cpu(prefix: str) -> tuple[float, float]:
-    """CPU seconds so far of (threads named ``prefix``…, every other thread) of this process."""
-    tick = os.sysconf("SC_CLK_TCK")
-    ids = {t.native_id for t in threading.enumerate() if t.name.startswith(prefix)}
-    mine = other = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        if int(task.name) in ids:
-            mine += cpu
-        else:
-            other += cpu
-    return mine, other
-
-
 def _phase(st: Any, seconds: float) -> dict:
     """One measured phase: parts/s (wall), this process's CPU ms per part, the Modbus threads' CPU s."""
     def parts() -> int:
         c = st.counters.snapshot()[0]
         return c["ok"] + c["defect"] + c["retake"]
 
-    n0, t0, p0, m0 = parts(), time.perf_counter(), time.process_time(), _thread_cpu("modbus")[0]
+    n0, t0, p0, m0 = parts(), time.perf_counter(), time.process_time(), thread_cpu(("modbus",))[0]
     time.sleep(seconds)
     n, wall, cpu = parts() - n0, time.perf_counter() - t0, time.process_time() - p0
-    return {"rate": n / wall, "cpu_ms_per_part": 1000 * cpu / max(n, 1), "modbus_cpu_s": _thread_cpu("modbus")[0] - m0}
+    return {"rate": n / wall, "cpu_ms_per_part": 1000 * cpu / max(n, 1),
+            "modbus_cpu_s": thread_cpu(("modbus",))[0] - m0}
 
 
 def _polled_phase(opts: ModbusBenchOptions, st: Any) -> tuple[dict, dict]:
     """A phase with the PLC polling: the phase's figures and the PLC's (requests, errors, its CPU)."""
     out = opts.workdir / "plc-poll.json"
-    cmd = [sys.executable, "-m", PLC, "poll", str(opts.port), str(opts.seconds + 2), str(opts.poll_ms), str(out.resolve())]
+    cmd = [sys.executable, "-m", PLC, "poll", str(opts.port), str(opts.seconds + 2), str(opts.poll_ms),
+           str(out.resolve())]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = subprocess.Popen(cmd, cwd=ROOT)
     time.sleep(1)  # connected and polling before measuring
@@ -282,7 +267,8 @@ def polling_run(opts: ModbusBenchOptions) -> dict:
             "rate_without": round(med(base, "rate"), 2), "rate_with": round(med(polled, "rate"), 2),
             "drop_wall": round(1 - med(polled, "rate") / med(base, "rate"), 4),
             "drop_wall_per_round": [round(1 - b["rate"] / a["rate"], 4) for a, b in zip(base, polled)],
-            "cpu_ms_without": round(med(base, "cpu_ms_per_part"), 3), "cpu_ms_with": round(med(polled, "cpu_ms_per_part"), 3),
+            "cpu_ms_without": round(med(base, "cpu_ms_per_part"), 3),
+            "cpu_ms_with": round(med(polled, "cpu_ms_per_part"), 3),
             "modbus_core_share_without": round(modbus[0], 4), "modbus_core_share_with": round(modbus[1], 4),
             "plc_core_share": round(sum(p["cpu_s"] for p in plcs) / sum(opts.seconds + 2 for _ in plcs), 4),
             "requests_per_s": round(sum(p["requests"] for p in plcs) / sum(opts.seconds + 2 for _ in plcs), 1),
@@ -328,7 +314,8 @@ def to_markdown(res: dict[str, Any], opts: ModbusBenchOptions) -> str:
     lines = ["| figure | measured | target |", "|---|---|---|",
              f"| {h['parts']} parts triggered over Modbus (PLC waits for each answer: {h['rate_per_s']} parts/s) | "
              f"{h['rows']} recorded, **{h['lost']} lost, {h['doubled']} doubled**, {h['read_back_matches']} read back "
-             f"as recorded, result_seq consecutive: {h['seq_consecutive']} | 0 lost, 0 doubled ({met('handshake_0_lost_0_doubled')}) |",
+             f"as recorded, result_seq consecutive: {h['seq_consecutive']} | 0 lost, 0 doubled "
+             f"({met('handshake_0_lost_0_doubled')}) |",
              f"| trigger → result_ready p50 / p99 / max, as the PLC saw it (1 ms polling) | {h['plc_ms']['p50']} / "
              f"**{h['plc_ms']['p99']}** / {h['plc_ms']['max']} ms (server side p50 / p99: {h['server_ms']['p50']} / "
              f"{h['server_ms']['p99']} ms) | ≤ verdict p99 + 20 ms ({met('latency_p99_within_20ms')}) |",
@@ -344,8 +331,9 @@ def to_markdown(res: dict[str, Any], opts: ModbusBenchOptions) -> str:
                      f"({met('fuzz_no_stall_over_1s')}) |")
     per = ", ".join(f"{d * 100:.1f}" for d in p["drop_wall_per_round"])
     lines += [f"| throughput without / with a PLC polling every {opts.poll_ms:g} ms ({p['requests_per_s']} requests/s, "
-              f"{p['request_errors']} errors), median of {opts.rounds} rounds of {opts.seconds:g} s | {p['rate_without']} / "
-              f"{p['rate_with']} parts/s: {p['drop_wall'] * 100:.1f} % lower (per round {per} %: the machine's noise) | — |",
+              f"{p['request_errors']} errors), median of {opts.rounds} rounds of {opts.seconds:g} s | "
+              f"{p['rate_without']} / {p['rate_with']} parts/s: {p['drop_wall'] * 100:.1f} % lower (per round {per} %: "
+              "the machine's noise) | — |",
               f"| the Modbus threads' CPU without / with the polling PLC (the PLC process itself: "
               f"{p['plc_core_share'] * 100:.2f} % of a core) | {p['modbus_core_share_without'] * 100:.2f} / "
               f"{p['modbus_core_share_with'] * 100:.2f} % of a core: **{p['drop_cpu_bound'] * 100:.2f} % lower "

@@ -36,7 +36,8 @@ class HandshakeStats:
     refused: int = 0  # accepted edges the station's trigger queue refused (backlog full)
     timeouts: int = 0  # answered result 4 / error 2 after result_timeout_s
     late: int = 0  # Modbus verdicts that came after their trigger had timed out
-    cycle_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))  # trigger → result_ready
+    # trigger accepted → result_ready, ms, per answer
+    cycle_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
 
 
 class PlcImage:
