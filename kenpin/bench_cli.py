@@ -8,6 +8,7 @@
     kenpin bench durability [--bundle B --replay DIR] [--kills 50]  # kill -9 the daemon; nothing acknowledged lost
     kenpin bench products [--bundles B1 B2 --replay DIR]            # 100 product switches under load; none misjudged
     kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
+    kenpin bench modbus [--bundle B --replay DIR] [--parts 1000]    # PLC over Modbus TCP: handshake, fuzz, polling
 
 The station's benchmarks live in ``device/bench/`` and never import torch; each module is imported
 only when its benchmark runs. Only the model benchmark, and the generated line and bundle that
@@ -21,7 +22,7 @@ from pathlib import Path
 def add_bench(sub: argparse._SubParsersAction) -> None:
     """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
     b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
-                                     "dashboard, durability, products, profile",
+                                     "dashboard, durability, products, profile, modbus",
                        description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
     b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
     what = b.add_subparsers(dest="what", required=True)
@@ -32,6 +33,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_durability(what)
     _add_products(what)
     _add_profile(what)
+    _add_modbus(what)
 
 
 def _add_models(what: argparse._SubParsersAction) -> None:
@@ -137,6 +139,22 @@ def _add_profile(what: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench_profile)
 
 
+def _add_modbus(what: argparse._SubParsersAction) -> None:
+    m = what.add_parser("modbus", help="a PLC over Modbus TCP: N parts by handshake (lost, doubled, latency), "
+                                       "malformed frames (largest verdict gap), polling every 10 ms (throughput)")
+    m.add_argument("--bundle", help="bundle directory (default: train the tiny one in --workdir)")
+    m.add_argument("--replay", help="folder of images replayed as the camera")
+    m.add_argument("--parts", type=int, default=1000, help="parts triggered by the PLC's handshake")
+    m.add_argument("--fuzz-frames", type=int, default=3000, help="malformed frames sent (0: skip)")
+    m.add_argument("--seconds", type=float, default=8.0, help="length of each polling phase")
+    m.add_argument("--rounds", type=int, default=5, help="no-PLC / PLC-polling phase pairs")
+    m.add_argument("--poll-ms", type=float, default=10.0, help="the polling PLC's scan period")
+    m.add_argument("--port", type=int, default=15020, help="loopback port of the station's Modbus server")
+    m.add_argument("--workdir", default="modbus-bench-run")
+    m.add_argument("--json", help="also write the figures here")
+    m.set_defaults(func=cmd_bench_modbus)
+
+
 def _bundle_and_replay(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """The given --bundle and --replay, None when neither is given."""
     from device.errors import KenpinError
@@ -227,3 +245,19 @@ def cmd_bench_profile(args: argparse.Namespace) -> int:
     from device.bench.profile import run_profile
 
     return run_profile(Path(args.bundle), Path(args.data), args.cv_threads, args.repeat)
+
+
+def cmd_bench_modbus(args: argparse.Namespace) -> int:
+    from device.bench.modbus import ModbusBenchOptions, run_modbus_bench
+
+    workdir = Path(args.workdir)
+    given = _bundle_and_replay(args)
+    if given is None:  # the tiny line's good and defective test parts: every result code is read back
+        from device.bench.durability import mixed_replay
+        from kenpin.bench_inputs import tiny_line_and_bundle
+
+        bundle, line = tiny_line_and_bundle(workdir)
+        given = bundle, mixed_replay(line, workdir / "replay")
+    return run_modbus_bench(ModbusBenchOptions(*given, workdir, args.parts, args.fuzz_frames, args.seconds,
+                                               args.rounds, args.poll_ms, args.port,
+                                               Path(args.json) if args.json else None))

@@ -10,8 +10,9 @@
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
     kenpin split-defects --data DIR --per-type K --out NEW   # K real defects per type into train/
     kenpin run   --config configs/station.yaml     # the station daemon (systemd service)
-    kenpin bench station|store|dashboard|durability|profile ...   # the station's benchmarks (kenpin/bench_cli.py)
+    kenpin bench station|store|dashboard|durability|profile|modbus ...   # the station's benchmarks (kenpin/bench_cli.py)
     kenpin hash-token                              # dashboard.token_hash for the station config
+    kenpin modbus-map                              # the Modbus register map the station serves (Markdown)
 
 Heavy imports (torch, sklearn) happen inside the subcommand that needs them, so ``--help`` is
 instant and the station's commands never load torch.
@@ -118,6 +119,13 @@ def cmd_split_defects(args: argparse.Namespace) -> int:
     moved = ", ".join(f"{d} {len(v)}" for d, v in rec["moved_to_train"].items())
     print(f"{args.out}: train/<defect>/ holds {moved or 'nothing'} (seed {args.seed}); test/ keeps "
           + ", ".join(f"{d} {n}" for d, n in rec["left_in_test"].items()) + "; report on test/ only")
+    return 0
+
+
+def cmd_modbus_map(args: argparse.Namespace) -> int:
+    from device.station.modbus_map import Layout
+
+    print(Layout().markdown(), end="")
     return 0
 
 
@@ -287,6 +295,10 @@ def _add_station(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser("hash-token", help="hash a dashboard token for dashboard.token_hash in the station config")
     h.add_argument("--stdin", action="store_true", help="read the token from the first line of stdin instead of prompting")
     h.set_defaults(func=cmd_hash_token)
+
+    mm = sub.add_parser("modbus-map", help="print the Modbus register map, codes and handshake the station serves "
+                                           "(Markdown, generated from the table in device/station/modbus_map.py)")
+    mm.set_defaults(func=cmd_modbus_map)
 
 
 def _add_ranker(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@
     durability  kill -9 of the running daemon: no acknowledged verdict lost
     products    product switches under load: every part judged as its trigger's product, none lost
     profile     where a frame's time goes on the station path
+    modbus      a PLC over Modbus TCP: handshake (lost, doubled, latency), malformed frames, polling
 
 ``kenpin/bench_cli.py`` holds their command-line arguments and imports each module only when it runs.
 """

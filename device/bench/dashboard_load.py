@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from device.bench.timing import thread_cpu
 from device.errors import KenpinError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,21 +137,7 @@ def cpu_split() -> tuple[float, float]:
 
     Dashboard: uvicorn's loop ("dashboard"), the SSE pump ("dashboard-events") and the thread
     pool serving sync endpoints ("AnyIO worker thread"). Everything else is the station."""
-    tick = os.sysconf("SC_CLK_TCK")
-    dash_ids = {t.native_id for t in threading.enumerate()
-                if t.name.startswith("dashboard") or t.name.startswith("AnyIO")}
-    dash = other = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-        if int(task.name) in dash_ids:
-            dash += cpu
-        else:
-            other += cpu
-    return dash, other
+    return thread_cpu(("dashboard", "AnyIO"))
 
 
 def verdicts(station) -> int:

@@ -1,9 +1,12 @@
 """Side-by-side per-image latency: every method runs on the same frame before the next frame,
-in rotating order, so a noisy shared machine slows them all alike."""
+in rotating order, so a noisy shared machine slows them all alike; and the CPU of named threads."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -22,3 +25,22 @@ def time_side_by_side(methods: dict[str, Callable[[np.ndarray], object]], frames
             methods[n](frame)
             samples[n].append((time.perf_counter() - t0) * 1000.0)
     return {n: {"median_ms": float(np.median(s)), "p90_ms": float(np.percentile(s, 90))} for n, s in samples.items()}
+
+
+def thread_cpu(prefixes: tuple[str, ...]) -> tuple[float, float]:
+    """CPU seconds so far of (this process's threads whose names start with one of ``prefixes``,
+    every other thread of it), from /proc: what one part of a process costs beside the rest."""
+    tick = os.sysconf("SC_CLK_TCK")
+    ids = {t.native_id for t in threading.enumerate() if t.name.startswith(prefixes)}
+    mine = other = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if int(task.name) in ids:
+            mine += cpu
+        else:
+            other += cpu
+    return mine, other

@@ -3,7 +3,7 @@
 Strict like Frigate's schema: an unknown key, a wrong type or a value out of range is a
 KenpinError naming the file, the key, its YAML line and what would be right (``device.schema``
 reads every YAML file kenpin takes). Every key is documented in ``configs/station.yaml``. The
-``dashboard``, ``mqtt`` and ``products`` sections are typed by their own modules' settings classes.
+``dashboard``, ``mqtt``, ``modbus`` and ``products`` sections are typed by their own modules' settings classes.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from device.errors import KenpinError
 from device.schema import Document, internal, load, need, parse_yaml, per_kind, read_yaml
 from device.station.actuator import ActuatorSection
 from device.station.camera import CAMERAS
+from device.station.modbus_settings import ModbusSettings
 from device.station.mqtt_settings import MqttSettings
 from device.station.product_settings import ProductSection, check_products
 from device.station.triggers import TriggerSection
@@ -124,6 +125,7 @@ class StationConfig:
     mqtt: MqttSettings | None = None  # no section: no fleet publishing
     products: tuple[ProductSection, ...] = ()  # none: one product, number 0, judged with bundle.path
     product: int | None = None  # the product at start when no switch was kept; None: the first listed
+    modbus: ModbusSettings | None = None  # no section: no Modbus TCP server
     config_file: Path | None = internal()  # the file it was read from (for messages)
 
     def __post_init__(self) -> None:

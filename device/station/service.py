@@ -2,8 +2,8 @@
 
 Type=notify: READY=1 once the camera and model are up; WATCHDOG=1 only while frames really
 flow (a stalled camera lets systemd restart us); SIGTERM/SIGINT finish the part in flight,
-flush the record and exit 0. The dashboard and the MQTT publisher are started in-process when
-the config enables them.
+flush the record and exit 0. The dashboard, the MQTT publisher and the Modbus TCP server are
+started in-process when the config enables them.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import sdnotify
 
+from device.errors import KenpinError
 from device.station.config import StationConfig, load_config
 from device.station.station import Station
 
@@ -74,6 +75,15 @@ def _mqtt(station: Station, cfg: StationConfig) -> Any:
     return start_publisher(station, cfg.mqtt)
 
 
+def _modbus(station: Station, cfg: StationConfig) -> Any:
+    """The Modbus TCP server when the config has a ``modbus`` section, else None."""
+    if cfg.modbus is None:
+        return None
+    from device.station.modbus import start_modbus  # imported only when configured: it loads pymodbus
+
+    return start_modbus(station, cfg.modbus)
+
+
 def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
     """Run a started station until SIGTERM/SIGINT, the duration, or a finished replay; then stop it."""
     stop = threading.Event()
@@ -85,6 +95,11 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
         # block this loop in sendall and the daemon could not stop. A dropped ping is what the
         # watchdog is there to notice.
         notifier.socket.setblocking(False)
+    try:
+        plc = _modbus(station, cfg)
+    except KenpinError:
+        station.stop()  # the parts inspected meanwhile are finished and recorded, then the error is told
+        raise
     dashboard = _Dashboard(station, cfg) if options.with_dashboard else None
     publisher = _mqtt(station, cfg)
     notifier.notify("READY=1")
@@ -105,6 +120,8 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
                 break
     finally:
         notifier.notify("STOPPING=1")
+        if plc is not None:
+            plc.stop()  # first: no trigger may come in while the station stops
         if dashboard is not None:
             dashboard.stop()
         station.stop()
@@ -120,6 +137,10 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
 def run_service(config_path: Path, options: RunOptions = RunOptions()) -> int:
     """Load the config, start the station, serve until told to stop; exit status 0 on a clean stop."""
     cfg = load_config(config_path)  # every section, dashboard and mqtt too, is checked before the camera opens
+    if cfg.modbus is not None and cfg.modbus.enabled:
+        from device.station.modbus import preflight
+
+        preflight(cfg.modbus)  # a map collision or a port in use is one sentence before anything opens
     station = Station(cfg)
     station.start()
     return serve(station, cfg, options)
