@@ -4,17 +4,15 @@ judges it (:class:`Model`) and the judgement waiting to be recorded (:class:`Dec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from device.bundle import Bundle
 from device.runtime import Inspector
 from device.selfcheck import SelfCheck
+from device.station.product_settings import Product
 from device.station.record import VerdictRecord
-
-if TYPE_CHECKING:  # products.py builds on this module
-    from device.station.products import Product
 
 
 @dataclass
@@ -27,7 +25,7 @@ class Job:
     source: str
     trigger_id: int | None
     model: "Model | None" = None  # the product's model bound to this part (a swap or switch applies to the next)
-    product: "Product | None" = None  # the Product bound to this part: its number, threshold and pulse
+    product: Product | None = None  # the Product bound to this part: its number, threshold and pulse
     tensor: np.ndarray | None = None  # preprocessed (capture stage)
     patches: np.ndarray | None = None  # embedded (embed stage)
     seq: int = -1  # capture order, for the in-order hand-off of parallel workers

@@ -7,8 +7,9 @@ with ``bundle.path`` — the station as it always was.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from device.schema import need
 
@@ -50,3 +51,19 @@ def check_products(products: tuple[ProductSection, ...], product: int | None) ->
     need(product is None or product in known, "product", product,
          f"names no product; use one of the numbers in products: {known}" if products
          else "names no product; without products: the station's only product is 0")
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product as the station runs it now: the values in force, run-time changes included."""
+
+    number: int
+    name: str
+    bundle_id: str
+    threshold: float  # normalized; the product's own, else decision.threshold (or as changed at run time)
+    pulse_ms: float  # the product's own, else actuator.pulse_ms
+    delay_ms: float  # the product's own, else actuator.delay_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (dashboard, status, the PLC servers)."""
+        return asdict(self)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +24,11 @@ from device.errors import KenpinError
 from device.selfcheck import self_check
 from device.station.config import BundleSection, StationConfig
 from device.station.model import Model
+from device.station.product_settings import Product
 from device.station.overrides import Kept, Overrides
 from device.station.product_settings import ProductSection
 
 log = logging.getLogger("kenpin.station")
-
-
-@dataclass(frozen=True)
-class Product:
-    """One product as the station runs it now: the values in force, run-time changes included."""
-
-    number: int
-    name: str
-    bundle_id: str
-    threshold: float  # normalized; the product's own, else decision.threshold (or as changed at run time)
-    pulse_ms: float  # the product's own, else actuator.pulse_ms
-    delay_ms: float  # the product's own, else actuator.delay_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (dashboard, status, the PLC servers)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
