@@ -391,3 +391,35 @@ def test_the_server_and_its_benchmark_load_without_torch():
             "from kenpin.cli import main; assert main(['modbus-map']) == 0")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_plc_switches_products_through_the_holding_register_and_an_unknown_number_is_refused(
+        tiny_bundle, tiny_line, tmp_path):
+    from device.bench.products import product_copy
+
+    nut = product_copy(tiny_bundle, tmp_path / "nut", "nut")
+    extra = (f"products:\n  - {{number: 1, name: bolt, bundle: {tiny_bundle}}}\n"
+             f"  - {{number: 2, name: nut, bundle: {nut}, threshold: 0.6}}\n")
+    st = Station(station_config(tmp_path, tiny_bundle, replay_folder(tiny_line, tmp_path / "replay"), loop=True,
+                                mode="software", extra=extra))
+    st.start()
+    srv = ModbusServer(st, settings()).start()
+    try:
+        c = client(srv)
+        assert wait_for(lambda: bits(c)["ready"], 5)
+        assert c.read_holding_registers(0, count=1, device_id=UNIT).registers == [1]
+        assert not c.write_register(0, 2, device_id=UNIT).isError()
+        assert st.active_product.number == 2 and c.read_holding_registers(0, count=1, device_id=UNIT).registers == [2]
+        cycle(c)  # a part triggered now is judged as the nut
+        assert wait_for(lambda: bool(st.store.query(5)), 10)
+        rec = st.store.query(1)[0]
+        assert rec.trigger_source == "modbus" and rec.product == 2 and rec.bundle_id == st.active_product.bundle_id
+        switch = next(a for a in st.store.audit_log() if a["event"] == "product_switch")
+        assert switch["who"].startswith("modbus 127.0.0.1")
+        refused = c.write_register(0, 9, device_id=UNIT)  # no product 9: refused, the station stays on 2
+        assert refused.isError() and refused.exception_code == 3
+        assert st.active_product.number == 2 and results(c)["error_code"] == ErrorCode.PRODUCT_REFUSED
+        c.close()
+    finally:
+        srv.stop()
+        st.stop()
