@@ -1,0 +1,144 @@
+"""A compact patch embedding: a linear reduction fitted on good patches, inside the model.
+
+The reference search costs patches x bank rows x dimensions per frame, and at 304 dimensions it
+rivals the CNN itself. A reduction fitted on ``train/good`` (PCA, optionally whitened) is appended
+to the embedder as a 1x1 convolution, so the exported ONNX graph outputs the reduced embedding:
+int8 quantization and the parity gate cover it, and the coreset, bank, threshold and heat floor
+are all built in the reduced space. The station then scores exactly what training scored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from device.errors import KenpinError
+
+FIT_ROWS = 200_000  # patches the reduction is fitted on (a seeded sample): the covariance settles well before
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """z = scale * components (x - mean): ``components`` is dim x C with orthonormal rows."""
+
+    mean: np.ndarray  # C
+    components: np.ndarray  # dim x C
+    scale: np.ndarray  # dim (1 without whitening)
+    explained: float  # share of the good patches' variance the kept directions hold
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The 1x1 convolution's weight (dim x C), scale folded in."""
+        return (self.components * self.scale[:, None]).astype(np.float32)
+
+    @property
+    def bias(self) -> np.ndarray:
+        return (-(self.weight @ self.mean)).astype(np.float32)
+
+    def apply(self, maps: np.ndarray) -> np.ndarray:
+        """NxCxhxw feature maps → Nxdimxhxw, what the appended convolution computes."""
+        out = np.einsum("dc,nchw->ndhw", self.weight, maps, optimize=True)
+        return (out + self.bias[None, :, None, None]).astype(np.float32)
+
+    def about(self, method: str) -> dict[str, object]:
+        """What the manifest says of it."""
+        return {"dim": int(len(self.scale)), "from_dim": int(self.mean.shape[0]), "method": method,
+                "explained_variance": round(float(self.explained), 4)}
+
+
+def check_dim(dim: int, embedding_dim: int, n_patches: int) -> None:
+    """A reduction must be smaller than the embedding and than the patches it is fitted on."""
+    if dim >= embedding_dim:
+        raise KenpinError(f"reduction.dim = {dim}: must be below the embedding's {embedding_dim} dimensions "
+                          f"(0 keeps the full embedding)")
+    if dim > n_patches:
+        raise KenpinError(f"reduction.dim = {dim}: larger than the {n_patches} bank patches it would be fitted on; "
+                          f"use at most {n_patches} or more good images")
+
+
+def fit_reduction(patches: np.ndarray, dim: int, whiten: bool, seed: int) -> Reduction:
+    """PCA of good patch embeddings (PxC) to ``dim`` directions; ``whiten`` scales each to unit variance."""
+    check_dim(dim, patches.shape[1], patches.shape[0])
+    rng = np.random.default_rng(seed + 31337)
+    x = patches if len(patches) <= FIT_ROWS else patches[rng.choice(len(patches), FIT_ROWS, replace=False)]
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    cov = np.cov(x - mean, rowvar=False)
+    values, vectors = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(values)[::-1][:dim]
+    values, comps = np.maximum(values[order], 1e-12), vectors[:, order].T
+    comps *= np.where(comps[np.arange(dim), np.abs(comps).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # fixed sign
+    scale = 1.0 / np.sqrt(values) if whiten else np.ones(dim)
+    explained = float(values.sum() / max(np.trace(cov), 1e-12))
+    return Reduction(mean.astype(np.float32), comps.astype(np.float32), scale.astype(np.float32), explained)
+
+
+class ReducedEmbedder(nn.Module):
+    """An embedder followed by the reduction's 1x1 convolution: one graph, exported as one."""
+
+    def __init__(self, embedder: nn.Module, reduction: Reduction) -> None:
+        super().__init__()
+        self.embedder, self.reduction = embedder, reduction
+        dim, c = reduction.components.shape
+        self.project = nn.Conv2d(c, dim, kernel_size=1, bias=True)
+        with torch.no_grad():
+            self.project.weight.copy_(torch.from_numpy(reduction.weight).view(dim, c, 1, 1))
+            self.project.bias.copy_(torch.from_numpy(reduction.bias))
+        for p in self.project.parameters():
+            p.requires_grad_(False)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return self.embedder.grid(height, width)
+
+    def about(self, spec: object) -> dict[str, object]:
+        """The manifest's ``reduction`` entry."""
+        return self.reduction.about("whitened PCA" if getattr(spec, "whiten", False) else "PCA")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.embedder(x))
+
+
+def search_ms(bank: np.ndarray, patches: np.ndarray, repeat: int = 50) -> float:
+    """Median milliseconds of one frame's reference search on one thread (the station's per-frame cost)."""
+    import time
+
+    from threadpoolctl import threadpool_limits
+
+    from device.scoring import NearestNeighbourScorer
+
+    scorer, times = NearestNeighbourScorer(bank), []
+    with threadpool_limits(1):
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            scorer.distances(patches)
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+def sweep(maps: tuple[np.ndarray, np.ndarray, np.ndarray], dims: list[int], coreset_size: int, texture: bool,
+          target_frr: float, seed: int, whiten: bool = False) -> list[dict[str, float]]:
+    """Validation figures of each reduction ``dims`` (0 = full) from one embedding pass.
+
+    ``maps``: full-dimension feature maps of the bank, held-out good and synthetic-defect images.
+    Each dim gets its own reduction, coreset, threshold and fusion, as a bundle would."""
+    from training.coreset import greedy_coreset
+    from training.fit import fit_maps, flatten_patches
+
+    bank_maps, hold_maps, syn_maps = maps
+    rows = []
+    for dim in dims:
+        about: dict[str, object] = {"dim": bank_maps.shape[1], "explained_variance": 1.0}
+        b, h, s = bank_maps, hold_maps, syn_maps
+        if dim:
+            red = fit_reduction(flatten_patches(bank_maps), dim, whiten, seed)
+            b, h, s = red.apply(bank_maps), red.apply(hold_maps), red.apply(syn_maps)
+            about = red.about("whitened PCA" if whiten else "PCA")
+        patches = flatten_patches(b)
+        v = fit_maps(b, greedy_coreset(patches, coreset_size, 128, seed), h, s, target_frr, texture)
+        one_frame = flatten_patches(h[:1])
+        rows.append({"dim": int(about["dim"]), "explained_variance": float(about["explained_variance"]),
+                     "synthetic_auroc": v.synthetic_auroc, "synthetic_escape_rate": v.synthetic_escape_rate,
+                     "search_ms": search_ms(v.bank, one_frame)})
+    return rows
