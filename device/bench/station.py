@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +58,7 @@ class StationBenchOptions:
     markdown: Path | None = None
     rounds: int = 3
     workers: int = 1
+    compare: Path | None = None  # a second bundle (e.g. the full embedding beside a reduced one), benched alike
 
 
 def _frames(replay: Path, n: int = 32) -> list[np.ndarray]:
@@ -259,6 +260,24 @@ dashboard: {{enabled: false}}
             "growth_mb": round(after_warmup[-1][1] - after_warmup[0][1], 1), "exit": rc}
 
 
+def cnn_and_search(insp: Inspector, frames: list[np.ndarray], repeat: int = 3) -> dict[str, float]:
+    """One thread, per frame: the CNN alone, and the search + decision on its patches (median ms)."""
+    tensors = [insp.preprocess(f) for f in frames]
+    patches = [insp.run(t) for t in tensors]
+    cnn, search = [], []
+    with threadpool_limits(1):
+        for _ in range(repeat):
+            for f, t, p in zip(frames, tensors, patches):
+                t0 = time.perf_counter()
+                insp.run(t)
+                t1 = time.perf_counter()
+                insp.judge(f, p, heat="never")
+                search.append(time.perf_counter() - t1)
+                cnn.append(t1 - t0)
+    c, s = 1000 * float(np.median(cnn)), 1000 * float(np.median(search))
+    return {"cnn_ms": round(c, 2), "search_decision_ms": round(s, 2), "ratio": round(s / c, 3)}
+
+
 def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dict[str, Any]:
     """Parts/s on a Pi 4 and 5: model time from MACs at the published rates, the rest scaled alike.
 
@@ -289,7 +308,13 @@ def run_station_bench(opts: StationBenchOptions) -> int:
     station_log.setLevel(logging.INFO)
     station_log.propagate = False
     try:
-        return _run(opts)
+        results = [_run(opts)]
+        if opts.compare is not None:
+            print(f"== the same figures for {opts.compare}", flush=True)
+            results.append(_run(replace(opts, bundle=opts.compare, workdir=opts.workdir / "compare", compare=None,
+                                        markdown=None)))
+            print(side_by_side(results))
+        return 0
     finally:
         station_log.removeHandler(handler)
         handler.close()
@@ -297,7 +322,18 @@ def run_station_bench(opts: StationBenchOptions) -> int:
         station_log.propagate = saved[1]
 
 
-def _run(opts: StationBenchOptions) -> int:
+def side_by_side(results: list[dict[str, Any]]) -> str:
+    """The bundles' per-frame split and pipeline figures in one table."""
+    lines = ["| bundle | embedding dim | CNN ms (1 thread) | search + decision ms | ÷ CNN | pipeline ÷ bare ORT | "
+             "p99 / p50 |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["cnn_and_search"]
+        lines.append(f"| {r['bundle']} | {r['embedding_dim']} | {c['cnn_ms']:.2f} | {c['search_decision_ms']:.2f} | "
+                     f"{c['ratio']:.3f} | {r['ratio_vs_ort']:.2f} | {r['p99_over_p50']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _run(opts: StationBenchOptions) -> dict[str, Any]:
     """The measurements, in order: alternating throughput rounds, triggered run, memory run, Pi estimate."""
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
@@ -321,6 +357,8 @@ def _run(opts: StationBenchOptions) -> int:
     res["ratio_vs_ort"] = round(best["fps"] / ort_fps, 3)
     res["ratio_vs_inspector"] = round(best["fps"] / insp_fps, 3)
     res["p99_over_p50"] = round(best["p99_ms"] / best["p50_ms"], 2)
+    res["cnn_and_search"] = cnn_and_search(sessions[1], frames)
+    res["embedding_dim"] = int(np.load(variant.bank, mmap_mode="r").shape[1])
     rate = 2 * best["fps"]
     if opts.triggered_seconds > 0:
         print(f"triggered run: {rate:.0f} triggers/s (2x the pipeline rate) for {opts.triggered_seconds:.0f} s", flush=True)
@@ -339,7 +377,7 @@ def _run(opts: StationBenchOptions) -> int:
     print(md)
     if opts.markdown:
         opts.markdown.write_text(md)
-    return 0
+    return res
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -356,6 +394,9 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"| whole pipeline (capture → verdict → record) | {p['fps']:.1f} verdicts/s | — |",
              f"| pipeline / bare ORT | {res['ratio_vs_ort']:.2f} | ≥ 0.90 |",
              f"| pipeline / bare inspector | {res['ratio_vs_inspector']:.2f} | — |",
+             f"| search + decision ÷ CNN, per frame on one thread ({res['embedding_dim']}-d) | "
+             f"{res['cnn_and_search']['search_decision_ms']:.2f} / {res['cnn_and_search']['cnn_ms']:.2f} ms = "
+             f"{res['cnn_and_search']['ratio']:.3f} | ≤ 0.15 |",
              f"| latency p50 / p99 (capture → verdict) | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms "
              f"(p99/p50 {res['p99_over_p50']:.2f}) | p99 ≤ 2× p50 |"]
     if "triggered" in res:
