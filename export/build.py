@@ -180,7 +180,8 @@ def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = Non
     model = (model if model is not None else PatchEmbedder(recipe.features)).eval()
     bank_maps = embed_all(torch_embed_fn(model), inputs.bank, recipe.batch_size, "fp32 bank features")
     if recipe.reduction.dim:  # the model outputs the reduced embedding from here on
-        reduction = fit_reduction(flatten_patches(bank_maps), recipe.reduction.dim, recipe.reduction.whiten, recipe.seed)
+        reduction = fit_reduction(flatten_patches(bank_maps), recipe.reduction.dim, recipe.reduction.whiten, recipe.seed,
+                                  recipe.reduction.residual)
         model, bank_maps = ReducedEmbedder(model, reduction).eval(), reduction.apply(bank_maps)
     embed = torch_embed_fn(model)
     coreset = greedy_coreset(flatten_patches(bank_maps), recipe.bank.coreset_size,

@@ -78,3 +78,22 @@ def test_the_recipe_key_is_checked_where_it_is_written(tmp_path):
         load_recipe(f)
     f.write_text("reduction:\n  dim: 64\n  whiten: true\n")
     assert load_recipe(f).reduction.dim == 64
+
+
+def test_the_residual_channel_is_the_distance_to_the_kept_subspace():
+    base = torch.nn.Conv2d(3, 24, 3, padding=1).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        maps = base(x).numpy()
+    patches = maps.transpose(0, 2, 3, 1).reshape(-1, 24)
+    red = fit_reduction(patches, 6, whiten=False, seed=0, residual=True)
+    z = red.apply(maps)
+    assert z.shape[1] == 6 and red.about("PCA")["method"] == "PCA + residual"
+    centred = patches - red.mean
+    rebuilt = centred @ red.components.T @ red.components
+    want = np.linalg.norm(centred - rebuilt, axis=1)
+    assert np.allclose(z.transpose(0, 2, 3, 1).reshape(-1, 6)[:, -1], want, atol=1e-3)
+    with torch.no_grad():
+        assert np.allclose(ReducedEmbedder(base, red)(x).numpy(), z, atol=1e-3)
+    with pytest.raises(KenpinError, match="use one of them"):
+        fit_reduction(patches, 6, whiten=True, seed=0, residual=True)

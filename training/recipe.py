@@ -48,6 +48,9 @@ class ReductionSpec:
 
     dim: int = 0
     whiten: bool = False  # scale each kept direction to unit variance (Mahalanobis in that subspace)
+    # One of the ``dim`` channels carries each patch's distance to the kept subspace: a defect
+    # often lives in the directions good parts hardly vary in, which PCA drops.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         need(self.dim >= 0, "dim", self.dim, "use 0 (the full embedding) or the number of dimensions kept")

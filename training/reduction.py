@@ -27,6 +27,11 @@ class Reduction:
     components: np.ndarray  # dim x C
     scale: np.ndarray  # dim (1 without whitening)
     explained: float  # share of the good patches' variance the kept directions hold
+    residual: bool = False  # one more channel: the patch's distance to the kept subspace
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.scale) + int(self.residual)
 
     @property
     def weight(self) -> np.ndarray:
@@ -39,12 +44,16 @@ class Reduction:
 
     def apply(self, maps: np.ndarray) -> np.ndarray:
         """NxCxhxw feature maps → Nxdimxhxw, what the appended convolution computes."""
-        out = np.einsum("dc,nchw->ndhw", self.weight, maps, optimize=True)
-        return (out + self.bias[None, :, None, None]).astype(np.float32)
+        out = np.einsum("dc,nchw->ndhw", self.weight, maps, optimize=True) + self.bias[None, :, None, None]
+        if self.residual:  # |x - mean|² - |projection|² (the components are orthonormal; no whitening)
+            centred = maps - self.mean[None, :, None, None]
+            r2 = np.einsum("nchw,nchw->nhw", centred, centred) - np.einsum("ndhw,ndhw->nhw", out, out)
+            out = np.concatenate([out, np.sqrt(np.maximum(r2, 0.0))[:, None]], axis=1)
+        return out.astype(np.float32)
 
     def about(self, method: str) -> dict[str, object]:
         """What the manifest says of it."""
-        return {"dim": int(len(self.scale)), "from_dim": int(self.mean.shape[0]), "method": method,
+        return {"dim": self.out_dim, "from_dim": int(self.mean.shape[0]), "method": method + " + residual" * self.residual,
                 "explained_variance": round(float(self.explained), 4)}
 
 
@@ -58,9 +67,14 @@ def check_dim(dim: int, embedding_dim: int, n_patches: int) -> None:
                           f"use at most {n_patches} or more good images")
 
 
-def fit_reduction(patches: np.ndarray, dim: int, whiten: bool, seed: int) -> Reduction:
-    """PCA of good patch embeddings (PxC) to ``dim`` directions; ``whiten`` scales each to unit variance."""
+def fit_reduction(patches: np.ndarray, dim: int, whiten: bool, seed: int, residual: bool = False) -> Reduction:
+    """PCA of good patch embeddings (PxC) to ``dim`` directions; ``whiten`` scales each to unit variance;
+    ``residual`` adds the distance to the kept subspace as one more channel (``dim`` counts it)."""
+    if residual and whiten:
+        raise KenpinError("reduction.residual and reduction.whiten: the residual channel is in the embedding's "
+                          "own units; use one of them")
     check_dim(dim, patches.shape[1], patches.shape[0])
+    dim -= int(residual)
     rng = np.random.default_rng(seed + 31337)
     x = patches if len(patches) <= FIT_ROWS else patches[rng.choice(len(patches), FIT_ROWS, replace=False)]
     x = np.asarray(x, dtype=np.float64)
@@ -72,7 +86,7 @@ def fit_reduction(patches: np.ndarray, dim: int, whiten: bool, seed: int) -> Red
     comps *= np.where(comps[np.arange(dim), np.abs(comps).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # fixed sign
     scale = 1.0 / np.sqrt(values) if whiten else np.ones(dim)
     explained = float(values.sum() / max(np.trace(cov), 1e-12))
-    return Reduction(mean.astype(np.float32), comps.astype(np.float32), scale.astype(np.float32), explained)
+    return Reduction(mean.astype(np.float32), comps.astype(np.float32), scale.astype(np.float32), explained, residual)
 
 
 class ReducedEmbedder(nn.Module):
@@ -88,6 +102,8 @@ class ReducedEmbedder(nn.Module):
             self.project.bias.copy_(torch.from_numpy(reduction.bias))
         for p in self.project.parameters():
             p.requires_grad_(False)
+        self.residual = reduction.residual
+        self.register_buffer("mean", torch.from_numpy(reduction.mean).view(1, c, 1, 1))
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return self.embedder.grid(height, width)
@@ -97,7 +113,13 @@ class ReducedEmbedder(nn.Module):
         return self.reduction.about("whitened PCA" if getattr(spec, "whiten", False) else "PCA")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.embedder(x))
+        features = self.embedder(x)
+        z = self.project(features)
+        if not self.residual:
+            return z
+        centred = features - self.mean
+        r2 = (centred * centred).sum(dim=1, keepdim=True) - (z * z).sum(dim=1, keepdim=True)
+        return torch.cat([z, torch.sqrt(torch.clamp(r2, min=0.0))], dim=1)
 
 
 def search_ms(bank: np.ndarray, patches: np.ndarray, repeat: int = 50) -> float:
@@ -117,28 +139,30 @@ def search_ms(bank: np.ndarray, patches: np.ndarray, repeat: int = 50) -> float:
     return 1000.0 * float(np.median(times))
 
 
+METHODS = {"pca": (False, False), "whiten": (True, False), "residual": (False, True)}  # (whiten, residual)
+
+
 def sweep(maps: tuple[np.ndarray, np.ndarray, np.ndarray], dims: list[int], coreset_size: int, texture: bool,
-          target_frr: float, seed: int, whiten: bool = False) -> list[dict[str, float]]:
-    """Validation figures of each reduction ``dims`` (0 = full) from one embedding pass.
+          target_frr: float, seed: int, methods: tuple[str, ...] = ("pca",)) -> list[dict[str, object]]:
+    """Validation figures of each reduction dim (0 = full) and method, from one embedding pass.
 
     ``maps``: full-dimension feature maps of the bank, held-out good and synthetic-defect images.
-    Each dim gets its own reduction, coreset, threshold and fusion, as a bundle would."""
+    Each gets its own reduction, coreset, threshold and fusion, as a bundle would."""
     from training.coreset import greedy_coreset
     from training.fit import fit_maps, flatten_patches
 
     bank_maps, hold_maps, syn_maps = maps
-    rows = []
-    for dim in dims:
-        about: dict[str, object] = {"dim": bank_maps.shape[1], "explained_variance": 1.0}
-        b, h, s = bank_maps, hold_maps, syn_maps
+    combos = [(0, "full")] if 0 in dims else []
+    combos += [(d, m) for d in dims if d for m in methods]
+    rows: list[dict[str, object]] = []
+    for dim, method in combos:
+        b, h, s, kept = bank_maps, hold_maps, syn_maps, 1.0
         if dim:
-            red = fit_reduction(flatten_patches(bank_maps), dim, whiten, seed)
-            b, h, s = red.apply(bank_maps), red.apply(hold_maps), red.apply(syn_maps)
-            about = red.about("whitened PCA" if whiten else "PCA")
-        patches = flatten_patches(b)
-        v = fit_maps(b, greedy_coreset(patches, coreset_size, 128, seed), h, s, target_frr, texture)
-        one_frame = flatten_patches(h[:1])
-        rows.append({"dim": int(about["dim"]), "explained_variance": float(about["explained_variance"]),
+            whiten, residual = METHODS[method]
+            red = fit_reduction(flatten_patches(bank_maps), dim, whiten, seed, residual)
+            b, h, s, kept = red.apply(bank_maps), red.apply(hold_maps), red.apply(syn_maps), red.explained
+        v = fit_maps(b, greedy_coreset(flatten_patches(b), coreset_size, 128, seed), h, s, target_frr, texture)
+        rows.append({"dim": int(b.shape[1]), "method": method, "explained_variance": float(kept),
                      "synthetic_auroc": v.synthetic_auroc, "synthetic_escape_rate": v.synthetic_escape_rate,
-                     "search_ms": search_ms(v.bank, one_frame)})
+                     "search_ms": search_ms(v.bank, flatten_patches(h[:1]))})
     return rows
