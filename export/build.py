@@ -38,6 +38,7 @@ from training.fit import (
     torch_embed_fn,
 )
 from training.recipe import Recipe
+from training.reduction import ReducedEmbedder, fit_reduction
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,12 @@ def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = Non
     """The PyTorch model (default: the frozen patch embedder), the coreset indices and the
     calibrated fp32 variant."""
     model = (model if model is not None else PatchEmbedder(recipe.features)).eval()
+    bank_maps = embed_all(torch_embed_fn(model), inputs.bank, recipe.batch_size, "fp32 bank features")
+    if recipe.reduction.dim:  # the model outputs the reduced embedding from here on
+        reduction = fit_reduction(flatten_patches(bank_maps), recipe.reduction.dim, recipe.reduction.whiten, recipe.seed,
+                                  recipe.reduction.residual)
+        model, bank_maps = ReducedEmbedder(model, reduction).eval(), reduction.apply(bank_maps)
     embed = torch_embed_fn(model)
-    bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, "fp32 bank features")
     coreset = greedy_coreset(flatten_patches(bank_maps), recipe.bank.coreset_size,
                              recipe.bank.projection_dim, recipe.seed)
     fp32 = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
@@ -282,6 +287,8 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
                 v.path.replace(staged / f"embedder_{v.name}.onnx")
         body = _body(staged, inputs, recipe, about, grid, fp32, int8s, default)
         body["model_gmacs"] = round(model_gmacs(fp32_onnx) or 0.0, 4)
+        if isinstance(model, ReducedEmbedder):
+            body["reduction"] = model.about(recipe.reduction)
         body["training_seconds"] = round(time.perf_counter() - t0, 1)
         if recipe_choice is not None:
             body["recipe_choice"] = recipe_choice

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from export.build import build_bundle
 from training.dataset import scan_mvtec
 from training.evaluate import metrics, score_test_set
 from training.features import PatchEmbedder
-from training.recipe import Recipe, load_recipe
+from training.recipe import Recipe, ReductionSpec, load_recipe
 
 
 def _recipes(specs: list[str]) -> dict[str, str]:
@@ -64,12 +65,15 @@ def latency(bundle: Path, recipe: Recipe, frames: list[np.ndarray], int8: str) -
 
     x = pre(frames[0])
     patches = {id(f): i8.embed(f) for f in frames}  # each frame's own, as the station searches them
+    # A reduced bundle's projection lives in its ONNX graph only: torch has no model of it to time.
+    torch_paths = {} if recipe.reduction.dim else {"torch fp32": torch_path}
     return time_side_by_side({
-        "torch fp32": torch_path,
+        **torch_paths,
         "ORT fp32": lambda f: f32.inspect(f),
         "ORT int8": lambda f: i8.inspect(f),
         "bare ORT int8 model": lambda f: i8.run(x),
         "int8 bank search": lambda f: i8.scorer.distances(patches[id(f)]),
+        "int8 search + decision": lambda f: i8.judge(f, patches[id(f)], heat="never"),
     }, frames)
 
 
@@ -111,6 +115,7 @@ def bench_dataset(data: Path, work: Path, recipe: Recipe | None, n_images: int, 
 
         recipe = recipe_from_dict(body["recipe"], f"{bundle} (its chosen recipe)")
     res: dict[str, Any] = {"dataset": data.name, "input": f"{recipe.preprocess.width}x{recipe.preprocess.height}",
+                           "embedding_dim": body["variants"]["fp32"]["output_shape"][1],
                            "bank_size": body["variants"]["fp32"]["bank_size"],
                            "quant_method": body["parity"]["chosen"]["method"],
                            "recipe_choice": body.get("recipe_choice")}
@@ -154,19 +159,24 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """The BENCHMARKS.md table."""
     lines = ["| dataset | input | image AUROC int8 | fp32 | abs Δ | global-embedding AUROC (fp32) | pixel AUROC int8 | "
              "pixel AUPRO int8 | escapes int8 at 1 % FRR (FRR test/good) | FRR / escapes int8 at the bundle's threshold | torch ms | ORT fp32 ms | ORT int8 ms | bare int8 model ms | search ms | "
-             "station ÷ bare int8 | int8 speed-up vs fp32 / torch | bundle MB (int8 part) | runtime peak RSS MB |",
-             "|" + "---|" * 19]
+             "search + decision ÷ CNN | station ÷ bare int8 | int8 speed-up vs fp32 / torch | bundle MB (int8 part) | "
+             "runtime peak RSS MB |",
+             "|" + "---|" * 20]
     for r in results:
         lat = {k: v["median_ms"] for k, v in r["latency"].items()}
         a8, a32 = r["int8"]["image_auroc"], r["fp32"]["image_auroc"]
+        torch_ms = lat.get("torch fp32")
+        decide = lat.get("int8 search + decision")
+        vs_torch = "n/a" if torch_ms is None else f"{torch_ms / lat['ORT int8']:.2f}×"
         lines.append(
-            f"| {r['dataset']} | {r['input']} | {a8:.4f} | {a32:.4f} | {abs(a8 - a32):.4f} | "
+            f"| {r['dataset']} ({r.get('embedding_dim', '?')}-d) | {r['input']} | {a8:.4f} | {a32:.4f} | {abs(a8 - a32):.4f} | "
             f"{r['global_embedding_auroc_fp32']:.4f} | {_f(r['int8']['pixel_auroc'])} | {_f(r['int8'].get('pixel_aupro'))} | "
             f"{_op(r['int8'])} | "
             f"{r['int8']['false_reject_rate']:.3f} / {r['int8']['escape_rate']:.3f} | "
-            f"{lat['torch fp32']:.1f} | {lat['ORT fp32']:.1f} | {lat['ORT int8']:.1f} | {lat['bare ORT int8 model']:.1f} | "
-            f"{lat['int8 bank search']:.1f} | {lat['ORT int8'] / lat['bare ORT int8 model']:.2f} | "
-            f"{lat['ORT fp32'] / lat['ORT int8']:.2f}× / {lat['torch fp32'] / lat['ORT int8']:.2f}× | "
+            f"{_f(torch_ms, 1)} | {lat['ORT fp32']:.1f} | {lat['ORT int8']:.1f} | {lat['bare ORT int8 model']:.1f} | "
+            f"{lat['int8 bank search']:.1f} | {_f(decide and decide / lat['bare ORT int8 model'], 3)} | "
+            f"{lat['ORT int8'] / lat['bare ORT int8 model']:.2f} | "
+            f"{lat['ORT fp32'] / lat['ORT int8']:.2f}× / {vs_torch} | "
             f"{r['bundle_mb']} ({r['int8_only_mb']}) | {r['runtime_memory']['peak_rss_mb']} |")
     return "\n".join(lines) + "\n"
 
@@ -201,6 +211,10 @@ def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path
         print(f"== {data.name}: recipe {recipes.get(data.name, 'chosen on validation (as kenpin train does)')}",
               flush=True)
         results.append(bench_dataset(data, work, recipe, n_images, reuse))
+        if recipe is not None and recipe.reduction.dim:  # the full embedding beside it, in the same run
+            print(f"== {data.name}: the same recipe with the full embedding", flush=True)
+            results.append(bench_dataset(data, work / "full-embedding", replace(recipe, reduction=ReductionSpec()),
+                                         n_images, reuse))
         (work / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results) + variants_markdown(results)
     print(table)

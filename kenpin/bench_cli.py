@@ -60,6 +60,8 @@ def _add_station(what: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the station's session")
     s.add_argument("--workers", type=int, default=1, help="the station's pipeline.workers (whole-frame workers)")
     s.add_argument("--markdown", help="also write the results to this file")
+    s.add_argument("--compare-bundle", help="a second bundle benched alike (e.g. the full embedding beside a reduced "
+                                            "one); the per-frame CNN and search split side by side at the end")
     s.set_defaults(func=cmd_bench_station)
 
 
@@ -176,7 +178,8 @@ def cmd_bench_station(args: argparse.Namespace) -> int:
 
     return run_station_bench(StationBenchOptions(
         Path(args.bundle), Path(args.replay), Path(args.workdir), args.seconds, args.triggered_seconds,
-        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None, workers=args.workers))
+        args.memory_minutes, args.threads, Path(args.markdown) if args.markdown else None, workers=args.workers,
+        compare=Path(args.compare_bundle) if args.compare_bundle else None))
 
 
 def cmd_bench_store(args: argparse.Namespace) -> int:

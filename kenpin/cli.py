@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from kenpin.tune import run_tune
 
-    return run_tune(Path(args.data), args.recipe)
+    return run_tune(Path(args.data), args.recipe, args.reduction_dims, tuple(args.reduction_methods))
 
 
 def cmd_split_defects(args: argparse.Namespace) -> int:
@@ -274,6 +274,10 @@ def _add_recipes_and_datasets(sub: argparse._SubParsersAction) -> None:
     u = sub.add_parser("tune", help="compare recipes on held-out good vs synthetic defects (never test/)")
     u.add_argument("--data", required=True)
     u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
+    u.add_argument("--reduction-dims", type=int, nargs="+", metavar="DIM",
+                   help="instead: each recipe at these reduction.dim values (0 = full), one embedding pass")
+    u.add_argument("--reduction-methods", nargs="+", default=["pca"], choices=["pca", "whiten", "residual"],
+                   help="with --reduction-dims: PCA, whitened PCA, PCA + the residual distance as a channel")
     u.set_defaults(func=cmd_tune)
 
     sd = sub.add_parser("split-defects", help="a new dataset folder (links) with K defective images per type "

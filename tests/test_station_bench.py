@@ -43,14 +43,18 @@ def test_kenpin_bench_table_has_a_cell_under_every_heading():
     from kenpin.bench import markdown
 
     lat = {k: {"median_ms": v} for k, v in {"torch fp32": 40.0, "ORT fp32": 20.0, "ORT int8": 14.0,
-                                            "bare ORT int8 model": 8.0, "int8 bank search": 3.5}.items()}
+                                            "bare ORT int8 model": 8.0, "int8 bank search": 3.5,
+                                            "int8 search + decision": 4.0}.items()}
     figures = {"image_auroc": 0.97, "pixel_auroc": 0.8, "false_reject_rate": 0.01, "escape_rate": 0.3}
-    row = {"dataset": "tile", "input": "384x384", "latency": lat, "int8": figures, "fp32": figures,
+    row = {"dataset": "tile", "input": "384x384", "embedding_dim": 64, "latency": lat, "int8": figures, "fp32": figures,
            "global_embedding_auroc_fp32": 0.95, "bundle_mb": 22.9, "int8_only_mb": 5.1,
            "runtime_memory": {"peak_rss_mb": 160.0}}
     header, rule, line = markdown([row]).splitlines()
     assert header.count("|") == rule.count("|") == line.count("|")
-    assert "| 3.5 | 1.75 |" in line  # search, station ÷ bare model
+    assert "| 3.5 | 0.500 | 1.75 |" in line  # search, search + decision ÷ CNN, station ÷ bare model
+    assert line.startswith("| tile (64-d) |")
+    del lat["torch fp32"]  # a reduced bundle: torch has no model of its projection
+    assert "| 1.43× / n/a |" in markdown([row]).splitlines()[2]
 
 
 def test_bench_products_prints_the_switch_figures_and_refuses_one_bundle(tiny_line, tiny_bundle, tmp_path, capsys):

@@ -174,9 +174,16 @@ def fit_variant(
     With ``texture``, the texture model is fitted on all bank images and the fusion on the
     held-out good ones, which then also set the threshold on the fused score.
     """
+    hold_maps = embed_all(embed, holdout, batch, "held-out good")
+    syn_maps = embed_all(embed, synthetic, batch, "synthetic defects")
+    return fit_maps(bank_maps, coreset, hold_maps, syn_maps, target_frr, texture)
+
+
+def fit_maps(bank_maps: np.ndarray, coreset: np.ndarray, hold_maps: np.ndarray, syn_maps: np.ndarray,
+             target_frr: float, texture: bool = False) -> FittedVariant:
+    """:func:`fit_variant` on feature maps already computed (one embedding pass, many fits)."""
     bank = flatten_patches(bank_maps)[coreset]
     scorer = ImageScorer(NearestNeighbourScorer(bank))
-    hold_maps = embed_all(embed, holdout, batch, "held-out good")
     tex = fus = None
     if texture:
         tex = fit_texture(bank_maps)
@@ -187,6 +194,5 @@ def fit_variant(
     hold = np.array([raw for raw, _ in hold_parts], dtype=np.float64)
     # Heat maps start where held-out good patches stay under (HEAT_FLOOR_QUANTILE of their distances).
     floor = float(np.quantile(np.concatenate([d for _, d in hold_parts]), HEAT_FLOOR_QUANTILE))
-    syn = image_scores(scorer, embed_all(embed, synthetic, batch, "synthetic defects"))
+    syn = image_scores(scorer, syn_maps)
     return FittedVariant(bank, calibrate(hold, target_frr), hold, syn, tex, fus, floor)
-

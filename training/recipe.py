@@ -42,6 +42,21 @@ class BankSpec:
 
 
 @dataclass(frozen=True)
+class ReductionSpec:
+    """A compact embedding: PCA of good bank patches appended to the model as a 1x1 convolution,
+    so the bank, threshold and station search all live in ``dim`` dimensions (0: the full one)."""
+
+    dim: int = 0
+    whiten: bool = False  # scale each kept direction to unit variance (Mahalanobis in that subspace)
+    # One of the ``dim`` channels carries each patch's distance to the kept subspace: a defect
+    # often lives in the directions good parts hardly vary in, which PCA drops.
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        need(self.dim >= 0, "dim", self.dim, "use 0 (the full embedding) or the number of dimensions kept")
+
+
+@dataclass(frozen=True)
 class ScoringSpec:
     """How an image's score is made from its patch embeddings."""
 
@@ -152,6 +167,7 @@ class Recipe:
     preprocess: Preprocess = field(default_factory=Preprocess)
     features: FeatureSpec = field(default_factory=FeatureSpec)
     bank: BankSpec = field(default_factory=BankSpec)
+    reduction: ReductionSpec = field(default_factory=ReductionSpec)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     export: ExportSpec = field(default_factory=ExportSpec)

@@ -28,13 +28,14 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from device.bench.station_report import side_by_side, to_markdown
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
@@ -59,6 +60,7 @@ class StationBenchOptions:
     markdown: Path | None = None
     rounds: int = 3
     workers: int = 1
+    compare: Path | None = None  # a second bundle (e.g. the full embedding beside a reduced one), benched alike
 
 
 def _frames(replay: Path, n: int = 32) -> list[np.ndarray]:
@@ -260,6 +262,24 @@ dashboard: {{enabled: false}}
             "growth_mb": round(after_warmup[-1][1] - after_warmup[0][1], 1), "exit": rc}
 
 
+def cnn_and_search(insp: Inspector, frames: list[np.ndarray], repeat: int = 3) -> dict[str, float]:
+    """One thread, per frame: the CNN alone, and the search + decision on its patches (median ms)."""
+    tensors = [insp.preprocess(f) for f in frames]
+    patches = [insp.run(t) for t in tensors]
+    cnn, search = [], []
+    with threadpool_limits(1):
+        for _ in range(repeat):
+            for f, t, p in zip(frames, tensors, patches):
+                t0 = time.perf_counter()
+                insp.run(t)
+                t1 = time.perf_counter()
+                insp.judge(f, p, heat="never")
+                search.append(time.perf_counter() - t1)
+                cnn.append(t1 - t0)
+    c, s = 1000 * float(np.median(cnn)), 1000 * float(np.median(search))
+    return {"cnn_ms": round(c, 2), "search_decision_ms": round(s, 2), "ratio": round(s / c, 3)}
+
+
 def pi_estimate(gmacs: float, model_ms_here: float, frame_ms_here: float) -> dict[str, Any]:
     """Parts/s on a Pi 4 and 5: model time from MACs at the published rates, the rest scaled alike.
 
@@ -299,13 +319,20 @@ def station_log_in(path: Path) -> Iterator[None]:
 
 
 def run_station_bench(opts: StationBenchOptions) -> int:
-    """Run the figures and print (and optionally write) them as Markdown; exit 0."""
+    """Run the figures and print (and optionally write) them as Markdown; with ``compare``, the
+    second bundle's too and the per-frame split of both side by side; exit 0."""
     opts.workdir.mkdir(parents=True, exist_ok=True)
     with station_log_in(opts.workdir / "stations.log"):
-        return _run(opts)
+        results = [_run(opts)]
+        if opts.compare is not None:
+            print(f"== the same figures for {opts.compare}", flush=True)
+            results.append(_run(replace(opts, bundle=opts.compare, workdir=opts.workdir / "compare", compare=None,
+                                        markdown=None)))
+            print(side_by_side(results))
+    return 0
 
 
-def _run(opts: StationBenchOptions) -> int:
+def _run(opts: StationBenchOptions) -> dict[str, Any]:
     """The measurements, in order: alternating throughput rounds, triggered run, memory run, Pi estimate."""
     bundle = load_bundle(opts.bundle)
     frames = _frames(opts.replay)
@@ -329,6 +356,8 @@ def _run(opts: StationBenchOptions) -> int:
     res["ratio_vs_ort"] = round(best["fps"] / ort_fps, 3)
     res["ratio_vs_inspector"] = round(best["fps"] / insp_fps, 3)
     res["p99_over_p50"] = round(best["p99_ms"] / best["p50_ms"], 2)
+    res["cnn_and_search"] = cnn_and_search(sessions[1], frames)
+    res["embedding_dim"] = int(np.load(variant.bank, mmap_mode="r").shape[1])
     rate = 2 * best["fps"]
     if opts.triggered_seconds > 0:
         print(f"triggered run: {rate:.0f} triggers/s (2x the pipeline rate) for {opts.triggered_seconds:.0f} s", flush=True)
@@ -347,40 +376,4 @@ def _run(opts: StationBenchOptions) -> int:
     print(md)
     if opts.markdown:
         opts.markdown.write_text(md)
-    return 0
-
-
-def to_markdown(res: dict[str, Any]) -> str:
-    """The results as the Markdown recorded in BENCHMARKS.md."""
-    p = res["pipeline"]
-    by_layout = res["rounds"]["bare"][0]["ort_fps_by_layout"]
-    bare = ", ".join(k if not k.isdigit() else f"one session of {k} thread{'s' * (k != '1')}" for k in by_layout)
-    layout = f"{res['workers']} worker(s) x {res['threads']} thread(s)"
-    lines = [f"Bundle {res['bundle']} (int8, {res['input'][0]} px), station: {res['workers']} worker(s) x "
-             f"{res['threads']} ORT thread(s), replay source.", "",
-             "| figure | measured | target |", "|---|---|---|",
-             f"| bare ONNX Runtime (session.run only, best of: {bare}) | {res['ort_fps']:.1f} frames/s | — |",
-             f"| bare inspector (preprocess + model + search, no pipeline; {layout}) | {res['inspector_fps']:.1f} frames/s | — |",
-             f"| whole pipeline (capture → verdict → record) | {p['fps']:.1f} verdicts/s | — |",
-             f"| pipeline / bare ORT | {res['ratio_vs_ort']:.2f} | ≥ 0.90 |",
-             f"| pipeline / bare inspector | {res['ratio_vs_inspector']:.2f} | — |",
-             f"| latency p50 / p99 (capture → verdict) | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms "
-             f"(p99/p50 {res['p99_over_p50']:.2f}) | p99 ≤ 2× p50 |"]
-    if "triggered" in res:
-        t = res["triggered"]
-        lines.append(f"| triggered at {t['rate_hz']:.0f}/s (2× pipeline) for {t['seconds']:.0f} s | {t['sent']} sent, "
-                     f"{t['recorded']} recorded, {t['lost']} lost, {t['doubled']} doubled, max backlog "
-                     f"{t['max_backlog']}, drained in {t['drain_s']:.0f} s, DB {t['integrity']} | 0 lost, 0 doubled |")
-    if "memory" in res:
-        m = res["memory"]
-        lines.append(f"| daemon RSS over {m['minutes']:g} min ({len(m['samples'])} samples) | peak {m['peak_mb']:.0f} MB, "
-                     f"growth {m['growth_mb']:+.1f} MB after warm-up | ≤ 300 MB, no growth |")
-    if "pi_estimate" in res:
-        lines += ["", f"Pi estimate (an ESTIMATE, not a measurement): model {res['gmacs']:.2f} GMAC per frame; model "
-                  "time = MACs at the published reference's MAC rate; other work (preprocess + search) = this "
-                  "CPU's, scaled by the same factor; parts/s = 1000 / (model + other), the serial sum.", "",
-                  "| board | published reference | est. model ms | est. other ms | est. parts/s |", "|---|---|---|---|---|"]
-        for board, e in res["pi_estimate"].items():
-            lines.append(f"| {board} | {e['reference']} | {e['model_ms']} | {e['other_ms']} | {e['parts_per_s']} |")
-    return "\n".join(lines) + "\n"
-
+    return res
