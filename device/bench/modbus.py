@@ -156,11 +156,7 @@ class _Gaps:
         self._thread.start()
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rec = self._sub.get(timeout=0.2)
-            except Exception:  # queue.Empty
-                continue
+        for rec in self._sub.follow(self._stop):
             self.times.append(rec.time + rec.latency_ms / 1000)  # when it was decided
 
     def max_gap(self, start: float, end: float) -> float:

@@ -24,7 +24,6 @@ import asyncio
 import contextvars
 import errno
 import logging
-import queue
 import socket
 import threading
 import time
@@ -364,11 +363,7 @@ class ModbusServer:
     # -- verdicts --------------------------------------------------------------------------------
     def _collect(self) -> None:
         """Station verdicts → the loop: a Modbus-triggered one may be the answer the PLC waits for."""
-        while not self._stop.is_set():
-            try:
-                rec = self._sub.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        for rec in self._sub.follow(self._stop):
             if rec.trigger_source != "modbus":
                 continue  # counters come with the next tick
             counts = self.station.counters.snapshot()[0]  # already counts this part (counted before told)

@@ -106,11 +106,7 @@ class FleetPublisher:
     # -- our threads --------------------------------------------------------------------------
     def _collect(self) -> None:
         """Station subscription → bounded buffer (oldest dropped, counted)."""
-        while not self._stop.is_set():
-            try:
-                rec = self._sub.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        for rec in self._sub.follow(self._stop):
             self._buffer(json.dumps(rec.to_dict(), separators=(",", ":")).encode())
 
     def _buffer(self, payload: bytes) -> None:

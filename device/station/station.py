@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,14 @@ class Subscription:
     def get(self, timeout: float | None = None) -> VerdictRecord:
         """The next verdict in recording order; raises queue.Empty after ``timeout`` seconds."""
         return self._q.get(timeout=timeout)
+
+    def follow(self, stop: threading.Event, poll_s: float = 0.2) -> Iterator[VerdictRecord]:
+        """Every verdict in recording order until ``stop`` is set (checked every ``poll_s``)."""
+        while not stop.is_set():
+            try:
+                yield self._q.get(timeout=poll_s)
+            except queue.Empty:
+                continue
 
 
 class Station:
