@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 VERDICTS = ("ok", "defect", "retake")
-TRIGGER_SOURCES = ("free-run", "software", "gpio")
+TRIGGER_SOURCES = ("free-run", "software", "gpio", "opcua")
 
 
 @dataclass(frozen=True)

@@ -281,8 +281,8 @@ class Station:
     # -- triggers, live view, subscribers ---------------------------------------------------
     def trigger(self, source: str = "software") -> int:
         """A part is here: queue a trigger; it gets exactly one verdict. Returns its id."""
-        if source not in ("software", "gpio"):
-            raise KenpinError(f"trigger source {source!r}: must be 'software' or 'gpio'")
+        if source not in ("software", "gpio", "opcua"):
+            raise KenpinError(f"trigger source {source!r}: must be 'software', 'gpio' or 'opcua'")
         before = self.triggers.refused
         tid = self.triggers.put(source)
         if self.triggers.refused != before:
