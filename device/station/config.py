@@ -3,7 +3,7 @@
 Strict like Frigate's schema: an unknown key, a wrong type or a value out of range is a
 KenpinError naming the file, the key, its YAML line and what would be right (``device.schema``
 reads every YAML file kenpin takes). Every key is documented in ``configs/station.yaml``. The
-``dashboard`` and ``mqtt`` sections are typed by their own modules' settings classes.
+``dashboard``, ``mqtt`` and ``opcua`` sections are typed by their own modules' settings classes.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from device.schema import Document, internal, load, need, parse_yaml, per_kind, 
 from device.station.actuator import ActuatorSection
 from device.station.camera import CAMERAS
 from device.station.mqtt_settings import MqttSettings
+from device.station.opcua_settings import OpcUaSettings
 from device.station.triggers import TriggerSection
 
 PRECISION_CHOICES = ("auto", "int8", "fp32")
@@ -121,10 +122,11 @@ class StationConfig:
     record: RecordSection = field(default_factory=RecordSection)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     mqtt: MqttSettings | None = None  # no section: no fleet publishing
+    opcua: OpcUaSettings | None = None  # no section: no OPC UA server
     config_file: Path | None = internal()  # the file it was read from (for messages)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt sections left out)."""
+        """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt/opcua sections left out)."""
         return {
             "name": self.station.name, "data_dir": str(self.station.data_dir),
             "bundle": str(self.bundle.path), "precision": self.bundle.precision,
