@@ -7,10 +7,11 @@
     kenpin bench dashboard cost [--seconds 10]                      # station CPU per kind of dashboard traffic
     kenpin bench durability [--bundle B --replay DIR] [--kills 50]  # kill -9 the daemon; nothing acknowledged lost
     kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
+    kenpin bench opcua [--bundle B --replay DIR] [--parts 1000]     # Inspect() over OPC UA, bad requests, polling
 
 The station's benchmarks live in ``device/bench/`` and never import torch; each module is imported
 only when its benchmark runs. Only the model benchmark, and the generated line and bundle that
-``dashboard`` and ``durability`` train when given no --bundle/--replay, need the training extra.
+``dashboard``, ``durability`` and ``opcua`` train when given no --bundle/--replay, need the training extra.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 def add_bench(sub: argparse._SubParsersAction) -> None:
     """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
     b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
-                                     "dashboard, durability, profile",
+                                     "dashboard, durability, profile, opcua",
                        description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
     b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
     what = b.add_subparsers(dest="what", required=True)
@@ -30,6 +31,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_dashboard(what)
     _add_durability(what)
     _add_profile(what)
+    _add_opcua(what)
 
 
 def _add_models(what: argparse._SubParsersAction) -> None:
@@ -121,6 +123,23 @@ def _add_profile(what: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench_profile)
 
 
+def _add_opcua(what: argparse._SubParsersAction) -> None:
+    o = what.add_parser("opcua", help="the OPC UA server against the running station: parts through Inspect() "
+                                      "(none lost or doubled, latency), bad requests, a client polling every 10 ms")
+    o.add_argument("--bundle", help="bundle directory (default: train a tiny one in --workdir)")
+    o.add_argument("--replay", help="folder of images replayed as the camera")
+    o.add_argument("--parts", type=int, default=1000, help="parts through Inspect()")
+    o.add_argument("--bad", type=int, default=3000, help="bad requests sent")
+    o.add_argument("--seconds", type=float, default=60.0,
+                   help="length of the polling comparison (a polled and a quiet second in turn)")
+    o.add_argument("--rounds", type=int, default=3, help="Inspect() / in-process alternations")
+    o.add_argument("--sessions", type=int, default=2, help="OPC UA sessions calling Inspect() at once")
+    o.add_argument("--depth", type=int, default=4, help="in-process PLCs keeping the station busy in the polling phases")
+    o.add_argument("--port", type=int, default=14840)
+    o.add_argument("--workdir", default="opcua-bench-run")
+    o.set_defaults(func=cmd_bench_opcua)
+
+
 def _bundle_and_replay(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """The given --bundle and --replay, None when neither is given."""
     from device.errors import KenpinError
@@ -189,3 +208,18 @@ def cmd_bench_profile(args: argparse.Namespace) -> int:
     from device.bench.profile import run_profile
 
     return run_profile(Path(args.bundle), Path(args.data), args.cv_threads, args.repeat)
+
+
+def cmd_bench_opcua(args: argparse.Namespace) -> int:
+    from device.bench.durability import mixed_replay
+    from device.bench.opcua import OpcUaBenchOptions, run_opcua_bench
+
+    workdir = Path(args.workdir)
+    given = _bundle_and_replay(args)
+    if given is None:
+        from kenpin.bench_inputs import tiny_line_and_bundle
+
+        bundle, line = tiny_line_and_bundle(workdir)
+        given = bundle, mixed_replay(line, workdir / "replay")
+    return run_opcua_bench(OpcUaBenchOptions(*given, workdir, args.parts, args.bad, args.seconds, args.rounds,
+                                             args.sessions, args.depth, args.port))

@@ -340,3 +340,22 @@ def test_config_mistakes_name_the_key_and_never_echo_a_password():
     with pytest.raises(KenpinError, match=r"line 2: opcua\.anonymous"):
         parse_config("opcua:\n  anonymous: none\n", "s.yaml")
     assert parse_config("opcua: {port: 4841}\n", "s.yaml").opcua.port == 4841
+
+
+def test_kenpin_bench_opcua_measures_every_figure(tiny_line, tiny_bundle, tmp_path, capsys):
+    """A short run of the benchmark: it checks every answer against the record and prints the table.
+    (Its exit status also judges the throughput figure, which a short run on a shared CPU cannot.)"""
+    from device.bench.durability import mixed_replay
+    from kenpin.cli import main
+
+    replay = mixed_replay(tiny_line, tmp_path / "replay")
+    main(["bench", "opcua", "--bundle", str(tiny_bundle), "--replay", str(replay), "--workdir", str(tmp_path / "run"),
+          "--parts", "20", "--bad", "40", "--seconds", "4", "--rounds", "1", "--port", str(free_port())])
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    i, b = report["inspect"], report["bad_requests"]
+    assert (i["answered"], i["lost"], i["doubled"], i["not_its_own"]) == (20, 0, 0, 0)
+    assert i["inspect_ms"]["p99"] and i["station_ms"]["p99"]
+    assert b["server_alive"] and b["inspect_after"] == 5 and b["longest_gap_s"] < 1.0
+    assert not any("good" in k for k in b["answers"]) and sum(b["answers"].values()) == 40
+    assert report["polling"]["reads_per_s"] > 50
+    assert "| 20 parts through Inspect()" in capsys.readouterr().out

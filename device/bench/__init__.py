@@ -5,6 +5,7 @@
     dashboard   what dashboard clients cost the station (load: the real station; cost: per kind of traffic)
     durability  kill -9 of the running daemon: no acknowledged verdict lost
     profile     where a frame's time goes on the station path
+    opcua       the OPC UA server: parts through Inspect(), bad requests, a client polling every 10 ms
 
 ``kenpin/bench_cli.py`` holds their command-line arguments and imports each module only when it runs.
 """
