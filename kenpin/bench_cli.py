@@ -149,6 +149,18 @@ def _bundle_and_replay(args: argparse.Namespace) -> tuple[Path, Path] | None:
     return (Path(args.bundle), Path(args.replay)) if args.bundle else None
 
 
+def _given_or_tiny_mixed(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
+    """--bundle and --replay, else the tiny line's bundle and its good and defective test images (made in WORKDIR)."""
+    given = _bundle_and_replay(args)
+    if given is not None:
+        return given
+    from device.bench.durability import mixed_replay
+    from kenpin.bench_inputs import tiny_line_and_bundle
+
+    bundle, line = tiny_line_and_bundle(workdir)
+    return bundle, mixed_replay(line, workdir / "replay")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from kenpin.bench import run_bench
 
@@ -191,15 +203,10 @@ def cmd_bench_dashboard_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_durability(args: argparse.Namespace) -> int:
-    from device.bench.durability import mixed_replay, run_durability_bench
+    from device.bench.durability import run_durability_bench
 
     workdir = Path(args.workdir)
-    given = _bundle_and_replay(args)
-    if given is None:
-        from kenpin.bench_inputs import tiny_line_and_bundle
-
-        bundle, line = tiny_line_and_bundle(workdir)
-        given = bundle, mixed_replay(line, workdir / "replay")
+    given = _given_or_tiny_mixed(args, workdir)
     return run_durability_bench(workdir, *given, args.kills, args.seed, args.max_after,
                                 Path(args.json) if args.json else None)
 
@@ -211,15 +218,9 @@ def cmd_bench_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_opcua(args: argparse.Namespace) -> int:
-    from device.bench.durability import mixed_replay
     from device.bench.opcua import OpcUaBenchOptions, run_opcua_bench
 
     workdir = Path(args.workdir)
-    given = _bundle_and_replay(args)
-    if given is None:
-        from kenpin.bench_inputs import tiny_line_and_bundle
-
-        bundle, line = tiny_line_and_bundle(workdir)
-        given = bundle, mixed_replay(line, workdir / "replay")
+    given = _given_or_tiny_mixed(args, workdir)
     return run_opcua_bench(OpcUaBenchOptions(*given, workdir, args.parts, args.bad, args.seconds, args.rounds,
                                              args.sessions, args.depth, args.port))

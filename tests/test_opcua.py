@@ -26,7 +26,7 @@ from device.station.service import RunOptions, serve
 from device.station.station import Station
 from tests.opcua_helpers import Station as Nodes
 from tests.opcua_helpers import client, free_port, secure, self_signed
-from tests.station_helpers import replay_folder, station_config, wait_for
+from tests.station_helpers import replay_folder, service_config_file, station_config, wait_for
 
 PASSWORD = "line-4-plc-pass"
 HASH = hash_token(PASSWORD, iterations=1000)  # the config format; few iterations keep the tests fast
@@ -267,23 +267,12 @@ def test_a_trusted_client_certificate_may_call_and_passwords_travel_encrypted(li
         server.stop()
 
 
-def _config_file(tmp, bundle, replay, port: int) -> str:
-    path = tmp / "station.yaml"
-    path.write_text(f"""
-station: {{name: svc, data_dir: {tmp / 'data'}}}
-bundle: {{path: {bundle}, precision: int8, threads: 1}}
-camera: {{type: replay, replay: {{folder: {replay}, fps: 50, loop: true}}}}
-dashboard: {{enabled: false}}
-{_opcua_block(port)}
-""")
-    return str(path)
-
-
 def test_port_in_use_is_one_sentence_a_nonzero_exit_and_nothing_lost(tiny_line, tiny_bundle, tmp_path, capsys):
     from kenpin.cli import main
 
     port = free_port()
-    config = _config_file(tmp_path, tiny_bundle, replay_folder(tiny_line, tmp_path / "replay"), port)
+    config = str(service_config_file(tmp_path, tiny_bundle, replay_folder(tiny_line, tmp_path / "replay"),
+                                     _opcua_block(port)))
     with socket.create_server(("127.0.0.1", port)):
         assert main(["run", "--config", config, "--duration", "30", "--no-dashboard"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
