@@ -131,14 +131,13 @@ trigger: {{mode: free-run}}
     return station, server, app.state.hub
 
 
-def cpu_split() -> tuple[float, float]:
-    """CPU seconds so far of (dashboard threads, everything else in this process), from /proc.
+def cpu_split(prefixes: tuple[str, ...] = ("dashboard", "AnyIO")) -> tuple[float, float]:
+    """CPU seconds so far of (threads named PREFIXES…, everything else in this process), from /proc.
 
-    Dashboard: uvicorn's loop ("dashboard"), the SSE pump ("dashboard-events") and the thread
-    pool serving sync endpoints ("AnyIO worker thread"). Everything else is the station."""
+    By default the dashboard's: uvicorn's loop ("dashboard"), the SSE pump ("dashboard-events") and
+    the thread pool serving sync endpoints ("AnyIO worker thread"). Everything else is the station."""
     tick = os.sysconf("SC_CLK_TCK")
-    dash_ids = {t.native_id for t in threading.enumerate()
-                if t.name.startswith("dashboard") or t.name.startswith("AnyIO")}
+    dash_ids = {t.native_id for t in threading.enumerate() if t.name.startswith(prefixes)}
     dash = other = 0.0
     for task in Path("/proc/self/task").iterdir():
         try:

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from device.bench.dashboard_load import cpu_split
 from device.dashboard.auth import hash_token
 from device.errors import KenpinError
 from device.station.config import parse_config
@@ -226,24 +227,6 @@ def flood_phase(opts: OpcUaBenchOptions, station: Station, verdicts: Verdicts, s
             "log_lines_held": server.log_lines_held}
 
 
-def _cpu_split(prefix: str) -> tuple[float, float]:
-    """CPU seconds so far of (this process's threads named PREFIX…, all the others), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    ids = {t.native_id for t in threading.enumerate() if t.name.startswith(prefix)}
-    mine = other = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        if int(task.name) in ids:
-            mine += cpu
-        else:
-            other += cpu
-    return mine, other
-
-
 class CpuSampler(threading.Thread):
     """(time, server threads' CPU s, the rest's CPU s) at each of the given moments (perf_counter)."""
 
@@ -254,7 +237,7 @@ class CpuSampler(threading.Thread):
     def run(self) -> None:
         for t in self.moments:
             time.sleep(max(0.0, t - time.perf_counter()))
-            self.samples.append((time.perf_counter(), *_cpu_split("opcua")))
+            self.samples.append((time.perf_counter(), *cpu_split(("opcua",))))
 
 
 def poll_pairs(opts: OpcUaBenchOptions, station: Station, verdicts: Verdicts) -> dict[str, Any]:
