@@ -9,10 +9,12 @@
     kenpin bench products [--bundles B1 B2 --replay DIR]            # 100 product switches under load; none misjudged
     kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
     kenpin bench modbus [--bundle B --replay DIR] [--parts 1000]    # PLC over Modbus TCP: handshake, fuzz, polling
+    kenpin bench opcua [--bundle B --replay DIR] [--parts 1000]     # Inspect() over OPC UA, bad requests, polling
 
 The station's benchmarks live in ``device/bench/`` and never import torch; each module is imported
 only when its benchmark runs. Only the model benchmark, and the generated line and bundle that
-``dashboard``, ``durability`` and ``products`` train when given no bundle and --replay, need the training extra.
+``dashboard``, ``durability``, ``products`` and ``opcua`` train when given no bundle and --replay, need the
+training extra.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 def add_bench(sub: argparse._SubParsersAction) -> None:
     """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
     b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
-                                     "dashboard, durability, products, profile, modbus",
+                                     "dashboard, durability, products, profile, modbus, opcua",
                        description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
     b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
     what = b.add_subparsers(dest="what", required=True)
@@ -34,6 +36,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_products(what)
     _add_profile(what)
     _add_modbus(what)
+    _add_opcua(what)
 
 
 def _add_models(what: argparse._SubParsersAction) -> None:
@@ -157,6 +160,23 @@ def _add_modbus(what: argparse._SubParsersAction) -> None:
     m.set_defaults(func=cmd_bench_modbus)
 
 
+def _add_opcua(what: argparse._SubParsersAction) -> None:
+    o = what.add_parser("opcua", help="the OPC UA server against the running station: parts through Inspect() "
+                                      "(none lost or doubled, latency), bad requests, a client polling every 10 ms")
+    o.add_argument("--bundle", help="bundle directory (default: train a tiny one in --workdir)")
+    o.add_argument("--replay", help="folder of images replayed as the camera")
+    o.add_argument("--parts", type=int, default=1000, help="parts through Inspect()")
+    o.add_argument("--bad", type=int, default=3000, help="bad requests sent")
+    o.add_argument("--seconds", type=float, default=60.0,
+                   help="length of the polling comparison (a polled and a quiet second in turn)")
+    o.add_argument("--rounds", type=int, default=3, help="Inspect() / in-process alternations")
+    o.add_argument("--sessions", type=int, default=2, help="OPC UA sessions calling Inspect() at once")
+    o.add_argument("--depth", type=int, default=4, help="in-process PLCs keeping the station busy in the polling phases")
+    o.add_argument("--port", type=int, default=14840)
+    o.add_argument("--workdir", default="opcua-bench-run")
+    o.set_defaults(func=cmd_bench_opcua)
+
+
 def _bundle_and_replay(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """The given --bundle and --replay, None when neither is given."""
     from device.errors import KenpinError
@@ -164,6 +184,18 @@ def _bundle_and_replay(args: argparse.Namespace) -> tuple[Path, Path] | None:
     if (args.bundle is None) != (args.replay is None):
         raise KenpinError("give both --bundle and --replay, or neither")
     return (Path(args.bundle), Path(args.replay)) if args.bundle else None
+
+
+def _given_or_tiny_mixed(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]:
+    """--bundle and --replay, else the tiny line's bundle and its good and defective test images (made in WORKDIR)."""
+    given = _bundle_and_replay(args)
+    if given is not None:
+        return given
+    from device.bench.durability import mixed_replay
+    from kenpin.bench_inputs import tiny_line_and_bundle
+
+    bundle, line = tiny_line_and_bundle(workdir)
+    return bundle, mixed_replay(line, workdir / "replay")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -209,15 +241,10 @@ def cmd_bench_dashboard_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_durability(args: argparse.Namespace) -> int:
-    from device.bench.durability import mixed_replay, run_durability_bench
+    from device.bench.durability import run_durability_bench
 
     workdir = Path(args.workdir)
-    given = _bundle_and_replay(args)
-    if given is None:
-        from kenpin.bench_inputs import tiny_line_and_bundle
-
-        bundle, line = tiny_line_and_bundle(workdir)
-        given = bundle, mixed_replay(line, workdir / "replay")
+    given = _given_or_tiny_mixed(args, workdir)
     return run_durability_bench(workdir, *given, args.kills, args.seed, args.max_after,
                                 Path(args.json) if args.json else None)
 
@@ -264,3 +291,12 @@ def cmd_bench_modbus(args: argparse.Namespace) -> int:
     return run_modbus_bench(ModbusBenchOptions(*given, workdir, args.parts, args.fuzz_frames, args.seconds,
                                                args.rounds, args.poll_ms, args.port,
                                                Path(args.json) if args.json else None))
+
+
+def cmd_bench_opcua(args: argparse.Namespace) -> int:
+    from device.bench.opcua import OpcUaBenchOptions, run_opcua_bench
+
+    workdir = Path(args.workdir)
+    given = _given_or_tiny_mixed(args, workdir)
+    return run_opcua_bench(OpcUaBenchOptions(*given, workdir, args.parts, args.bad, args.seconds, args.rounds,
+                                             args.sessions, args.depth, args.port))

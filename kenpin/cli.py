@@ -10,7 +10,7 @@
     kenpin tune  --data DIR --recipe A.yaml B.yaml   # choose recipes without test/
     kenpin split-defects --data DIR --per-type K --out NEW   # K real defects per type into train/
     kenpin run   --config configs/station.yaml     # the station daemon (systemd service)
-    kenpin bench station|store|dashboard|durability|profile|modbus ...   # the station's benchmarks (kenpin/bench_cli.py)
+    kenpin bench station|store|dashboard|durability|profile|modbus|opcua ...   # the station's benchmarks (kenpin/bench_cli.py)
     kenpin hash-token                              # dashboard.token_hash for the station config
     kenpin modbus-map                              # the Modbus register map the station serves (Markdown)
 

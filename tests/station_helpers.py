@@ -35,6 +35,18 @@ dashboard: {{enabled: false}}
     return parse_config(text, "test.yaml")
 
 
+def service_config_file(tmp: Path, bundle: Path, replay: Path, extra: str = "") -> Path:
+    """A station config file for `kenpin run`: looping replay at 50 fps, no dashboard."""
+    path = tmp / "station.yaml"
+    path.write_text(f"""
+station: {{name: svc, data_dir: {tmp / 'data'}}}
+bundle: {{path: {bundle}, precision: int8, threads: 1}}
+camera: {{type: replay, replay: {{folder: {replay}, fps: 50, loop: true}}}}
+dashboard: {{enabled: false}}
+{extra}""")
+    return path
+
+
 def wait_for(predicate, timeout: float = 20.0, step: float = 0.02) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

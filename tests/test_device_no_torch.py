@@ -20,7 +20,7 @@ def test_loading_the_runtime_does_not_pull_torch_in():
 
 def test_the_station_benchmarks_run_without_torch(tiny_line, tiny_bundle, tmp_path):
     """`kenpin bench store` and `kenpin bench profile` run with torch unimportable, as on a Pi, and the
-    other station benchmarks (station, dashboard, durability) load without it."""
+    other station benchmarks (station, dashboard, durability, opcua) load without it."""
     code = "\n".join([
         "import sys",
         "sys.modules['torch'] = None  # any import of torch now fails",
@@ -29,6 +29,7 @@ def test_the_station_benchmarks_run_without_torch(tiny_line, tiny_bundle, tmp_pa
         f"assert main(['bench', 'profile', '--bundle', {str(tiny_bundle)!r}, '--data', {str(tiny_line)!r}, "
         "'--repeat', '1']) == 0",
         "import device.bench.station, device.bench.dashboard_load, device.bench.dashboard_cost, device.bench.durability",
+        "import device.bench.opcua, device.bench.opcua_clients",
     ])
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -12,20 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.station_helpers import replay_folder
+from tests.station_helpers import replay_folder, service_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _config(tmp: Path, bundle: Path, replay: Path, extra: str = "") -> Path:
-    path = tmp / "station.yaml"
-    path.write_text(f"""
-station: {{name: svc, data_dir: {tmp / 'data'}}}
-bundle: {{path: {bundle}, precision: int8, threads: 1}}
-camera: {{type: replay, replay: {{folder: {replay}, fps: 50, loop: true}}}}
-dashboard: {{enabled: false}}
-{extra}""")
-    return path
 
 
 def _kenpin(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -42,7 +31,7 @@ def _run_under_supervisor(line: Path, bundle: Path, tmp: Path, watchdog_usec: in
     sock.bind(sock_path)
     sock.settimeout(30)
     env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC=str(watchdog_usec))
-    return sock, _kenpin("run", "--config", str(_config(tmp, bundle, replay)), env=env)
+    return sock, _kenpin("run", "--config", str(service_config_file(tmp, bundle, replay)), env=env)
 
 
 def test_sigterm_finishes_flushes_and_every_logged_verdict_is_recorded(tiny_line, tiny_bundle, tmp_path):

@@ -7,6 +7,7 @@
     products    product switches under load: every part judged as its trigger's product, none lost
     profile     where a frame's time goes on the station path
     modbus      a PLC over Modbus TCP: handshake (lost, doubled, latency), malformed frames, polling
+    opcua       the OPC UA server: parts through Inspect(), bad requests, a client polling every 10 ms
 
 ``kenpin/bench_cli.py`` holds their command-line arguments and imports each module only when it runs.
 """

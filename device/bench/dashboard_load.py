@@ -132,12 +132,12 @@ trigger: {{mode: free-run}}
     return station, server, app.state.hub
 
 
-def cpu_split() -> tuple[float, float]:
-    """CPU seconds so far of (dashboard threads, everything else in this process), from /proc.
+def cpu_split(prefixes: tuple[str, ...] = ("dashboard", "AnyIO")) -> tuple[float, float]:
+    """CPU seconds so far of (threads named PREFIXES…, everything else in this process), from /proc.
 
-    Dashboard: uvicorn's loop ("dashboard"), the SSE pump ("dashboard-events") and the thread
-    pool serving sync endpoints ("AnyIO worker thread"). Everything else is the station."""
-    return thread_cpu(("dashboard", "AnyIO"))
+    By default the dashboard's: uvicorn's loop ("dashboard"), the SSE pump ("dashboard-events") and
+    the thread pool serving sync endpoints ("AnyIO worker thread"). Everything else is the station."""
+    return thread_cpu(prefixes)
 
 
 def verdicts(station) -> int:

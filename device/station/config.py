@@ -3,7 +3,8 @@
 Strict like Frigate's schema: an unknown key, a wrong type or a value out of range is a
 KenpinError naming the file, the key, its YAML line and what would be right (``device.schema``
 reads every YAML file kenpin takes). Every key is documented in ``configs/station.yaml``. The
-``dashboard``, ``mqtt``, ``modbus`` and ``products`` sections are typed by their own modules' settings classes.
+``dashboard``, ``mqtt``, ``modbus``, ``opcua`` and ``products`` sections are typed by their own modules'
+settings classes.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from device.station.camera import CAMERAS
 from device.station.modbus_settings import ModbusSettings
 from device.station.mqtt_settings import MqttSettings
 from device.station.product_settings import ProductSection, check_products
+from device.station.opcua_settings import OpcUaSettings
 from device.station.triggers import TriggerSection
 
 PRECISION_CHOICES = ("auto", "int8", "fp32")
@@ -126,6 +128,7 @@ class StationConfig:
     products: tuple[ProductSection, ...] = ()  # none: one product, number 0, judged with bundle.path
     product: int | None = None  # the product at start when no switch was kept; None: the first listed
     modbus: ModbusSettings | None = None  # no section: no Modbus TCP server
+    opcua: OpcUaSettings | None = None  # no section: no OPC UA server
     config_file: Path | None = internal()  # the file it was read from (for messages)
 
     def __post_init__(self) -> None:
@@ -141,7 +144,7 @@ class StationConfig:
         return self.product if self.product is not None else self.product_sections()[0].number
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt sections left out)."""
+        """JSON-ready summary for the dashboard (no secrets: dashboard/mqtt/opcua sections left out)."""
         return {
             "name": self.station.name, "data_dir": str(self.station.data_dir),
             "bundle": str(self.bundle.path) if not self.products else "per product", "precision": self.bundle.precision,

@@ -9,6 +9,8 @@ import numpy as np
 
 from device.station.record import VERDICTS, VerdictRecord
 
+COUNTS = ("triggers", "ok", "defect", "retake", "trigger_errors", "skipped_frames")
+
 
 class Counters:
     """PLC-style counters and the processing-time window, shared by the workers."""
@@ -35,10 +37,15 @@ class Counters:
             self._sum += rec.latency_ms
             self._n += 1
 
+    def counts(self) -> dict[str, int]:
+        """The counters alone: cheap enough to read after every verdict (no percentiles)."""
+        with self.lock:
+            return {k: getattr(self, k) for k in COUNTS}
+
     def snapshot(self) -> tuple[dict[str, int], dict[str, float | None]]:
         """(counters, processing_ms) — processing percentiles over the last ``window`` parts."""
         with self.lock:
-            counts = {k: getattr(self, k) for k in ("triggers", "ok", "defect", "retake", "trigger_errors", "skipped_frames")}
+            counts = {k: getattr(self, k) for k in COUNTS}
             lat = np.asarray(self._lat, dtype=np.float64)
             if self._n:
                 p50, p99 = (float(x) for x in np.percentile(lat, [50, 99]))

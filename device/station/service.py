@@ -2,8 +2,8 @@
 
 Type=notify: READY=1 once the camera and model are up; WATCHDOG=1 only while frames really
 flow (a stalled camera lets systemd restart us); SIGTERM/SIGINT finish the part in flight,
-flush the record and exit 0. The dashboard, the MQTT publisher and the Modbus TCP server are
-started in-process when the config enables them.
+flush the record and exit 0. The dashboard, the MQTT publisher and the Modbus TCP and OPC UA
+servers are started in-process when the config enables them.
 """
 from __future__ import annotations
 
@@ -84,6 +84,15 @@ def _modbus(station: Station, cfg: StationConfig) -> Any:
     return start_modbus(station, cfg.modbus)
 
 
+def _opcua(station: Station, cfg: StationConfig) -> Any:
+    """The OPC UA server when the config has an ``opcua`` section, else None (KenpinError if it cannot bind)."""
+    if cfg.opcua is None:
+        return None
+    from device.station.opcua import start_opcua  # imported only when configured: asyncua is heavy
+
+    return start_opcua(station, cfg.opcua, cfg.config_file)
+
+
 def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
     """Run a started station until SIGTERM/SIGINT, the duration, or a finished replay; then stop it."""
     stop = threading.Event()
@@ -101,12 +110,14 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
         station.stop()  # the parts inspected meanwhile are finished and recorded, then the error is told
         raise
     dashboard = _Dashboard(station, cfg) if options.with_dashboard else None
-    publisher = _mqtt(station, cfg)
-    notifier.notify("READY=1")
+    publisher = opcua = None
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
     deadline = time.monotonic() + options.duration_s if options.duration_s else None
-    try:
+    try:  # a server that cannot start (its port taken) still stops the station cleanly: nothing lost
+        publisher = _mqtt(station, cfg)
+        opcua = _opcua(station, cfg)
+        notifier.notify("READY=1")
         while not stop.wait(tick):
             if station.frames_flowing():
                 notifier.notify("WATCHDOG=1")
@@ -125,9 +136,12 @@ def serve(station: Station, cfg: StationConfig, options: RunOptions) -> int:
         if dashboard is not None:
             dashboard.stop()
         station.stop()
-        # After the station: the parts finished in flight are published too (stop() flushes).
+        # After the station: the parts finished in flight are published too (stop() flushes), and
+        # an Inspect() waiting for one of them gets its verdict.
         if publisher is not None:
             publisher.stop()
+        if opcua is not None:
+            opcua.stop()
     c = station.counters.snapshot()[0]
     log.info("stopped: triggers=%d ok=%d defect=%d retake=%d trigger_errors=%d skipped_frames=%d", c["triggers"],
              c["ok"], c["defect"], c["retake"], c["trigger_errors"], c["skipped_frames"])
