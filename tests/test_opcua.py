@@ -348,3 +348,38 @@ def test_kenpin_bench_opcua_measures_every_figure(tiny_line, tiny_bundle, tmp_pa
     assert not any("good" in k for k in b["answers"]) and sum(b["answers"].values()) == 40
     assert report["polling"]["reads_per_s"] > 50
     assert "| 20 parts through Inspect()" in capsys.readouterr().out
+
+
+def test_a_user_switches_products_and_an_unknown_number_is_refused(tiny_line, tiny_bundle, tmp_path):
+    from device.bench.products import product_copy
+
+    nut = product_copy(tiny_bundle, tmp_path / "nut", "nut")
+    port = free_port()
+    extra = (f"products:\n  - {{number: 1, name: bolt, bundle: {tiny_bundle}}}\n"
+             f"  - {{number: 2, name: nut, bundle: {nut}}}\n" + _opcua_block(port) + "\n")
+    cfg = station_config(tmp_path, tiny_bundle, replay_folder(tiny_line, tmp_path / "replay"), loop=True,
+                         mode="software", extra=extra)
+    st = Station(cfg)
+    st.start()
+    server = start_opcua(st, cfg.opcua)
+
+    async def plc() -> tuple:
+        async with client(port, "plc", PASSWORD) as c:
+            nodes = await Nodes.of(c)
+            switched = await nodes.call("SwitchProduct", ua.Variant(2, ua.VariantType.Int32))
+            verdict, score, tid = await nodes.call("Inspect")
+            with pytest.raises(ua.UaStatusCodeError) as refused:
+                await nodes.call("SwitchProduct", ua.Variant(9, ua.VariantType.Int32))
+            return switched, tid, await nodes.read("ActiveProduct"), _code(refused)
+
+    try:
+        switched, tid, active, refused = asyncio.run(plc())
+        assert switched == 2 and active == 2 and st.active_product.number == 2  # no product 9: stays on 2
+        assert refused == ua.StatusCodes.BadInvalidArgument
+        rec = next(r for r in st.store.query(20) if r.trigger_id == tid)
+        assert rec.product == 2 and rec.bundle_id == st.active_product.bundle_id
+        switch = next(a for a in st.store.audit_log() if a["event"] == "product_switch")
+        assert switch["who"].startswith("opcua") and "plc" in switch["who"]
+    finally:
+        st.stop()
+        server.stop()

@@ -299,9 +299,8 @@ class ModbusServer:
             self._listener.close_idle(self.settings.idle_timeout_s)
 
     def _product(self) -> int:
-        """The active product's number; 0 while the station lists no products."""
-        product = getattr(self.station, "active_product", None)
-        return int(product.number) if product is not None else 0
+        """The active product's number (0: a station without a products: list runs its one product, 0)."""
+        return int(self.station.active_product.number)
 
     async def _action(self, function_code: int, start: int, address: int, count: int,
                       registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:

@@ -237,9 +237,8 @@ class OpcUaServer:
                 fut.set_result(rec)
 
     def _active_product(self) -> int:
-        # A station without products answers 0, the number documented for "no products".
-        product = getattr(self.station, "active_product", None)
-        return int(product.number) if product is not None else 0
+        # A station without a products: list runs its one implicit product, number 0.
+        return int(self.station.active_product.number)
 
     # -- methods (loop thread; the caller's rights were checked by StationRules) -----------------
     async def _inspect(self, parent: ua.NodeId, *args: Any) -> Any:
@@ -275,12 +274,9 @@ class OpcUaServer:
         if not isinstance(arg, ua.Variant) or arg.VariantType not in INTEGER_TYPES or not isinstance(arg.Value, int):
             return ua.CallMethodResult(StatusCode=_status(ua.StatusCodes.BadInvalidArgument),
                                        InputArgumentResults=[_status(ua.StatusCodes.BadTypeMismatch)])
-        switch = getattr(self.station, "switch_product", None)
-        if switch is None:
-            return _status(ua.StatusCodes.BadNotSupported)
         who = self._rules.caller.get()
         try:  # in a worker thread: the switch waits for the part in flight, the loop must not
-            await asyncio.get_running_loop().run_in_executor(None, switch, int(arg.Value), who)
+            await asyncio.get_running_loop().run_in_executor(None, self.station.switch_product, int(arg.Value), who)
         except KenpinError as e:
             log.warning("opcua: SwitchProduct(%s) by %s refused: %s", arg.Value, who, e)
             return ua.CallMethodResult(StatusCode=_status(ua.StatusCodes.BadInvalidArgument),
