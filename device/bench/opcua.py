@@ -82,13 +82,7 @@ class Verdicts:
         self._thread.start()
 
     def _run(self) -> None:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                rec = self._sub.get(timeout=0.1)
-            except queue.Empty:
-                continue
+        for rec in self._sub.follow(self._stop, poll_s=0.1):
             now = time.perf_counter()
             with self._cond:
                 self.times.append(now)
