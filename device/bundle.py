@@ -17,7 +17,7 @@ from device.calibrate import calibrate
 from device.errors import BundleError
 from device.errors import KenpinError
 from device.preprocess import Preprocess
-from device.ranker_input import ROLES, QualityFamily, RankerInput
+from device.ranker_input import ROLES, QualityFamily, RankerInput, VerdictGuard
 from device.scoring import Fusion, Normalization, TextureModel
 
 MANIFEST = "manifest.json"
@@ -121,6 +121,7 @@ class Ranker:
     floor: float | None  # quality only: frames scoring below it are retaken
     reference_scores: tuple[float, ...] = ()  # grade only: sorted scores of the rated images
     families: tuple[QualityFamily, ...] = ()  # quality only: one per model output (none: a single score)
+    guard: VerdictGuard | None = None  # quality only: calibrated against verdict flips (None: floors only, older bundles)
 
 
 @dataclass(frozen=True)
@@ -314,15 +315,17 @@ def _ranker(root: Path, manifest: dict[str, Any], role: str, spec: Any) -> Ranke
         floor = float(spec["floor"]) if role == "quality" else None
         ref = tuple(float(v) for v in spec.get("reference_scores", ()))
         fams = tuple(QualityFamily.from_dict(f) for f in spec.get("families", ())) if role == "quality" else ()
-    except (KeyError, TypeError, ValueError, KenpinError) as e:
-        raise BundleError(f"{where}: input/floor/families missing or invalid ({e})") from None
+        flips = (spec.get("calibration") or {}).get("verdict_flips") if role == "quality" else None
+        guard = VerdictGuard.from_dict(flips["rule"]) if flips else None
+    except (KeyError, TypeError, ValueError, AttributeError, KenpinError) as e:
+        raise BundleError(f"{where}: input/floor/families/calibration missing or invalid ({e})") from None
     if list(spec.get("input_shape", [])) != inp.shape:
         raise BundleError(f"{where}.input_shape = {spec.get('input_shape')} does not match its input {inp.shape}")
     if floor is not None and not np.isfinite(floor):
         raise BundleError(f"{where}.floor = {floor}: must be a finite number")
     if len({f.name for f in fams}) != len(fams):
         raise BundleError(f"{where}.families: a family name appears twice")
-    return Ranker(role, root / spec["model"], root / spec["fp32_model"], inp, floor, tuple(sorted(ref)), fams)
+    return Ranker(role, root / spec["model"], root / spec["fp32_model"], inp, floor, tuple(sorted(ref)), fams, guard)
 
 
 def load_bundle(root: str | Path) -> Bundle:

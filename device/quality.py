@@ -100,8 +100,22 @@ class QualityGate(_Scorer):
         return 0.0 if self.ranker.families else float(self.ranker.floor)
 
     def passes(self, quality: float) -> bool:
-        """Good enough to judge: quality at or above the floor."""
+        """Above the floors: not degraded enough to retake whatever the verdict."""
         return quality >= self.floor
+
+    @property
+    def follows_verdicts(self) -> bool:
+        """True when the gate was calibrated against verdict flips (it also retakes mildly degraded
+        frames near the threshold); False for a gate with floors set on clean frames only."""
+        return self.ranker.guard is not None
+
+    def retakes(self, quality: float, z: float) -> bool:
+        """Retake instead of judging: below the floors, or (a gate that follows verdicts) mildly
+        degraded while the anomaly score ``z`` (distance from the threshold in units of the
+        normalization's scale) is near enough to the threshold for the degradation to flip it."""
+        if not self.passes(quality):
+            return True
+        return self.ranker.guard is not None and self.ranker.guard.retakes(quality, z)
 
 
 class Grader(_Scorer):

@@ -49,6 +49,36 @@ class QualityFamily:
 
 
 @dataclass(frozen=True)
+class VerdictGuard:
+    """The part of the gate that follows the verdict: a frame only mildly degraded is still retaken
+    when its anomaly score lies near the threshold, where a little degradation flips the verdict.
+
+    A frame is retaken when its quality is below 0 (any family under its floor), or below
+    ``margin`` while its score is within ``band`` of the threshold, in units of the normalization's
+    scale (``|raw − raw threshold| / scale``). Calibrated at export on held-out train frames against
+    verdict flips (``rankers.quality.calibration.verdict_flips``).
+    """
+
+    margin: float  # quality (clean spreads above the floors) below which a near-threshold frame is retaken
+    band: float  # |z| of the anomaly score around the threshold that counts as near
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.margin) and self.margin >= 0 and math.isfinite(self.band) and self.band >= 0):
+            raise KenpinError(f"verdict guard {self}: margin and band must be finite and ≥ 0")
+
+    def retakes(self, quality: float, z: float) -> bool:
+        """A frame passing the floors, retaken for being degraded while near the threshold."""
+        return quality < self.margin and abs(z) < self.band
+
+    def to_dict(self) -> dict[str, float]:
+        return {"margin": self.margin, "band": self.band}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VerdictGuard":
+        return cls(float(d["margin"]), float(d["band"]))
+
+
+@dataclass(frozen=True)
 class RankerInput:
     """How a frame becomes the ranker's input: 1 x (1 + crops [+ 1]) x size x size float32.
 

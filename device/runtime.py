@@ -131,7 +131,8 @@ class Inspector:
         norm, v = self.variant.normalization, self.variant
         score = float(norm(raw))
         raw_threshold = raw_threshold_at(norm, threshold)
-        retake = quality is not None and not self.gate.passes(quality)
+        z = (float(raw) - raw_threshold) / norm.scale  # the verdict's distance from the threshold
+        retake = quality is not None and self.gate.retakes(quality, z)
         verdict = "retake" if retake else "defect" if score > threshold else "ok"
         hm, grade = None, None
         if heat == "always" or heat == "defect" and verdict == "defect":

@@ -175,7 +175,7 @@ def cmd_eval_ranker(args: argparse.Namespace) -> int:
         if not args.data:
             raise KenpinError("--role quality needs --data DIR (held-out good images in DIR/test/good)")
         eval_quality(Path(args.bundle), Path(args.data), args.precision, args.seed, json_path,
-                     Path(args.report) if args.report else None)
+                     Path(args.report) if args.report else None, not args.no_flips)
     return 0
 
 
@@ -326,6 +326,8 @@ def _add_ranker(sub: argparse._SubParsersAction) -> None:
     ke.add_argument("--k", type=int, default=10, help="NDCG@k")
     ke.add_argument("--json", help="write the figures here")
     ke.add_argument("--report", help="quality: folder for the score-vs-strength plot")
+    ke.add_argument("--no-flips", action="store_true", help="quality: skip the verdict flips (every test image, clean "
+                                                            "and degraded, judged by the anomaly model: the slow part)")
     ke.set_defaults(func=cmd_eval_ranker)
     km = sub.add_parser("mask-ratings", help="rate DATA's defective test images by ground-truth mask area "
                                              "(severity), split into OUT/train.csv and OUT/heldout.csv")

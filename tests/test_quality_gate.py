@@ -206,3 +206,62 @@ def test_eval_ranker_reports_held_out_degradations_cost_and_a_plot(gated, tiny_l
     assert min(defocus) >= 0.75 and m["cost"]["ratio"] > 0
     assert (tmp_path / "rep" / "quality_vs_strength.png").stat().st_size > 10_000
     assert "cost per frame" in capsys.readouterr().out
+    f = m["verdict_flips"]
+    assert f["gate_follows_verdicts"] and f["n_images"] == sum(len(list_images(d)) for d in (tiny_line / "test").iterdir())
+    assert {r["kind"] for r in f["rows"]} == kinds and all(0 <= r["flip_rate"] <= 1 for r in f["rows"])
+    for r in f["rows"]:  # recall and waste are shares of the flipped and the unflipped frames of each strength
+        assert r["n_flipped"] == round(r["flip_rate"] * r["n"])
+        assert r["flipped_retaken"] is None or r["n_flipped"] and 0 <= r["flipped_retaken"] <= 1
+    assert set(f["degraded_with_gate"]) == {"false_rejects", "escapes"} and 0 <= f["clean_retaken"] <= 1
+
+
+def test_the_floors_follow_verdict_flips_on_frames_the_anomaly_model_held_out(gated):
+    q = json.loads((gated / MANIFEST).read_text())["rankers"]["quality"]
+    flips = q["calibration"]["verdict_flips"]
+    assert q["calibration"]["method"].startswith("verdict flips")
+    # the anomaly bundle's own held-out images (tiny recipe: 6 of 30) and a synthetic defect on each,
+    # clean and at two strengths of each of the ten kinds
+    assert flips["clean_frames"] == 12 and flips["frames"] == 12 * 21 and flips["defect_frames"] == 6 * 21
+    chosen, floors = flips["with_rule"], flips["floors_only"]
+    assert chosen["clean_retaken"] <= 0.02 and chosen["flipped_retaken"] >= floors["flipped_retaken"]
+    gate = QualityGate.from_bundle(load_bundle(gated))
+    assert gate.follows_verdicts and gate.ranker.guard.to_dict() == flips["rule"]
+
+
+def test_a_mildly_degraded_frame_near_the_threshold_is_retaken_and_far_from_it_judged(gated):
+    gate = QualityGate.from_bundle(load_bundle(gated))
+    g = gate.ranker.guard
+    if g.band == 0:
+        pytest.skip("the calibration found no near-threshold flips to guard against on this tiny line")
+    mild = min(g.margin, 1.0) / 2  # above every floor, below the guard's margin
+    assert gate.retakes(mild, 0.0) and not gate.retakes(mild, 2 * g.band) and not gate.retakes(g.margin + 1, 0.0)
+    assert gate.retakes(-0.1, 10 * g.band)  # below a floor: retaken wherever the score is
+
+
+def test_a_gate_calibrated_on_clean_frames_only_still_loads_and_gates_by_its_floors(gated, tmp_path):
+    dst = shutil.copytree(gated, tmp_path / "old")
+    m = json.loads((dst / MANIFEST).read_text())
+    del m["rankers"]["quality"]["calibration"]["verdict_flips"]
+    m["manifest_sha256"] = manifest_digest(m)
+    (dst / MANIFEST).write_text(json.dumps(m))
+    gate = QualityGate.from_bundle(load_bundle(dst))
+    assert not gate.follows_verdicts
+    assert not gate.retakes(0.01, 0.0) and gate.retakes(-0.01, 100.0)
+
+
+def test_choose_guard_retakes_the_near_threshold_flips_within_the_clean_budget():
+    from device.ranker_input import VerdictGuard
+    from training.rank.flips import choose_guard, guarded, outcome
+
+    rng = np.random.default_rng(0)
+    n = 400
+    clean = np.r_[np.ones(n, bool), np.zeros(2 * n, bool)]
+    quality = np.r_[rng.uniform(0.5, 5, n), rng.uniform(0.2, 1.5, n), rng.uniform(2, 5, n)]  # clean, mild, faint
+    z = np.r_[rng.normal(-3, 1, n), rng.uniform(-0.4, 0.4, n), rng.normal(-3, 1, n)]
+    flips = np.r_[np.zeros(n, bool), np.ones(n, bool), np.zeros(n, bool)]  # the mild ones near the threshold flip
+    guard, o = choose_guard(quality, z, flips, clean, budget=0.02)
+    assert o.flipped_retaken >= 0.95 and o.clean_retaken <= 0.02 and o.unflipped_retaken <= 0.05
+    assert outcome(guarded(quality, z, guard), flips, clean) == o
+    assert outcome(guarded(quality, z, None), flips, clean).flipped_retaken == 0  # no floor was crossed
+    with pytest.raises(KenpinError, match="margin and band"):
+        VerdictGuard(-1.0, 0.5)

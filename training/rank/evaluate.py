@@ -16,14 +16,17 @@ from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.images import list_images, read_rgb
 from device.quality import Grader, QualityGate
+from device.runtime import Inspector
 from training.dataset import read_many
+from training.rank.flip_eval import flip_report, judge_frames, print_flips
 from training.rank.metrics import degradation_table, plot_strength, ranking_metrics
 from training.rank.pairs import read_judgements
 
 
 def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path: Path | None,
-                 report: Path | None) -> dict[str, Any]:
-    """Held-out degradations (evaluation grid, fresh seeds) of ``data/test/good``, scored by the bundle's gate."""
+                 report: Path | None, with_flips: bool = True) -> dict[str, Any]:
+    """Held-out degradations (evaluation grid, fresh seeds) of ``data/test/good``, scored by the bundle's gate;
+    ``with_flips``: also which degradations of every test image flip the anomaly verdict, and which the gate retakes."""
     gate = QualityGate.from_bundle(load_bundle(bundle), threads=1, precision=precision)
     if gate is None:
         raise KenpinError(f"{bundle}: has no quality model; add one with kenpin train-ranker --bundle {bundle} --data DIR")
@@ -41,6 +44,9 @@ def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path:
            "families": [f.to_dict() for f in gate.ranker.families],
            "clean_false_retake_rate": float(np.mean(clean < gate.floor)),
            "cost": cost, "rows": [{k: v for k, v in r.items() if not k.endswith("scores")} for r in table["rows"]]}
+    if with_flips:
+        flips = flip_report(judge_frames(Inspector(load_bundle(bundle), precision, 2, rankers=True), data, seed))
+        out["verdict_flips"] = {"gate_follows_verdicts": gate.follows_verdicts, **flips}
     if report is not None:
         out["plot"] = str(plot_strength(table, report / "quality_vs_strength.png", gate.floor))
     if json_path is not None:
@@ -54,6 +60,8 @@ def eval_quality(bundle: Path, data: Path, precision: str, seed: int, json_path:
     for r in out["rows"]:
         print(f"  {r['kind']:<13}{r['param']:>9g} {r['path']:<6} {r['family']:<12} {r['pairwise_accuracy']:>8.4f} "
               f"{r['gate_pairwise_accuracy']:>8.4f} {r['retake_rate']:>8.3f}")
+    if with_flips:
+        print_flips(out["verdict_flips"])
     return out
 
 
@@ -76,7 +84,6 @@ def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", a
     """Per-frame cost of the gate (its preprocessing included) vs the anomaly model's inspection,
     timed side by side on the same frames, with the station's thread settings."""
     from device.bench.timing import time_side_by_side
-    from device.runtime import Inspector
 
     b = load_bundle(bundle)
     gate = QualityGate.from_bundle(b, threads=1, precision=precision)
@@ -89,8 +96,6 @@ def gate_cost(bundle: Path, frames: list[np.ndarray], precision: str = "int8", a
 
 def eval_grade(bundle: Path, ratings: Path, precision: str, k: int, json_path: Path | None) -> dict[str, Any]:
     """Kendall τ, NDCG@k and pairwise accuracy of the bundle's grade on a rated file (held out from training)."""
-    from device.runtime import Inspector
-
     b = load_bundle(bundle)
     grader = Grader.from_bundle(b, threads=1, precision=precision)
     if grader is None:

@@ -1,11 +1,13 @@
 """The quality gate's floors: set from held-out clean frames at a target false-retake rate."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from training.rank.degrade import TRAIN_GRID
+from training.rank.flips import FLOOR_SHARES, choose_guard, flip_summary, flipped, guarded, outcome
 from training.rank.pairs import QualityPool
 from training.rank.recipe import QualitySpec
 
@@ -32,11 +34,48 @@ def family_floors(clean: np.ndarray, target: float) -> tuple[np.ndarray, np.ndar
     return np.minimum(best, normal), scale
 
 
-def floor_entry(pool: QualityPool, scores: np.ndarray, spec: QualitySpec) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Judged:
+    """Held-out frames the anomaly model judged too: good and synthetic-defect images, clean and
+    degraded, with the gate's int8 scores (N x families) and each row's anomaly ``z``."""
+
+    pool: QualityPool
+    scores: np.ndarray
+    defect: np.ndarray  # per row: a synthetic-defect image
+
+
+def _with_flips(clean_good: np.ndarray, judged: Judged, target: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Floors and a verdict guard that together retake the most verdict-flipping frames with clean
+    frames retaken at most ``target``: the floors spend a share of that budget, the guard the rest."""
+    p = judged.pool
+    flips, clean = flipped(p.z, p.group, p.kind), p.kind < 0
+    best = None
+    for share in FLOOR_SHARES:
+        floors, scale = family_floors(clean_good, share * target)
+        quality = ((judged.scores - floors) / scale).min(1)
+        guard, chosen = choose_guard(quality, p.z, flips, clean, target)
+        key = (chosen.flipped_retaken, -chosen.unflipped_retaken)
+        if best is None or key > best[0]:
+            floors_only = outcome(guarded(quality, p.z, None), flips, clean)
+            best = (key, floors, scale, flip_summary(quality, p.z, p.group, p.kind, judged.defect, guard, share,
+                                                     floors_only, chosen))
+    _, floors, scale, summary = best
+    return floors, scale, summary
+
+
+def floor_entry(pool: QualityPool, scores: np.ndarray, spec: QualitySpec, judged: Judged | None = None) -> dict[str, Any]:
     """The gate's manifest entry from int8 ``scores`` of the held-out ``pool``: a floor and a clean spread
-    per family at the target false-retake rate, how they were set, and what the gate catches per kind
-    (the upper half of each kind's training strengths)."""
-    floors, scale = family_floors(scores[pool.kind < 0], spec.target_false_retake_rate)
+    per family, how they were set, and what the gate catches per kind (the upper half of each kind's
+    training strengths). With ``judged`` frames the floors follow verdict flips (and a guard retakes
+    mildly degraded frames near the threshold); without, they sit at the target false-retake rate."""
+    target = spec.target_false_retake_rate
+    clean_good = scores[pool.kind < 0]
+    if judged is None:
+        floors, scale = family_floors(clean_good, target)
+        method, flips = CLEAN_METHOD, None
+    else:
+        floors, scale, flips = _with_flips(clean_good, judged, target)
+        method = FLIP_METHOD
     quality = ((scores - floors) / scale).min(1)  # the gate's quality: weakest family's margin
     clean = quality[pool.kind < 0]
     caught = {}
@@ -45,11 +84,21 @@ def floor_entry(pool: QualityPool, scores: np.ndarray, spec: QualitySpec) -> dic
         caught[name] = float(np.mean(quality[strong] < 0)) if strong.any() else None
     families = [{"name": n, "kinds": list(kinds), "floor": float(f), "scale": float(sd)}
                 for (n, kinds), f, sd in zip(spec.columns(), floors, scale)]
-    return {"floor": 0.0, "families": families, "calibration": {
-        "method": "per family: a quantile of held-out clean train/good frames' int8 scores, the same for every "
-                  "family, the largest whose union of false retakes stays at the target, and at most the normal "
-                  "estimate mean − z·sd of target / families; quality = the weakest family's "
-                  "(score − floor) / clean spread, retaken below 0",
-        "target_false_retake_rate": spec.target_false_retake_rate, "n_images": int(len(clean)),
-        "holdout_false_retake_rate": float(np.mean(clean < 0)),
-        "retake_rate_upper_half_strengths": caught}}
+    calibration = {"method": method, "target_false_retake_rate": target, "n_images": int(len(clean)),
+                   "holdout_false_retake_rate": float(np.mean(clean < 0)),
+                   "retake_rate_upper_half_strengths": caught}
+    if flips is not None:
+        calibration["verdict_flips"] = flips
+    return {"floor": 0.0, "families": families, "calibration": calibration}
+
+
+CLEAN_METHOD = ("per family: a quantile of held-out clean train/good frames' int8 scores, the same for every "
+                "family, the largest whose union of false retakes stays at the target, and at most the normal "
+                "estimate mean − z·sd of target / families; quality = the weakest family's "
+                "(score − floor) / clean spread, retaken below 0")
+FLIP_METHOD = ("verdict flips: held-out train/good frames the anomaly model never saw, and synthetic defects painted "
+               "on them, clean and degraded at training strengths, judged by the bundle's int8 anomaly model; "
+               "floors as the clean method with a share of the false-retake target, and a guard (margin, band) "
+               "that also retakes frames whose quality is below margin while the anomaly score is within band "
+               "of the threshold (normalization scale units); share, margin and band chosen to retake the most "
+               "frames whose verdict the degradation flipped, with clean frames retaken at most the target")

@@ -43,21 +43,25 @@ class QualityPool:
     kind: np.ndarray
     level: np.ndarray
     kinds: tuple[str, ...]
+    z: np.ndarray | None = None  # per row: the anomaly score's distance from the threshold (scale units), when judged
 
 
 def build_quality_pool(images: list[np.ndarray], inp: RankerInput, kinds: tuple[str, ...], levels_per_kind: int,
-                       uint8_share: float, seed: int) -> QualityPool:
+                       uint8_share: float, seed: int, judge: Callable[[np.ndarray], float] | None = None) -> QualityPool:
     """For every image: the clean frame and ``levels_per_kind`` random training strengths of every kind.
 
     A share of images is rounded to 8 bits after degrading (what a camera delivers); the rest
     stays in float, so both the station's 8-bit path and a deeper sensor's path are learnt.
+    ``judge``: the anomaly model (an 8-bit RGB frame → its score's distance from the threshold),
+    run on every version for the verdict-flip calibration (``QualityPool.z``).
     """
     rng = np.random.default_rng(seed)
     # float16 halves the pool; a statistics vector needs float32 (σ = 0.001 moves its finest
     # band energy by ~0.004 in log units, below float16's resolution at those magnitudes)
     dtype = np.float32 if inp.stats else np.float16
-    rows, group, kind, level = [], [], [], []
-    for g, rgb in enumerate(tqdm(images, desc="degrading", unit="img", leave=False)):
+    rows, group, kind, level, z = [], [], [], [], []
+    for g, rgb in enumerate(tqdm(images, desc="degrading" if judge is None else "degrading and judging",
+                                 unit="img", leave=False)):
         clean = to_float(rgb[..., 0] if rgb.ndim == 3 and np.array_equal(rgb[..., 0], rgb[..., 1]) else rgb)
         rounded = rng.random() < uint8_share
         versions = [(-1, 0, clean)]
@@ -68,7 +72,16 @@ def build_quality_pool(images: list[np.ndarray], inp: RankerInput, kinds: tuple[
         for k, li, img in versions:
             rows.append(inp(to_uint8(img) if rounded else img)[0].astype(dtype))
             group.append(g), kind.append(k), level.append(li)
-    return QualityPool(np.stack(rows), np.array(group), np.array(kind), np.array(level), kinds)
+            if judge is not None:
+                z.append(judge(as_rgb8(img)))
+    return QualityPool(np.stack(rows), np.array(group), np.array(kind), np.array(level), kinds,
+                       np.array(z) if judge is not None else None)
+
+
+def as_rgb8(img: np.ndarray) -> np.ndarray:
+    """A float frame (gray or RGB, in [0, 1]) as the 8-bit RGB frame the anomaly model reads."""
+    u8 = to_uint8(img)
+    return np.repeat(u8[..., None], 3, axis=2) if u8.ndim == 2 else u8
 
 
 def quality_pairs(pool: QualityPool, cross_share: float,

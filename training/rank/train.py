@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from device.bundle import load_bundle
+from device.bundle import Bundle, load_bundle
 from device.errors import KenpinError
-from device.images import list_images
 from device.ranker_input import RankerInput
 from export.ranker import add_to_bundle, export_onnx, ort_scores, parity_entry, quantize_ranker
-from training.dataset import read_many
-from training.fit import split_holdout
-from training.rank.floors import floor_entry
+from training.fit import read_good_split, synthetic_defects
+from training.rank.flips import anomaly_z
+from training.rank.floors import Judged, floor_entry
 from training.rank.metrics import ranking_metrics
 from training.rank.optimize import TrainResult, score_pool, train_ranknet
 from training.rank.pairs import (
@@ -32,23 +31,35 @@ from training.rank.pairs import (
     read_judgements,
 )
 from training.rank.recipe import QualitySpec, RankerRecipe
+from training.recipe import Recipe, recipe_from_dict
 
 log = logging.getLogger(__name__)
 
 
-def good_split(data: Path, spec: QualitySpec, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The gate's train/good images: (trained on, held out to set the floors and validate), seeded."""
-    paths = list_images(data / "train" / "good")
-    if len(paths) < 10:
-        raise KenpinError(f"{data / 'train' / 'good'}: {len(paths)} images; the quality gate needs at least 10 good images")
+@dataclass
+class GoodSplit:
+    """The gate's train/good images, split around the anomaly bundle's own hold-out."""
+
+    train: list[np.ndarray]  # the gate trains on these (from the anomaly model's bank images)
+    unseen: list[np.ndarray]  # held out by the anomaly model too: its verdicts on them are honest
+    extra: list[np.ndarray]  # more held-out bank images, where the floors want more clean frames
+
+
+def good_split(data: Path, spec: QualitySpec, anomaly: Recipe, seed: int) -> GoodSplit:
+    """The gate holds out the images the anomaly model held out (they set its threshold; the bank never
+    saw them), topped up from the bank images to ``holdout_fraction``, and trains on a seeded pick of the rest."""
+    split = read_good_split(data, anomaly.train_images, anomaly.calibration.holdout_fraction, anomaly.seed)
+    if len(split.bank) + len(split.holdout) < 10:
+        raise KenpinError(f"{data / 'train' / 'good'}: {len(split.bank) + len(split.holdout)} images; the quality "
+                          "gate needs at least 10 good images")
     rng = np.random.default_rng(seed)
-    if spec.images:
-        paths = sorted(rng.choice(paths, size=min(spec.images, len(paths)), replace=False).tolist())
-    train_i, hold_i = split_holdout(len(paths), spec.holdout_fraction, seed)
-    images, kept = read_many(paths, "reading train/good")
-    pos = {p: i for i, p in enumerate(kept)}
-    pick = lambda idx: [images[pos[paths[i]]] for i in idx if paths[i] in pos]  # noqa: E731
-    return pick(train_i), pick(hold_i)
+    order = rng.permutation(len(split.bank))
+    wanted = round(spec.holdout_fraction * (len(split.bank) + len(split.holdout)))
+    n_extra = min(max(0, wanted - len(split.holdout)), len(split.bank) // 2)
+    rest = order[n_extra:]
+    if spec.images:  # the pick's share that is not held out
+        rest = rest[: max(1, round(spec.images * (1 - spec.holdout_fraction)))]
+    return GoodSplit([split.bank[i] for i in np.sort(rest)], split.holdout, [split.bank[i] for i in order[:n_extra]])
 
 
 def _pair_accuracy(pool: QualityPool, scores: np.ndarray, column: dict[str, int]) -> dict[str, float]:
@@ -91,13 +102,16 @@ def _plain(d: Any) -> Any:
 
 def train_quality(data: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, Any]:
     """Train the capture-quality gate on degraded ``data/train/good`` and add it to ``bundle``."""
-    load_bundle(bundle)  # fail before minutes of training, not after
+    b = load_bundle(bundle)  # fail before minutes of training, not after
     spec = recipe.quality
-    train_imgs, hold_imgs = good_split(data, spec, recipe.seed)
-    pool = build_quality_pool(train_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed)
+    split = good_split(data, spec, bundle_recipe(b), recipe.seed)
+    pool = build_quality_pool(split.train, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed)
+    hold_imgs = split.unseen + split.extra
     hold = build_quality_pool(hold_imgs, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share, recipe.seed + 1)
-    log.info("training the quality ranker on %d inputs from %d images (%d held out)", len(pool.inputs),
-             len(train_imgs), len(hold_imgs))
+    judged = judged_pools(b, split.unseen, spec, recipe.seed)
+    log.info("training the quality ranker on %d inputs from %d images (%d held out, %d of them judged for verdict "
+             "flips with %d synthetic defects)", len(pool.inputs), len(split.train), len(hold_imgs),
+             len(split.unseen), len(split.unseen))
     cols = spec.columns()
     column = {k: c for c, (_, kinds) in enumerate(cols) for k in kinds}
     families = [[pool.kinds.index(k) for k in kinds] for _, kinds in cols]
@@ -107,12 +121,34 @@ def train_quality(data: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, A
     fp32_val = _pair_accuracy(hold, score_pool(trained.model, hold.inputs), column)
 
     def entry(int8_scores: np.ndarray) -> dict[str, Any]:
-        return {**floor_entry(hold, int8_scores, spec),
+        flips = Judged(judged, int8_scores[len(hold.inputs):], judged.group >= len(split.unseen))
+        return {**floor_entry(hold, int8_scores[: len(hold.inputs)], spec, flips),
                 "validation": {"held_out_images": len(hold_imgs),
                                "pairwise_accuracy_int8": _pair_accuracy(hold, int8_scores, column),
                                "pairwise_accuracy_fp32": fp32_val}}
 
-    return _export(trained, spec.input, recipe, calib, hold.inputs, bundle, "quality", entry)
+    check = np.concatenate([hold.inputs, judged.inputs.astype(hold.inputs.dtype)])
+    return _export(trained, spec.input, recipe, calib, check, bundle, "quality", entry)
+
+
+def bundle_recipe(b: Bundle) -> Recipe:
+    """The anomaly recipe a bundle was trained with (its hold-out is the gate's)."""
+    if "recipe" not in b.manifest:
+        raise KenpinError(f"{b.root}: the manifest has no recipe, so its held-out images are unknown; "
+                          "retrain it with kenpin train")
+    return recipe_from_dict(b.manifest["recipe"], f"{b.root}: manifest recipe")
+
+
+def judged_pools(b: Bundle, unseen: list[np.ndarray], spec: QualitySpec, seed: int) -> QualityPool:
+    """The anomaly model's held-out good images and one synthetic defect painted on each, clean and
+    degraded at training strengths, each version judged by the bundle's int8 anomaly model (groups of
+    the defects follow the good ones)."""
+    from device.runtime import Inspector
+
+    z = anomaly_z(Inspector(b, "int8", 2))
+    defects = synthetic_defects(unseen, 1, seed)
+    return build_quality_pool(unseen + defects, spec.input, spec.kinds, spec.levels_per_kind, spec.uint8_share,
+                              seed + 2, judge=z)
 
 
 def train_grade(ratings: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, Any]:
