@@ -21,6 +21,7 @@ from device.scoring import NORMALIZED_THRESHOLD
 
 MARGINS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # quality (clean spreads above the floors) a guard may cover
 FLOOR_SHARES = (0.25, 0.5, 0.75, 1.0)  # share of the clean-retake budget the floors may spend
+RECALL_SLACK = 0.01  # recall given up for the guard that retakes the fewest unflipped frames
 
 
 def anomaly_z(insp: Inspector) -> Callable[[np.ndarray], float]:
@@ -71,19 +72,25 @@ def guarded(quality: np.ndarray, z: np.ndarray, guard: VerdictGuard | None) -> n
 
 def choose_guard(quality: np.ndarray, z: np.ndarray, flips: np.ndarray, clean: np.ndarray,
                  budget: float) -> tuple[VerdictGuard, Outcome]:
-    """The guard that retakes the most flipping frames while clean frames retaken stay within ``budget``
-    (fewest unflipped frames retaken among equals). Bands are quantiles of the flipping frames' |z|."""
-    best = (VerdictGuard(0.0, 0.0), outcome(guarded(quality, z, None), flips, clean))
+    """The guard that retakes the most flipping frames while clean frames retaken stay within ``budget``.
+
+    Among guards within ``RECALL_SLACK`` of the best recall the one retaking the fewest unflipped
+    frames wins: a point of recall is not worth retaking a third of all mildly degraded frames.
+    Bands are quantiles of the flipping frames' |z|; no guard (band 0) is always a candidate.
+    """
+    none = VerdictGuard(0.0, 0.0)
+    feasible = [(none, outcome(guarded(quality, z, None), flips, clean))]
     bands = np.unique(np.quantile(np.abs(z[flips]), np.linspace(0.05, 1.0, 20))) if flips.any() else []
     for margin in MARGINS:
         for band in bands:
             g = VerdictGuard(margin, float(np.nextafter(band, np.inf)))  # the quantile's frame itself included
             o = outcome(guarded(quality, z, g), flips, clean)
-            if o.clean_retaken > budget:
-                continue
-            if (o.flipped_retaken, -o.unflipped_retaken) > (best[1].flipped_retaken, -best[1].unflipped_retaken):
-                best = (g, o)
-    return best
+            if o.clean_retaken <= budget:
+                feasible.append((g, o))
+    recall = lambda o: 0.0 if np.isnan(o.flipped_retaken) else o.flipped_retaken  # noqa: E731
+    top = max(recall(o) for _, o in feasible)
+    near = [(g, o) for g, o in feasible if recall(o) >= top - RECALL_SLACK]
+    return min(near, key=lambda go: (np.nan_to_num(go[1].unflipped_retaken), -recall(go[1])))
 
 
 def flip_summary(quality: np.ndarray, z: np.ndarray, group: np.ndarray, kind: np.ndarray, defect: np.ndarray,

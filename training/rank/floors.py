@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from training.rank.degrade import TRAIN_GRID
-from training.rank.flips import FLOOR_SHARES, choose_guard, flip_summary, flipped, guarded, outcome
+from training.rank.flips import FLOOR_SHARES, RECALL_SLACK, choose_guard, flip_summary, flipped, guarded, outcome
 from training.rank.pairs import QualityPool
 from training.rank.recipe import QualitySpec
 
@@ -54,7 +54,7 @@ def _with_flips(clean_good: np.ndarray, judged: Judged, target: float) -> tuple[
         floors, scale = family_floors(clean_good, share * target)
         quality = ((judged.scores - floors) / scale).min(1)
         guard, chosen = choose_guard(quality, p.z, flips, clean, target)
-        key = (chosen.flipped_retaken, -chosen.unflipped_retaken)
+        key = (round(np.nan_to_num(chosen.flipped_retaken) / RECALL_SLACK), -np.nan_to_num(chosen.unflipped_retaken))
         if best is None or key > best[0]:
             floors_only = outcome(guarded(quality, p.z, None), flips, clean)
             best = (key, floors, scale, flip_summary(quality, p.z, p.group, p.kind, judged.defect, guard, share,
@@ -101,4 +101,5 @@ FLIP_METHOD = ("verdict flips: held-out train/good frames the anomaly model neve
                "floors as the clean method with a share of the false-retake target, and a guard (margin, band) "
                "that also retakes frames whose quality is below margin while the anomaly score is within band "
                "of the threshold (normalization scale units); share, margin and band chosen to retake the most "
-               "frames whose verdict the degradation flipped, with clean frames retaken at most the target")
+               "frames whose verdict the degradation flipped (within 0.01 of that, the fewest unflipped frames), "
+               "with clean frames retaken at most the target")
