@@ -213,3 +213,40 @@ def test_a_gate_calibrated_the_old_way_gates_as_before_and_says_so_once(gated, t
         counts[name] = sum("calibrated the old way" in m for m in caplog.messages)
         assert [r.verdict for r in recs][-1] == "retake" and all(r.quality is not None for r in recs)
     assert counts == {"old": 1, "new": 0}  # once, at load; never per frame
+
+
+def test_a_bundle_without_a_gate_is_refused_as_a_swap_while_bursts_run(gated, tiny_bundle, tiny_line, tmp_path):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    shutil.copy(list_images(tiny_line / "test" / "good")[0], replay / "a.png")
+    st = Station(station_config(tmp_path, gated, replay, mode="software", loop=True,
+                                extra="trigger: {mode: software, burst: 2}"))
+    st.start()
+    try:
+        with pytest.raises(KenpinError, match=r"no quality gate, and trigger\.burst = 2"):
+            st.activate_bundle(tiny_bundle, "engineer")
+        sub = st.subscribe()
+        st.trigger()
+        assert sub.get(timeout=30).frames == 2  # still the gated bundle, still bursting
+        refused = [a for a in st.store.audit_log() if a["event"] == "bundle_refused"]
+    finally:
+        st.stop()
+    assert len(refused) == 1 and "no quality gate" in refused[0]["detail"]["reason"]
+
+
+def test_bench_burst_compares_one_frame_with_a_burst_on_the_same_triggers(gated, tiny_line, tmp_path, capsys):
+    from kenpin.cli import main
+
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    for p in list_images(tiny_line / "test" / "good")[:4]:
+        shutil.copy(p, replay / p.name)
+    out = tmp_path / "burst.json"
+    assert main(["bench", "burst", "--bundle", str(gated), "--replay", str(replay), "--workdir", str(tmp_path / "run"),
+                 "--parts", "8", "--rate", "8", "--fps", "60", "--rounds", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    one, three = res["by_burst"]["1"], res["by_burst"]["3"]
+    assert one["verdicts"] == three["verdicts"] == 8 and res["lost"] == 0 == res["doubled"]
+    assert three["short_bursts"] == 0 and three["p50_ms"] > one["p50_ms"]  # two more camera frames to wait for
+    assert res["p99_ratio"] == pytest.approx(three["p99_ms"] / one["p99_ms"], abs=0.01)
+    assert "burst 3 ÷ single frame" in capsys.readouterr().out
