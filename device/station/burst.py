@@ -1,10 +1,10 @@
 """A part's frames: one camera frame, or a burst of ``trigger.burst`` of them and the best by the quality gate.
 
 The capture stage runs the bound product's quality gate on every frame it hands on where the
-bundle has one (~5 % of the anomaly model's cost): to choose a burst's best frame
-(:class:`~device.quality.BestFrame`, what :func:`~device.quality.best_of` picks), to skip free-run
-frames the gate would retake, and to read the sensor's raw stream while the camera still holds
-that frame's request. The judgement then takes the gate's assessment as it is (``Job.assessed``).
+bundle has one (a small model beside the anomaly one; ``kenpin eval-ranker`` reports the ratio):
+to choose a burst's best frame (:class:`~device.quality.BestFrame`, what
+:func:`~device.quality.best_of` picks), to skip free-run frames the gate would retake, and to read
+the sensor's raw stream while the camera still holds that frame's request. The judgement then takes the gate's assessment as it is (``Job.assessed``).
 
 A burst takes all N frames, never stopping early at a frame that passes, however clearly. The
 line is timed by its slowest part: the ejector's ``delay_ms`` must cover the worst trigger → verdict
