@@ -8,7 +8,8 @@ part ranks above. What each reads is :class:`~device.ranker_input.RankerInput`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,11 +36,11 @@ class _Scorer:
         """One prepared input (1 x C x S x S) → its output row."""
         return self.net(x)[0]
 
-    def _raw(self, frame: np.ndarray) -> np.ndarray:
-        return self._run(self.prepare(frame))
+    def _raw(self, frame: np.ndarray, bits: int | None = None) -> np.ndarray:
+        return self._run(self.prepare(frame, bits))
 
-    def _score(self, frame: np.ndarray) -> float:
-        return float(self._raw(frame)[0])
+    def _score(self, frame: np.ndarray, bits: int | None = None) -> float:
+        return float(self._raw(frame, bits)[0])
 
 
 class QualityGate(_Scorer):
@@ -48,29 +49,46 @@ class QualityGate(_Scorer):
     With quality families (bundles since the per-family gate) the quality of a frame is its
     weakest family's margin above that family's floor, in units of the family's clean spread, and
     the floor is 0; a bundle with a single score keeps that score and its floor.
+
+    Integer frames deeper than 8 bits (a sensor's raw stream) pass ``bits``, their significant bits:
+    a 12-bit frame in uint16 is scaled by 4095, not 65535 (:func:`~device.ranker_input.significant_bits`).
     """
 
-    def __init__(self, ranker: Ranker, precision: str = "int8", threads: int = 1) -> None:
+    def __init__(self, ranker: Ranker, precision: str = "int8", threads: int = 1,
+                 calibration: dict[str, Any] | None = None) -> None:
+        """``calibration``: the manifest's ``rankers.quality.calibration`` (how the floors were set)."""
         super().__init__(ranker, precision, threads)
         fams = ranker.families
         self._floors = np.array([f.floor for f in fams], np.float32)
         self._scales = np.array([f.scale for f in fams], np.float32)
+        self.calibration = dict(calibration or {})
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: int = 1, precision: str = "int8") -> QualityGate | None:
         """The bundle's quality gate, or None when the bundle has no quality model."""
         r = bundle.rankers.get("quality")
-        return None if r is None else cls(r, precision, threads)
+        if r is None:
+            return None
+        entry = bundle.manifest.get("rankers", {}).get("quality", {})
+        return cls(r, precision, threads, entry.get("calibration"))
+
+    @property
+    def follows_verdicts(self) -> bool:
+        """True when the floors were calibrated on verdict flips (a degraded frame is retaken where
+        it would change the anomaly verdict); False for a gate calibrated the old way, on clean
+        frames' scores alone (no ``calibration.verdict_flips`` in its manifest entry), which still
+        gates as it always did."""
+        return "verdict_flips" in self.calibration
 
     @property
     def families(self) -> tuple[str, ...]:
         """Names of the quality families, one per model output (empty for a single-score gate)."""
         return tuple(f.name for f in self.ranker.families)
 
-    def margins(self, rgb: np.ndarray) -> np.ndarray:
+    def margins(self, rgb: np.ndarray, bits: int | None = None) -> np.ndarray:
         """Per family: (score − floor) / clean spread; a frame passes when every margin is ≥ 0.
         A single-score gate gives one value: score − floor."""
-        raw = self._raw(rgb)
+        raw = self._raw(rgb, bits)
         if not self.ranker.families:
             return raw[:1] - np.float32(self.ranker.floor)
         return (raw - self._floors) / self._scales
@@ -79,15 +97,15 @@ class QualityGate(_Scorer):
         """The model's raw score per family (per output column), higher = better."""
         return self._raw(rgb)
 
-    def score(self, rgb: np.ndarray) -> float:
-        """HxWx3 uint8 RGB frame (or a float frame in [0, 1], or uint16) → capture quality."""
-        return self.assess(rgb)[0]
+    def score(self, rgb: np.ndarray, bits: int | None = None) -> float:
+        """HxWx3 uint8 RGB frame (or a float frame in [0, 1], or uint16 of ``bits``) → capture quality."""
+        return self.assess(rgb, bits)[0]
 
-    def assess(self, rgb: np.ndarray) -> tuple[float, str]:
+    def assess(self, rgb: np.ndarray, bits: int | None = None) -> tuple[float, str]:
         """Quality and the family that limits it (why a frame is retaken), from one run of the model."""
         if not self.ranker.families:
-            return self._score(rgb), "quality"
-        m = self.margins(rgb)
+            return self._score(rgb, bits), "quality"
+        m = self.margins(rgb, bits)
         i = int(np.argmin(m))
         return float(m[i]), self.families[i]
 
@@ -167,10 +185,33 @@ class Grader(_Scorer):
         return float(np.searchsorted(ref, grade, side="right") / len(ref)) if ref else float("nan")
 
 
-def best_of(gate: QualityGate, frames: Sequence[np.ndarray]) -> tuple[int, float]:
+class BestFrame:
+    """The best frame of a burst so far by the gate: the highest quality, the first of equals.
+
+    :func:`best_of` chooses with it from frames in hand; the station offers each frame of a burst
+    as the camera delivers it, so that it keeps only what the chosen frame needs (its full-size
+    image is copied when it becomes the best, never for the others).
+    """
+
+    def __init__(self) -> None:
+        self.index = -1  # none offered yet
+        self.quality = -math.inf
+        self.reason = ""
+
+    def offer(self, index: int, assessed: tuple[float, str]) -> bool:
+        """Frame ``index`` with its (quality, limiting family); True when it is the best so far."""
+        quality, reason = assessed
+        if self.index >= 0 and not quality > self.quality:  # equal: the earlier frame stays
+            return False
+        self.index, self.quality, self.reason = index, quality, reason
+        return True
+
+
+def best_of(gate: QualityGate, frames: Sequence[np.ndarray], bits: int | None = None) -> tuple[int, float]:
     """Burst capture: index and quality of the best of ``frames`` (the first of equals)."""
     if not frames:
         raise KenpinError("best_of: no frames to choose from; capture at least one")
-    scores = [gate.score(f) for f in frames]
-    i = int(np.argmax(scores))
-    return i, scores[i]
+    best = BestFrame()
+    for i, f in enumerate(frames):
+        best.offer(i, gate.assess(f, bits))
+    return best.index, best.quality

@@ -136,18 +136,18 @@ class RankerInput:
         return asdict(self)
 
     @staticmethod
-    def gray(frame: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    def gray(frame: np.ndarray, bits: int | None = None) -> tuple[np.ndarray, np.float32]:
         """HxW or HxWx3 frame → gray in its own type, and the factor that scales it to [0, 1].
 
         uint8 and uint16 frames stay integers until after resizing and cropping (converting the
         whole frame to float first costs more than the model); float frames are taken as [0, 1].
+        ``bits``: the significant bits of an integer frame, whose full scale is 2**bits − 1 (a 12-bit
+        sensor's raw values in uint16 are 0…4095: ``bits=12``); by default the type's own width (8, 16).
         """
         if frame.ndim == 3:
             frame = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.shape[2] == 3 else frame[..., 0]
-        if frame.dtype == np.uint8:
-            return frame, np.float32(1 / 255)
-        if frame.dtype == np.uint16:
-            return frame, np.float32(1 / 65535)
+        if frame.dtype in (np.uint8, np.uint16):
+            return frame, np.float32(1 / (2 ** significant_bits(frame.dtype, bits) - 1))
         return frame.astype(np.float32, copy=False), np.float32(1)
 
     def thumbnail(self, g: np.ndarray) -> np.ndarray:
@@ -171,9 +171,10 @@ class RankerInput:
             corners.append((y, x))
         return corners
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        """One frame → the model input (float path: a float frame is never rounded to 8 bits)."""
-        g, unit = self.gray(frame)
+    def __call__(self, frame: np.ndarray, bits: int | None = None) -> np.ndarray:
+        """One frame → the model input (float path: a float frame is never rounded to 8 bits);
+        ``bits`` as in :meth:`gray`."""
+        g, unit = self.gray(frame, bits)
         h, w = g.shape
         if min(h, w) < self.size:  # a frame smaller than a crop: enlarge it (nothing else works)
             f = self.size / min(h, w)
@@ -220,6 +221,20 @@ class RankerInput:
         if unknown:
             raise KenpinError(f"input: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+
+def significant_bits(dtype: np.dtype, bits: int | None) -> int:
+    """The bits an integer frame of ``dtype`` uses: ``bits``, or the type's width when None.
+
+    The convention for deeper sensors: a frame keeps its sensor's own values (a 12-bit raw pixel
+    stays 0…4095 in its uint16) and says how many bits they use, so full scale is 2**bits − 1 and
+    a 12-bit frame reads the same as its 8-bit rendering of the same light, never 1/16 of it."""
+    width = np.dtype(dtype).itemsize * 8
+    if bits is None:
+        return width
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= width:
+        raise KenpinError(f"bits = {bits!r}: a {np.dtype(dtype).name} frame uses 1 to {width} bits")
+    return int(bits)
 
 
 # Whole-frame statistics at native resolution, each shifted to near 0. Log energies stay in

@@ -117,15 +117,21 @@ class Inspector:
         return self.judge(rgb, heat="always" if with_heatmap else "never")
 
     def judge(self, frame: np.ndarray, patches: np.ndarray | None = None, threshold: float = NORMALIZED_THRESHOLD,
-              heat: str = "defect", t0: float | None = None) -> Verdict:
+              heat: str = "defect", t0: float | None = None, assessed: tuple[float, str] | None = None) -> Verdict:
         """Gate → embed → score → verdict → heat map (and grade) of one frame against a normalized ``threshold``.
 
         ``patches``: the frame's embeddings when a pipeline stage already ran the model.
         ``heat``: ``defect`` (a heat map and grade for rejected parts only), ``always`` or ``never``.
         Latency counts from ``t0`` (default: now).
+        ``assessed``: the gate's (quality, limiting family) of this frame when the caller already ran
+        the gate (the station's capture stage, which chose the frame of a burst by it, or read the
+        gate's frame from the sensor's raw stream); the decision below is the same either way.
         """
         t0 = time.perf_counter() if t0 is None else t0
-        quality, limit = self.gate.assess(frame) if self.gate is not None else (None, None)
+        if self.gate is None:
+            quality, limit = None, None
+        else:
+            quality, limit = assessed if assessed is not None else self.gate.assess(frame)
         patches = self.embed(frame) if patches is None else patches
         raw, distances = self.image_scorer.score(patches)
         norm, v = self.variant.normalization, self.variant

@@ -7,13 +7,14 @@
     kenpin bench dashboard cost [--seconds 10]                      # station CPU per kind of dashboard traffic
     kenpin bench durability [--bundle B --replay DIR] [--kills 50]  # kill -9 the daemon; nothing acknowledged lost
     kenpin bench products [--bundles B1 B2 --replay DIR]            # 100 product switches under load; none misjudged
+    kenpin bench burst [--bundle B --replay DIR] [--burst 3]        # trigger → verdict of N frames a trigger vs one
     kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
     kenpin bench modbus [--bundle B --replay DIR] [--parts 1000]    # PLC over Modbus TCP: handshake, fuzz, polling
     kenpin bench opcua [--bundle B --replay DIR] [--parts 1000]     # Inspect() over OPC UA, bad requests, polling
 
 The station's benchmarks live in ``device/bench/`` and never import torch; each module is imported
 only when its benchmark runs. Only the model benchmark, and the generated line and bundle that
-``dashboard``, ``durability``, ``products`` and ``opcua`` train when given no bundle and --replay, need the
+``dashboard``, ``durability``, ``products``, ``burst`` and ``opcua`` train when given no bundle and --replay, need the
 training extra.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 def add_bench(sub: argparse._SubParsersAction) -> None:
     """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
     b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
-                                     "dashboard, durability, products, profile, modbus, opcua",
+                                     "dashboard, durability, products, burst, profile, modbus, opcua",
                        description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
     b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
     what = b.add_subparsers(dest="what", required=True)
@@ -34,6 +35,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_dashboard(what)
     _add_durability(what)
     _add_products(what)
+    _add_burst(what)
     _add_profile(what)
     _add_modbus(what)
     _add_opcua(what)
@@ -132,6 +134,21 @@ def _add_products(what: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="the station's pipeline.workers")
     p.add_argument("--workdir", default="bench-products-run")
     p.set_defaults(func=cmd_bench_products)
+
+
+def _add_burst(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser("burst", help="trigger → verdict p50/p99 with N frames a trigger (the quality gate's best "
+                                      "judged) beside one frame, on the same trigger schedule; none lost")
+    p.add_argument("--bundle", help="a bundle with a quality gate (default: the tiny line's, gate trained in --workdir)")
+    p.add_argument("--replay", help="folder of images the camera replays (with --bundle)")
+    p.add_argument("--burst", type=int, default=3, help="frames per trigger compared with one")
+    p.add_argument("--parts", type=int, default=100, help="parts triggered per run")
+    p.add_argument("--rate", type=float, default=5.0, help="parts per second")
+    p.add_argument("--fps", type=float, default=30.0, help="the replay camera's frame rate (a Pi camera's default)")
+    p.add_argument("--rounds", type=int, default=2, help="single-frame / burst run pairs, alternated")
+    p.add_argument("--workdir", default="bench-burst-run")
+    p.add_argument("--json", help="also write the figures here")
+    p.set_defaults(func=cmd_bench_burst)
 
 
 def _add_profile(what: argparse._SubParsersAction) -> None:
@@ -269,6 +286,21 @@ def cmd_bench_products(args: argparse.Namespace) -> int:
         replay = mixed_replay(line, workdir / "replay")
     return run_products_bench(ProductsBenchOptions(bundles, replay, workdir, args.switches, args.parts_per_switch,
                                                    args.backlog, args.workers))
+
+
+def cmd_bench_burst(args: argparse.Namespace) -> int:
+    from device.bench.burst import BurstBenchOptions, run_burst_bench
+
+    workdir = Path(args.workdir)
+    given = _bundle_and_replay(args)
+    if given is None:  # the tiny line's bundle with a quality gate trained on it, and its test parts
+        from device.bench.durability import mixed_replay
+        from kenpin.bench_inputs import tiny_gated_bundle
+
+        bundle, line = tiny_gated_bundle(workdir)
+        given = bundle, mixed_replay(line, workdir / "replay")
+    return run_burst_bench(BurstBenchOptions(*given, workdir, args.burst, args.parts, args.rate, args.fps, args.rounds,
+                                             Path(args.json) if args.json else None))
 
 
 def cmd_bench_profile(args: argparse.Namespace) -> int:

@@ -39,6 +39,37 @@ def tiny_line_and_bundle(workdir: Path) -> tuple[Path, Path]:
     return bundle, line
 
 
+TINY_RANKER_RECIPE = """
+quality:
+  input: {size: 32, crops: 2, stats: true}
+  images: 0
+  holdout_fraction: 0.4
+  train: {steps: 300, batch_pairs: 16, width: 8}
+export:
+  quant_images: 16
+  quant_methods: [MinMax]
+"""  # the tests' tiny quality gate: seconds to train, enough to tell a clean frame from a ruined one
+
+
+def tiny_gated_bundle(workdir: Path) -> tuple[Path, Path]:
+    """(bundle, line): the tiny line's bundle with a quality gate trained on the line, in WORKDIR/gated (reused)."""
+    import json
+    import shutil
+
+    from training.rank.recipe import load_ranker_recipe
+    from training.rank.train import train_quality
+
+    bundle, line = tiny_line_and_bundle(workdir)
+    gated, manifest = workdir / "gated", workdir / "gated" / "manifest.json"
+    if not manifest.exists() or "quality" not in json.loads(manifest.read_text()).get("rankers", {}):
+        shutil.rmtree(gated, ignore_errors=True)
+        shutil.copytree(bundle, gated)
+        recipe = workdir / "ranker-recipe.yaml"
+        recipe.write_text(TINY_RANKER_RECIPE)
+        train_quality(line, gated, load_ranker_recipe(recipe))
+    return gated, line
+
+
 def sample_line_and_bundle(workdir: Path) -> tuple[Path, Path]:
     """(bundle, line): a generated line and a bundle of the default recipe (224 px) in WORKDIR (both reused)."""
     from training.synthetic_line import LineSpec, generate_line

@@ -209,35 +209,69 @@ def test_unwritable_data_dir_is_one_sentence(tiny_bundle, replay, tmp_path):
 
 
 class FakeGate:
-    """Stands in for issue 4's QualityGate: quality = mean brightness / 255, floor 0.2."""
+    """Stands in for issue 4's QualityGate: quality = mean brightness / full scale, floor 0.2."""
 
     floor = 0.2
+    follows_verdicts = True
 
-    def score(self, rgb):
-        return float(rgb.mean() / 255.0)
+    def score(self, rgb, bits=None):
+        return self.assess(rgb, bits)[0]
 
     def passes(self, quality):
         return quality >= self.floor
 
-    def assess(self, rgb):
-        return self.score(rgb), "dark"
+    def assess(self, rgb, bits=None):
+        full = 2 ** (bits or rgb.dtype.itemsize * 8) - 1
+        return float(rgb.mean() / full), "dark"
+
+
+def _dark_first(replay):
+    dark = replay / "000_dark.png"
+    cv2.imwrite(str(dark), np.full((160, 160, 3), 20, np.uint8))
+    return dark
 
 
 def test_quality_gate_below_floor_gives_retake_never_ok(tiny_bundle, replay, tmp_path, monkeypatch):
+    """A triggered part whose frame the gate finds unusable is answered with a retake, recorded and kept."""
     import device.runtime as runtime
 
     monkeypatch.setattr(runtime, "load_rankers", lambda bundle: (FakeGate(), None))
-    dark = replay / "000_dark.png"
-    cv2.imwrite(str(dark), np.full((160, 160, 3), 20, np.uint8))
+    _dark_first(replay)
+    st = Station(station_config(tmp_path, tiny_bundle, replay, mode="software", extra="decision: {threshold: 0.000001}"))
+    st.start()
+    try:
+        sub = st.subscribe()
+        ids = [st.trigger() for _ in range(7)]
+        recs = [sub.get(timeout=20) for _ in ids]
+        status = st.status()
+    finally:
+        st.stop()
+    first = min(recs, key=lambda r: r.id)
+    assert first.trigger_id == ids[0] and first.verdict == "retake" and first.quality < 0.2
+    assert first.frame_ref is not None and first.retake_reason == "dark"
+    assert all(r.retake_reason is None and r.verdict == "defect" for r in recs if r is not first)
+    assert status["counters"]["retake"] == 1 and status["bundle"]["quality_gate"]
+    assert status["counters"]["gate_skipped_frames"] == 0  # a trigger is answered, never skipped
+    assert all(r.quality is not None for r in recs)
+
+
+def test_free_run_skips_a_frame_the_gate_would_retake_without_a_verdict_or_a_pulse(tiny_bundle, replay, tmp_path,
+                                                                                   monkeypatch):
+    import device.runtime as runtime
+    from device.station.actuator import NullActuator
+
+    monkeypatch.setattr(runtime, "load_rankers", lambda bundle: (FakeGate(), None))
+    fired: list[str] = []  # what the reject output was told, verdict by verdict
+    monkeypatch.setattr(NullActuator, "fire", lambda self, verdict, *a, **k: fired.append(verdict))
+    _dark_first(replay)
     st = run_replay_once(station_config(tmp_path, tiny_bundle, replay, extra="decision: {threshold: 0.000001}"))
     recs = st.store.query(limit=100)
     status = st.status()
     st.stop()
-    first = min(recs, key=lambda r: r.id)
-    assert first.verdict == "retake" and first.quality < 0.2 and first.frame_ref is not None
-    assert first.retake_reason == "dark" and all(r.retake_reason is None for r in recs if r.verdict != "retake")
-    assert status["counters"]["retake"] == 1 and status["bundle"]["quality_gate"]
-    assert all(r.quality is not None for r in recs)
+    # 7 frames: the dark one skipped and counted; the 6 others judged (each a defect at this threshold) and pulsed
+    assert len(recs) == 6 and all(r.verdict == "defect" and r.quality >= 0.2 for r in recs)
+    assert status["counters"]["gate_skipped_frames"] == 1 and status["counters"]["retake"] == 0
+    assert status["counters"]["triggers"] == 6 and fired == ["defect"] * 6
 
 
 class FakeGrader:

@@ -393,4 +393,34 @@ def test_a_record_from_before_grades_keeps_every_row_and_takes_grades_from_now_o
         old, new = sorted(s.query(limit=10), key=lambda r: r.id)
     assert old.verdict == "defect" and old.grade is None and old.retake_reason is None and new.grade == 0.42
     assert old.product == 0 == new.product  # before products, every part was the station's one product
+    assert old.frames == 1 == new.frames  # and before bursts, on the one frame its trigger took
     assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_record_from_before_bursts_keeps_every_row_as_one_frame_and_records_bursts_from_now_on(tmp_path):
+    from dataclasses import replace
+
+    # the schema-3 table, as kenpin wrote it before a verdict said how many frames it was chosen from
+    db = sqlite3.connect(tmp_path / "verdicts.sqlite3")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript("""
+        CREATE TABLE verdicts (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, station TEXT NOT NULL,
+            bundle_id TEXT NOT NULL, verdict TEXT NOT NULL, score REAL NOT NULL, threshold REAL NOT NULL,
+            raw_score REAL NOT NULL, raw_threshold REAL NOT NULL, quality REAL, latency_ms REAL NOT NULL,
+            trigger_source TEXT NOT NULL, trigger_id INTEGER, frame_ref TEXT, heatmap_ref TEXT, grade REAL,
+            retake_reason TEXT, product INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO verdicts (time, station, bundle_id, verdict, score, threshold, raw_score, raw_threshold,
+            latency_ms, trigger_source, trigger_id, product) VALUES
+            (1.0, 'line-1', 'b1', 'ok', 0.2, 0.5, 1.0, 2.0, 5.0, 'software', 1, 2),
+            (2.0, 'line-1', 'b1', 'defect', 0.9, 0.5, 3.0, 2.0, 5.0, 'software', 2, 2);
+        PRAGMA user_version=3;""")
+    db.close()
+    with VerdictStore(tmp_path) as s:
+        s.record(replace(rec("ok", 0.3, trigger_id=3), frames=3))
+        rows = sorted(s.query(limit=10), key=lambda r: r.id)
+        csv_text = io.StringIO()
+        s.export_csv(csv_text)
+    assert [(r.trigger_id, r.product, r.frames) for r in rows] == [(1, 2, 1), (2, 2, 1), (3, 0, 3)]
+    assert rows[-1].to_dict()["frames"] == 3  # what the verdict API, SSE and MQTT send
+    assert [row["frames"] for row in csv.DictReader(io.StringIO(csv_text.getvalue()))] == ["1", "1", "3"]
+    assert sqlite3.connect(tmp_path / "verdicts.sqlite3").execute("PRAGMA user_version").fetchone()[0] == 4

@@ -18,6 +18,7 @@ import numpy as np
 from device.errors import ImageError, KenpinError
 from device.images import list_images, read_rgb
 from device.schema import need
+from device.station.raw import RawStream, deepest_unpacked
 
 log = logging.getLogger("kenpin.station.camera")
 
@@ -44,6 +45,17 @@ class FullSizeCamera(Camera, Protocol):
 
     def full_size(self) -> np.ndarray | None:
         """The full-size RGB image of the frame :meth:`read` returned last; None when it cannot be had."""
+        ...
+
+
+@runtime_checkable
+class GateFrameCamera(Camera, Protocol):
+    """A source that can give the quality gate a deeper image of each frame than the one analysed:
+    picamera2's raw sensor stream (``raw_for_gate``)."""
+
+    def gate_frame(self) -> tuple[np.ndarray, int] | None:
+        """The gate's image of the frame :meth:`read` returned last and its significant bits (a uint16
+        frame of a 12-bit sensor: 12); None when the source gives none (the analysed frame is gated then)."""
         ...
 
 
@@ -162,6 +174,7 @@ class PiCameraSettings:
     exposure_us: int = 0
     gain: float = 0.0
     fps: float = 30.0
+    raw_for_gate: bool = False  # the quality gate reads the sensor's raw stream (10–16 bits), not lores
 
 
 class PiCamera:
@@ -172,16 +185,21 @@ class PiCamera:
     ``lores`` one (YUV420) is analysed and shown live, the full-size ``main`` one (XBGR8888, laid
     out R, G, B, X in memory) is the image kept for the record. The request of the last frame read
     is held until the next read, so ``main`` is copied out only for the frames that are inspected.
+    With ``raw_for_gate`` the sensor's raw stream of the same request is what the quality gate reads
+    (:mod:`device.station.raw`); the anomaly model still judges ``lores``.
     """
 
     Settings: ClassVar[type] = PiCameraSettings
 
-    def __init__(self, size: tuple[int, int], lores: tuple[int, int], exposure_us: int, gain: float, fps: float) -> None:
+    def __init__(self, size: tuple[int, int], lores: tuple[int, int], exposure_us: int, gain: float, fps: float,
+                 raw_for_gate: bool = False) -> None:
         self.size, self.lores, self.exposure_us, self.gain, self.fps = size, lores, exposure_us, gain, fps
+        self.raw_for_gate = raw_for_gate
         self.description = f"picamera2:{lores[0]}x{lores[1]}"
         self.paced = False
         self._cam = None
         self._request = None  # the last frame's completed request, released at the next read
+        self._raw: RawStream | None = None  # the raw stream as configured, with raw_for_gate
 
     def open(self) -> None:
         try:
@@ -198,12 +216,40 @@ class PiCamera:
             controls.update(ExposureTime=self.exposure_us, AeEnable=False)
         if self.gain:
             controls.update(AnalogueGain=self.gain)
-        config = cam.create_video_configuration(main={"size": tuple(self.size), "format": "XBGR8888"},
-                                                lores={"size": tuple(self.lores), "format": "YUV420"},
-                                                controls=controls)
-        cam.configure(config)
+        streams: dict[str, Any] = {"main": {"size": tuple(self.size), "format": "XBGR8888"},
+                                   "lores": {"size": tuple(self.lores), "format": "YUV420"}}
+        if self.raw_for_gate:
+            streams["raw"] = {"format": self._raw_request(cam)}
+        cam.configure(cam.create_video_configuration(**streams, controls=controls))
+        if self.raw_for_gate:
+            self._raw = self._configured_raw(cam)
         cam.start()
         self._cam = cam
+
+    @staticmethod
+    def _raw_request(cam: Any) -> str:
+        """The unpacked raw format to ask for: the deepest of the sensor's modes."""
+        fmt = deepest_unpacked(cam.sensor_modes or [])
+        if fmt is None:
+            cam.close()
+            raise KenpinError("camera.picamera2.raw_for_gate = true: this camera lists no sensor modes, so it has no "
+                              "raw stream for the quality gate (a USB camera behind libcamera has none); set "
+                              "raw_for_gate: false")
+        return fmt
+
+    @staticmethod
+    def _configured_raw(cam: Any) -> RawStream:
+        """The raw stream the camera actually set up (a Pi 5 may hand another format than asked for)."""
+        raw = (cam.camera_configuration() or {}).get("raw") or {}
+        stream = RawStream.parse(raw.get("format"), raw.get("size") or (0, 0))
+        if stream is None:
+            cam.close()
+            raise KenpinError(f"camera.picamera2.raw_for_gate = true: the sensor's raw stream comes as "
+                              f"{raw.get('format')!r}, not an unpacked Bayer format (SRGGB12 …) the quality gate can "
+                              "read; set raw_for_gate: false")
+        log.info("picamera2: the quality gate reads the raw stream %s (%dx%d, %d bits)", raw.get("format"),
+                 *stream.size, stream.bits)
+        return stream
 
     def read(self) -> np.ndarray:
         """The next frame's ``lores`` image, RGB."""
@@ -230,6 +276,18 @@ class PiCamera:
             log.warning("picamera2: full-size image unavailable (%s); the lores image is kept", e)
             return None
         return cv2.cvtColor(xbgr, cv2.COLOR_RGBA2RGB)
+
+    def gate_frame(self) -> tuple[np.ndarray, int] | None:
+        """With ``raw_for_gate``: the raw stream of the frame :meth:`read` returned last, binned to RGB in
+        uint16, and the sensor's bits; None otherwise or when it cannot be read (the lores frame is gated then)."""
+        if self._raw is None or self._request is None:
+            return None
+        try:
+            buf = self._request.make_array("raw")
+        except Exception as e:  # as in read(); one frame gated on lores is better than none judged
+            log.warning("picamera2: raw stream unavailable (%s); the gate reads the lores frame", e)
+            return None
+        return self._raw.binned_rgb(buf), self._raw.bits
 
     def _release(self) -> None:
         """Give the held request's buffers back to the camera (one that is gone may refuse: nothing to do then)."""

@@ -1,7 +1,9 @@
 """The capture stage: reads the camera, keeps the newest frame for the live view, hands frames on.
 
 Capture also preprocesses (:meth:`Model.prepare`), so that preprocessing overlaps the model's run
-of the previous frame; free-run skips under load and counts it, triggered modes never skip a trigger.
+of the previous frame, and runs the quality gate (a burst's best frame, :mod:`device.station.burst`);
+free-run skips under load and counts it, and skips the frames the gate would retake; triggered modes
+never skip a trigger.
 Each part goes on with the product binding its trigger got when queued (free-run: the one active
 at capture), so a product switch never reaches a part already announced.
 """
@@ -16,10 +18,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from device.station.camera import Backoff, Camera, CameraLost, FullSizeCamera
+from device.station.burst import Shooter
+from device.station.camera import Backoff, Camera, CameraLost
 from device.station.counters import Counters
 from device.station.model import Job
-from device.station.triggers import FreeRun, TriggerQueue
+from device.station.triggers import FreeRun, Trigger, TriggerQueue
 
 if TYPE_CHECKING:
     from device.station.products import Binding
@@ -78,20 +81,23 @@ class CaptureWorker(threading.Thread):
 
     ``slots`` counts the room in the inference queue (released by inference as it takes a job):
     a live camera that finds no room skips the frame (counted); a paced source (replay at fps 0)
-    waits for room before it reads, so its frames' capture time is when they really enter.
+    waits for room before it reads, so its frames' capture time is when they really enter. A
+    part's burst (``burst`` frames a trigger, :mod:`device.station.burst`) is read under the one
+    slot its first frame took, so a paced source never waits for room in the middle of one.
     """
 
     def __init__(self, camera: Camera, state: CameraState, inq: "queue.Queue[Job | None]", slots: threading.Semaphore,
                  triggers: TriggerQueue, freerun: FreeRun | None, counters: Counters, backoff: Backoff,
-                 stop: threading.Event, bind: Callable[[], "Binding"]) -> None:
-        """``bind()``: the active product's binding, for free-run frames and triggers queued unbound."""
+                 stop: threading.Event, bind: Callable[[], "Binding"], burst: int = 1) -> None:
+        """``bind()``: the active product's binding, for free-run frames and triggers queued unbound;
+        ``burst``: camera frames taken per trigger (the quality gate's best is judged)."""
         super().__init__(name="capture", daemon=True)
-        self.bind = bind
+        self.bind, self.burst = bind, burst
         self.camera, self.state, self.inq, self.slots, self.triggers = camera, state, inq, slots, triggers
         self.freerun, self.counters, self.backoff, self.stop_event = freerun, counters, backoff, stop
         self._slot = False  # a slot acquired before reading a paced frame
         self._seq = 0  # capture order of the frames handed to inference
-        self._full_size = camera.full_size if isinstance(camera, FullSizeCamera) else None
+        self.shooter = Shooter(camera, state.publish)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -100,8 +106,8 @@ class CaptureWorker(threading.Thread):
             if not self._ready():
                 continue
             try:
-                frame = self.camera.read()
-            except CameraLost as e:
+                self._dispatch(self.camera.read(), time.time(), time.perf_counter())
+            except CameraLost as e:  # on reading, or in the middle of a burst (its part is on its way)
                 self._release()
                 self._lost(str(e))
                 continue
@@ -110,7 +116,6 @@ class CaptureWorker(threading.Thread):
                 log.info("camera %s: replay finished", self.state.description)
                 self.state.finished = True
                 return
-            self._dispatch(frame, time.time(), time.perf_counter())
         self._release()
 
     def _ready(self) -> bool:
@@ -139,24 +144,48 @@ class CaptureWorker(threading.Thread):
             return  # pending triggers wait for room: they are never dropped
         self._slot = False
         trigger = self.triggers.pop()
-        if trigger is not None:
-            job = Job(frame, now, t0, trigger.source, trigger.id)
-        else:
-            job = Job(frame, now, t0, "free-run", None)
-        if self._full_size is not None:  # only for the frames inspected: the full-size copy costs
-            job.full = self._full_size()
-        self.counters.add("triggers")
         binding = trigger.bound if trigger is not None and trigger.bound is not None else self.bind()
+        job = self._job(frame, now, t0, trigger, binding)
+        if job is not None:
+            job.seq, self._seq = self._seq, self._seq + 1
+            self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
+        lost, self.shooter.interrupted = self.shooter.interrupted, None
+        if lost is not None:  # the camera went in the middle of a burst: handled as on any read
+            raise lost
+
+    def _job(self, frame: np.ndarray, now: float, t0: float, trigger: Trigger | None, binding: "Binding") -> Job | None:
+        """The part's job, prepared for inference; None when the frame goes no further (its slot given
+        back): a free-run frame the quality gate would retake (counted, no verdict, no pulse), or a
+        failure of the gate or of preprocessing (counted as a trigger error and logged; the line goes on)."""
+        source, tid = (trigger.source, trigger.id) if trigger is not None else ("free-run", None)
+        gate = binding.model.gate
+        try:
+            shot = self.shooter.take(frame, now, gate, self.burst if trigger is not None else 1)
+        except Exception:  # e.g. a frame the gate cannot read: as a preprocessing failure below
+            return self._failed(source, tid, "the quality gate", counted=False)
+        if trigger is None and shot.assessed is not None and not gate.passes(shot.assessed[0]):
+            self.slots.release()  # free-run: a frame the gate would retake is skipped, the next one judged
+            self.counters.add("gate_skipped_frames")
+            return None
+        self.counters.add("triggers")
+        if trigger is not None:
+            self.counters.add("burst_frames", shot.frames)
+        # latency counts from the part's first frame, so a burst's cost is in it; the record's time is the chosen frame's
+        job = Job(shot.frame, shot.captured, t0, source, tid, full=shot.full, frames=shot.frames, assessed=shot.assessed)
         job.model, job.product = binding.model, binding.product
         try:
             job.model.prepare(job)  # here, so that preprocessing overlaps the model's run
         except Exception:  # e.g. a frame OpenCV cannot resize: counted, logged, the line goes on
-            self.slots.release()
-            self.counters.add("trigger_errors")
-            log.exception("preprocessing failed for trigger %s (%s)", job.trigger_id, job.source)
-            return
-        job.seq, self._seq = self._seq, self._seq + 1
-        self.inq.put_nowait(job)  # unbounded Queue; its bound is ``slots``
+            return self._failed(source, tid, "preprocessing", counted=True)
+        return job
+
+    def _failed(self, source: str, trigger_id: int | None, stage: str, counted: bool) -> None:
+        """A part that cannot go on: its slot back, counted as a trigger (unless it already is) and a trigger error."""
+        self.slots.release()
+        if not counted:
+            self.counters.add("triggers")
+        self.counters.add("trigger_errors")
+        log.exception("%s failed for trigger %s (%s)", stage, trigger_id, source)
 
     def _reconnect(self) -> bool:
         try:

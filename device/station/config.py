@@ -60,6 +60,14 @@ class CameraSection:
         need(self.type in CAMERAS, "type", self.type, f"must be one of {tuple(CAMERAS)}")
         need(0 < self.reconnect_initial_s <= self.reconnect_max_s, "reconnect_initial_s",
              self.reconnect_initial_s, "must be positive and at most reconnect_max_s")
+        need(self.type == "picamera2" or not self.raw_for_gate, "picamera2.raw_for_gate", True,
+             f"only a picamera2 camera has a sensor raw stream and camera.type is {self.type}; set type: picamera2, "
+             "or raw_for_gate: false")
+
+    @property
+    def raw_for_gate(self) -> bool:
+        """True when the quality gate is to read the sensor's raw stream (picamera2's ``raw_for_gate``)."""
+        return bool(getattr(self.sources.get("picamera2"), "raw_for_gate", False))
 
     @property
     def settings(self) -> Any:
@@ -134,6 +142,15 @@ class StationConfig:
     def __post_init__(self) -> None:
         check_products(self.products, self.product)
 
+    @property
+    def gate_required_by(self) -> str | None:
+        """The setting that needs every product's bundle to carry a quality gate; None when none does."""
+        if self.trigger.burst > 1:
+            return f"trigger.burst = {self.trigger.burst} (a burst needs a quality gate to choose its best frame by)"
+        if self.camera.raw_for_gate:
+            return "camera.picamera2.raw_for_gate = true (only a quality gate reads the raw stream)"
+        return None
+
     def product_sections(self) -> tuple[ProductSection, ...]:
         """The products in config order; without ``products:`` the implicit one (0, the station's name, bundle.path)."""
         return self.products or (ProductSection(0, self.bundle.path, self.station.name),)
@@ -149,6 +166,7 @@ class StationConfig:
             "name": self.station.name, "data_dir": str(self.station.data_dir),
             "bundle": str(self.bundle.path) if not self.products else "per product", "precision": self.bundle.precision,
             "camera": self.camera.type, "trigger": self.trigger.mode, "every_n": self.trigger.every_n,
+            "burst": self.trigger.burst, "raw_for_gate": self.camera.raw_for_gate,
             "rate_hz": self.trigger.rate_hz, "actuator": self.actuator.type,
             "pulse_ms": self.actuator.pulse_ms, "delay_ms": self.actuator.delay_ms,
             "image_budget_mb": self.record.image_budget_mb,

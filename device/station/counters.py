@@ -9,7 +9,10 @@ import numpy as np
 
 from device.station.record import VERDICTS, VerdictRecord
 
-COUNTS = ("triggers", "ok", "defect", "retake", "trigger_errors", "skipped_frames")
+# burst_frames: camera frames read for triggered parts (trigger.burst per part; 1 each without a burst);
+# gate_skipped_frames: free-run frames the quality gate would retake, skipped without a verdict
+COUNTS = ("triggers", "ok", "defect", "retake", "trigger_errors", "skipped_frames", "burst_frames",
+          "gate_skipped_frames")
 
 
 class Counters:
@@ -19,6 +22,7 @@ class Counters:
         self.lock = threading.Lock()
         self.triggers = self.ok = self.defect = self.retake = 0
         self.trigger_errors = self.skipped_frames = self.frames = 0
+        self.burst_frames = self.gate_skipped_frames = 0
         self._per_product: dict[int, dict[str, int]] = {}
         self._lat: collections.deque[float] = collections.deque(maxlen=window)
         self._min, self._max, self._sum, self._n = math.inf, 0.0, 0.0, 0

@@ -100,7 +100,9 @@ def _status_metrics(name: str, s: dict[str, Any]) -> Iterator[Metric]:
     yield from _product_metrics(s)
     for key, help_ in (("triggers", "Triggers received (parts announced)"),
                        ("trigger_errors", "Triggers that got no verdict (refused or failed)"),
-                       ("skipped_frames", "Free-run frames skipped under load")):
+                       ("skipped_frames", "Free-run frames skipped under load"),
+                       ("burst_frames", "Camera frames read for triggered parts (trigger.burst per part)"),
+                       ("gate_skipped_frames", "Free-run frames skipped because the quality gate would retake them")):
         yield CounterMetricFamily(f"kenpin_{key}", help_, value=c.get(key, 0))
     cam = s.get("camera", {})
     yield CounterMetricFamily("kenpin_camera_reconnects", "Camera reconnections", value=cam.get("reconnects", 0))

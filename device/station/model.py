@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from device.bundle import Bundle
+from device.quality import QualityGate
 from device.runtime import Inspector
 from device.selfcheck import SelfCheck
 from device.station.product_settings import Product
@@ -30,6 +31,11 @@ class Job:
     patches: np.ndarray | None = None  # embedded (embed stage)
     seq: int = -1  # capture order, for the in-order hand-off of parallel workers
     full: np.ndarray | None = None  # the same frame at full size, from a camera that has one (picamera2's main)
+    frames: int = 1  # camera frames taken for this part (a burst's N; ``frame`` is the best of them)
+    # the quality gate's (quality, limiting family) of ``frame``, when the capture stage ran it (it
+    # always does where the bundle has a gate: to choose a burst's best, to skip a free-run frame,
+    # or on the sensor's raw stream); None: judged without a gate
+    assessed: tuple[float, str] | None = None
 
     @property
     def kept_image(self) -> np.ndarray:
@@ -73,6 +79,11 @@ class Model:
                 "quality_gate": self.inspector.gate is not None, "grade": self.inspector.grader is not None,
                 "figures": {"calibration": v.get("calibration"), "evaluation": v.get("evaluation")}}
 
+    @property
+    def gate(self) -> QualityGate | None:
+        """The bundle's capture-quality gate (None: the bundle has none)."""
+        return self.inspector.gate
+
     def prepare(self, job: Job) -> None:
         """Capture stage: the model's input tensor."""
         job.tensor = self.inspector.preprocess(job.frame)
@@ -85,8 +96,8 @@ class Model:
     def decide(self, job: Job, threshold: float, station: str, product: int = 0) -> Decision:
         """Score stage: the judgement of the embedded frame (embedded here when not pipelined) against
         ``threshold``, recorded as product number ``product``."""
-        v = self.inspector.judge(job.frame, job.patches, threshold, t0=job.t0)
+        v = self.inspector.judge(job.frame, job.patches, threshold, t0=job.t0, assessed=job.assessed)
         rec = VerdictRecord(job.captured, station, self.bundle.bundle_id, v.verdict, v.score, threshold, v.raw_score,
                             v.raw_threshold, v.quality, v.latency_ms, job.source, job.trigger_id, grade=v.grade,
-                            retake_reason=v.retake_reason, product=product)
+                            retake_reason=v.retake_reason, product=product, frames=job.frames)
         return Decision(job, rec, v.heatmap)

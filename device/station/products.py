@@ -22,7 +22,7 @@ from typing import Any
 from device.bundle import load_bundle
 from device.errors import KenpinError
 from device.selfcheck import self_check
-from device.station.config import BundleSection, StationConfig
+from device.station.config import StationConfig
 from device.station.model import Model
 from device.station.product_settings import Product
 from device.station.overrides import Kept, Overrides
@@ -174,12 +174,24 @@ def _threshold(p: ProductSection, config: StationConfig) -> float:
     return p.threshold if p.threshold is not None else config.decision.threshold
 
 
-def load_model(path: Path, settings: BundleSection, store: Any) -> Model:
-    """Verify a bundle, prove it on this CPU (the self-check chooses the variant), load it."""
+def load_model(path: Path, config: StationConfig, store: Any) -> Model:
+    """Verify a bundle, prove it on this CPU (the self-check chooses the variant), load it; a bundle
+    without the quality gate that ``config`` needs (a burst, the raw stream) is refused."""
+    settings = config.bundle
     bundle = load_bundle(path)
     check = self_check(bundle, settings.threads, settings.precision)
     store.audit("self_check", {"bundle": bundle.bundle_id, **check.to_dict()})
-    return Model(bundle, check, settings.threads)
+    model = Model(bundle, check, settings.threads)
+    needed = config.gate_required_by
+    if needed and model.gate is None:
+        raise KenpinError(f"{path}: this bundle has no quality gate, and {needed}; add one with `kenpin train-ranker "
+                          f"--bundle {path} --data DIR`, or leave that setting at its default")
+    if model.gate is not None and not model.gate.follows_verdicts:
+        # said once per load, not per frame: the gate still works, but its floors come from clean frames'
+        # scores alone, not from the degradations that would flip a verdict
+        log.warning("bundle %s: its quality gate was calibrated the old way (on clean frames' scores; no verdict-flip "
+                    "calibration in its manifest) and gates as before", bundle.bundle_id)
+    return model
 
 
 def load_products(config: StationConfig, store: Any, kept: Kept) -> ProductTable:
@@ -189,7 +201,7 @@ def load_products(config: StationConfig, store: Any, kept: Kept) -> ProductTable
     for p in config.product_sections():
         ov = kept.products.get(p.number)
         try:
-            model = _start_model(p, config.bundle, store, ov)
+            model = _start_model(p, config, store, ov)
         except KenpinError as e:
             if not config.products:  # the station's one implicit product: the bundle's own message
                 raise
@@ -201,13 +213,13 @@ def load_products(config: StationConfig, store: Any, kept: Kept) -> ProductTable
     return ProductTable(slots, kept.product if kept.product is not None else config.start_product)
 
 
-def _start_model(p: ProductSection, settings: BundleSection, store: Any, ov: Overrides | None) -> Model:
+def _start_model(p: ProductSection, config: StationConfig, store: Any, ov: Overrides | None) -> Model:
     """The bundle last activated at run time for this product if it still loads, else the configured one."""
     if ov is not None and ov.bundle != str(p.bundle):
         try:
-            return load_model(Path(ov.bundle), settings, store)
+            return load_model(Path(ov.bundle), config, store)
         except KenpinError as e:
             log.warning("product %d: the bundle last activated from the dashboard does not load (%s); starting "
                         "with its bundle from the config", p.number, e)
             store.audit("restore_refused", {"product": p.number, "bundle": ov.bundle, "reason": str(e)})
-    return load_model(p.bundle, settings, store)
+    return load_model(p.bundle, config, store)

@@ -44,6 +44,9 @@ class VerdictRecord:
     # the product this part was judged as (its trigger's, or free-run's at capture); 0 for a station
     # without ``products:`` and for rows recorded before products existed
     product: int = 0
+    # camera frames taken for this part: trigger.burst's N (the best of them by the quality gate was
+    # judged), 1 for a single frame and for rows recorded before bursts existed
+    frames: int = 1
     id: int | None = None
 
     def __post_init__(self) -> None:

@@ -128,7 +128,7 @@ class Station:
                          *self._inference_workers(),
                          CaptureWorker(self._camera, self.camera_state, self._inq, self._slots, self.triggers, freerun,
                                        self.counters, Backoff(c.camera.reconnect_initial_s, c.camera.reconnect_max_s),
-                                       self._stop, table.bind)]
+                                       self._stop, table.bind, c.trigger.burst)]
         for w in self._workers:
             w.start()
         if c.trigger.mode in TRIGGER_INPUTS:
@@ -243,7 +243,7 @@ class Station:
         switch during the verification does not send the bundle to another product."""
         number = self._table().active.number
         try:
-            model = load_model(Path(path), self.config.bundle, self.store)
+            model = load_model(Path(path), self.config, self.store)
         except KenpinError as e:
             self.store.audit("bundle_refused", {"path": str(path), "product": number, "reason": str(e)}, who)
             raise

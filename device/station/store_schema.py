@@ -11,7 +11,7 @@ from pathlib import Path
 from device.errors import KenpinError
 from device.station.record import VerdictRecord
 
-SCHEMA_VERSION = 3  # 2: verdicts.grade and verdicts.retake_reason; 3: verdicts.product
+SCHEMA_VERSION = 4  # 2: verdicts.grade and verdicts.retake_reason; 3: verdicts.product; 4: verdicts.frames
 COLUMNS = tuple(f.name for f in fields(VerdictRecord) if f.name != "id")
 SELECT_COLS = "id, " + ", ".join(COLUMNS)
 KEPT = "(frame_ref IS NOT NULL OR heatmap_ref IS NOT NULL)"  # a row whose images are kept
@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
     verdict TEXT NOT NULL CHECK (verdict IN ('ok', 'defect', 'retake')),
     score REAL NOT NULL, threshold REAL NOT NULL, raw_score REAL NOT NULL, raw_threshold REAL NOT NULL,
     quality REAL, latency_ms REAL NOT NULL, trigger_source TEXT NOT NULL, trigger_id INTEGER,
-    frame_ref TEXT, heatmap_ref TEXT, grade REAL, retake_reason TEXT, product INTEGER NOT NULL DEFAULT 0);
+    frame_ref TEXT, heatmap_ref TEXT, grade REAL, retake_reason TEXT, product INTEGER NOT NULL DEFAULT 0,
+    frames INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS verdicts_time ON verdicts(time);
 CREATE INDEX IF NOT EXISTS verdicts_verdict ON verdicts(verdict, id);
 CREATE INDEX IF NOT EXISTS verdicts_kept ON verdicts(verdict, id) WHERE {KEPT};
@@ -40,8 +41,10 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 def migrate(db: sqlite3.Connection) -> None:
     """Bring a record written by an older kenpin up to this schema; every row stays."""
     have = {row[1] for row in db.execute("PRAGMA table_info(verdicts)")}
-    # schema 1 → 2: grade, retake_reason; 2 → 3: product (older rows were all the one product, 0)
-    for column, kind in (("grade", "REAL"), ("retake_reason", "TEXT"), ("product", "INTEGER NOT NULL DEFAULT 0")):
+    # schema 1 → 2: grade, retake_reason; 2 → 3: product (older rows were all the one product, 0);
+    # 3 → 4: frames (older rows were each judged on the one frame their trigger took)
+    for column, kind in (("grade", "REAL"), ("retake_reason", "TEXT"), ("product", "INTEGER NOT NULL DEFAULT 0"),
+                         ("frames", "INTEGER NOT NULL DEFAULT 1")):
         if column not in have:
             db.execute(f"ALTER TABLE verdicts ADD COLUMN {column} {kind}")
 

@@ -4,7 +4,9 @@ Free-run inspects every N-th frame and/or at most ``rate_hz``; frames it cannot 
 inference is busy are skipped and counted. Software and GPIO triggers ("a part is here") go into
 a TriggerQueue; each gets exactly one verdict. The queue is bounded (``max_backlog``): a trigger
 beyond it is refused and counted as a trigger error, never silently dropped. Each trigger is bound,
-as it is queued, to what the station says its part is judged with (the active product).
+as it is queued, to what the station says its part is judged with (the active product). With
+``burst`` N a trigger takes N camera frames and the quality gate's best is judged
+(:mod:`device.station.burst`).
 """
 from __future__ import annotations
 
@@ -129,6 +131,11 @@ def trigger_modes() -> tuple[str, ...]:
     return BUILT_IN_MODES + tuple(TRIGGER_INPUTS)
 
 
+# The longest burst: each frame of it is a camera frame the part waits for (10 at 30 fps: a third of
+# a second), and past a few frames a line that needs more has a capture problem to fix, not to outvote.
+MAX_BURST = 10
+
+
 @dataclass(frozen=True)
 class TriggerSection:
     """The ``trigger:`` section: when a frame is inspected (``gpio_*`` keys: the GPIO input)."""
@@ -140,9 +147,15 @@ class TriggerSection:
     gpio_pull_up: bool = False
     gpio_bounce_ms: float = 5.0
     max_backlog: int = 100000
+    burst: int = 1  # triggered modes: frames taken per trigger; the quality gate's best of them is judged
 
     def __post_init__(self) -> None:
         need(self.mode in trigger_modes(), "mode", self.mode, f"must be one of {trigger_modes()}")
         need(self.every_n >= 1, "every_n", self.every_n, "must be 1 or more")
         need(self.rate_hz >= 0, "rate_hz", self.rate_hz, "must be 0 (off) or positive")
         need(self.max_backlog >= 1, "max_backlog", self.max_backlog, "must be 1 or more")
+        need(1 <= self.burst <= MAX_BURST, "burst", self.burst,
+             f"must be between 1 (one frame per trigger) and {MAX_BURST} frames per trigger")
+        need(self.burst == 1 or self.mode != "free-run", "burst", self.burst,
+             "a burst is taken per trigger, and free-run has none (it judges frames as they come and skips "
+             "those the quality gate would retake); use 1, or a triggered mode")

@@ -220,7 +220,7 @@
       if (ref) img.src = `/api/verdicts/${r.id}/${kind}`; else img.removeAttribute("src");
     }
     kv($("#vd-info"), [["time", fmtDateTime(r.time)], ["score / threshold", `${fmt(r.score)} / ${fmt(r.threshold, 2)}`],
-      ["quality", fmt(r.quality)],
+      ["quality", fmt(r.quality)], ["frames", r.frames > 1 ? `best of ${r.frames} by quality` : "1"],
       ["grade", r.grade == null ? "–" : `above ${Math.round(100 * r.grade)} % of rated parts`],
       ["latency", `${fmt(r.latency_ms, 1)} ms`], ["bundle", r.bundle_id],
       ["trigger", `${r.trigger_source}${r.trigger_id != null ? " #" + r.trigger_id : ""}`]]);
