@@ -9,7 +9,7 @@ part ranks above. What each reads is :class:`~device.ranker_input.RankerInput`.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -54,31 +54,17 @@ class QualityGate(_Scorer):
     a 12-bit frame in uint16 is scaled by 4095, not 65535 (:func:`~device.ranker_input.significant_bits`).
     """
 
-    def __init__(self, ranker: Ranker, precision: str = "int8", threads: int = 1,
-                 calibration: dict[str, Any] | None = None) -> None:
-        """``calibration``: the manifest's ``rankers.quality.calibration`` (how the floors were set)."""
+    def __init__(self, ranker: Ranker, precision: str = "int8", threads: int = 1) -> None:
         super().__init__(ranker, precision, threads)
         fams = ranker.families
         self._floors = np.array([f.floor for f in fams], np.float32)
         self._scales = np.array([f.scale for f in fams], np.float32)
-        self.calibration = dict(calibration or {})
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: int = 1, precision: str = "int8") -> QualityGate | None:
         """The bundle's quality gate, or None when the bundle has no quality model."""
         r = bundle.rankers.get("quality")
-        if r is None:
-            return None
-        entry = bundle.manifest.get("rankers", {}).get("quality", {})
-        return cls(r, precision, threads, entry.get("calibration"))
-
-    @property
-    def follows_verdicts(self) -> bool:
-        """True when the floors were calibrated on verdict flips (a degraded frame is retaken where
-        it would change the anomaly verdict); False for a gate calibrated the old way, on clean
-        frames' scores alone (no ``calibration.verdict_flips`` in its manifest entry), which still
-        gates as it always did."""
-        return "verdict_flips" in self.calibration
+        return None if r is None else cls(r, precision, threads)
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -95,15 +95,20 @@ def quantize_ranker(fp32: Path, work: Path, calib: np.ndarray, check: np.ndarray
     return tried[best.method][0], best, [p for _, p in tried.values()]
 
 
-def add_to_bundle(bundle: Path, role: str, fp32: Path, int8: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Copy ``bundle`` with the ranker of ``role`` added (or replaced), re-hash, verify, swap in atomically."""
+def add_to_bundle(bundle: Path, role: str, fp32: Path, int8: Path, entry: dict[str, Any],
+                  extra: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Copy ``bundle`` with the ranker of ``role`` added (or replaced), re-hash, verify, swap in atomically.
+    ``extra``: more files of the ranker, by entry key (each stored as ``<role>_<key><suffix>``)."""
     if role not in ROLES:
         raise KenpinError(f"role {role!r}: use one of {list(ROLES)}")
     old = load_bundle(bundle)  # refuse to extend a bundle that does not verify
     body = {k: v for k, v in old.manifest.items() if k not in _WRITER_KEYS}
     rankers = dict(body.get("rankers", {}))
-    dropped = {rankers[role].get(k) for k in ("model", "fp32_model")} if role in rankers else set()
-    names = {"model": f"{role}_int8.onnx", "fp32_model": f"{role}_fp32.onnx"}
+    extra = extra or {}
+    keys = ("model", "fp32_model", *extra, *(k for k in _EXTRA_KEYS if k not in extra))
+    dropped = {rankers[role].get(k) for k in keys} - {None} if role in rankers else set()
+    names = {"model": f"{role}_int8.onnx", "fp32_model": f"{role}_fp32.onnx",
+             **{k: f"{role}_{k}{p.suffix}" for k, p in extra.items()}}
     rankers[role] = {**names, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, **entry}
     body["rankers"] = rankers
     body["roles"] = {**body.get("roles", {}), role: DESCRIPTION[role]}
@@ -114,11 +119,17 @@ def add_to_bundle(bundle: Path, role: str, fp32: Path, int8: Path, entry: dict[s
                 shutil.copy2(bundle / name, staged / name)
         shutil.copy2(int8, staged / names["model"])
         shutil.copy2(fp32, staged / names["fp32_model"])
+        for k, p in extra.items():
+            shutil.copy2(p, staged / names[k])
         write_bundle(bundle, staged, body)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return rankers[role]
+
+
+# entry keys naming a ranker's extra files: a retrained ranker drops its predecessor's
+_EXTRA_KEYS = ("calibration_frames",)
 
 
 def parity_entry(best: Parity, tried: list[Parity], spec: RankerExportSpec) -> dict[str, Any]:

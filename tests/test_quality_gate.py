@@ -216,8 +216,11 @@ def test_eval_ranker_reports_held_out_degradations_cost_and_a_plot(gated, tiny_l
 
 
 def test_the_floors_follow_verdict_flips_on_frames_the_anomaly_model_held_out(gated):
-    q = json.loads((gated / MANIFEST).read_text())["rankers"]["quality"]
+    m = json.loads((gated / MANIFEST).read_text())
+    q = m["rankers"]["quality"]
     flips = q["calibration"]["verdict_flips"]
+    with np.load(gated / q["calibration_frames"]) as kept:  # hashed with the bundle, for audit and recalibration
+        assert q["calibration_frames"] in m["files"] and len(kept["z"]) == len(kept["scores"]) == flips["frames"]
     assert q["calibration"]["method"].startswith("verdict flips")
     # the anomaly bundle's own held-out images (tiny recipe: 6 of 30) and a synthetic defect on each,
     # clean and at two strengths of each of the ten kinds

@@ -58,18 +58,26 @@ class ScoreWorker(threading.Thread):
     def run(self) -> None:
         while (job := self.midq.get()) is not None:
             try:
-                decision = decide(job, self.station)
+                decision = decide(job, self.station, self.counters)
             except Exception:  # as above: counted and logged
                 self.counters.add("trigger_errors")
                 log.exception("scoring failed for trigger %s (%s)", job.trigger_id, job.source)
                 continue
-            self.outq.put(decision)
+            if decision is not None:
+                self.outq.put(decision)
         self.outq.put(None)
 
 
-def decide(job: Job, station: str) -> Decision:
-    """The part's judgement with its own product's model and threshold."""
-    return job.model.decide(job, job.product.threshold, station, job.product.number)
+def decide(job: Job, station: str, counters: Counters) -> Decision | None:
+    """The part's judgement with its own product's model and threshold; None for a free-run frame the
+    gate retakes once its score is known (the guard's near-threshold rule: the floors alone were
+    checked at capture): like any free-run retake it is skipped, counted, never recorded or pulsed."""
+    decision = job.model.decide(job, job.product.threshold, station, job.product.number)
+    if job.trigger_id is None and job.source == "free-run" and decision.record.verdict == "retake":
+        counters.add("triggers", -1)  # capture counted it as a part; it is a skipped frame after all
+        counters.add("gate_skipped_frames")
+        return None
+    return decision
 
 
 class InOrder:
@@ -118,7 +126,7 @@ class InspectWorker(threading.Thread):
             decision = None
             try:
                 job.model.embed(job)
-                decision = decide(job, self.station)
+                decision = decide(job, self.station, self.counters)
             except Exception:  # one bad frame must not stop the line; it is counted and logged
                 self.counters.add("trigger_errors")
                 log.exception("inspection failed for trigger %s (%s)", job.trigger_id, job.source)

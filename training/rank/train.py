@@ -74,8 +74,10 @@ def _pair_accuracy(pool: QualityPool, scores: np.ndarray, column: dict[str, int]
 
 
 def _export(trained: TrainResult, inp: RankerInput, recipe: RankerRecipe, calib: np.ndarray, check: np.ndarray,
-            bundle: Path, role: str, entry_fn: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
-    """ONNX, int8 with the parity gate, the role's manifest entry (from int8 scores on ``check``), into the bundle."""
+            bundle: Path, role: str, entry_fn: Callable[[np.ndarray], dict[str, Any]],
+            extra: dict[str, Path] | None = None) -> dict[str, Any]:
+    """ONNX, int8 with the parity gate, the role's manifest entry (from int8 scores on ``check``), into the
+    bundle; ``extra`` files (written by ``entry_fn`` at the latest) go with it."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fp32 = work / "fp32.onnx"
@@ -90,7 +92,7 @@ def _export(trained: TrainResult, inp: RankerInput, recipe: RankerRecipe, calib:
                               "final_loss": trained.history[-1]["loss"] if trained.history else None,
                               "seconds": round(trained.seconds, 1), "device": trained.device},
                  "recipe": _plain(asdict(recipe))}
-        return add_to_bundle(bundle, role, fp32, int8, entry)
+        return add_to_bundle(bundle, role, fp32, int8, entry, extra)
 
 
 def _plain(d: Any) -> Any:
@@ -120,15 +122,29 @@ def train_quality(data: Path, bundle: Path, recipe: RankerRecipe) -> dict[str, A
     calib = pool.inputs[np.random.default_rng(recipe.seed).permutation(len(pool.inputs))[: recipe.export.quant_images]]
     fp32_val = _pair_accuracy(hold, score_pool(trained.model, hold.inputs), column)
 
-    def entry(int8_scores: np.ndarray) -> dict[str, Any]:
-        flips = Judged(judged, int8_scores[len(hold.inputs):], judged.group >= len(split.unseen))
-        return {**floor_entry(hold, int8_scores[: len(hold.inputs)], spec, flips),
-                "validation": {"held_out_images": len(hold_imgs),
-                               "pairwise_accuracy_int8": _pair_accuracy(hold, int8_scores, column),
-                               "pairwise_accuracy_fp32": fp32_val}}
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = Path(tmp) / "flips.npz"
 
-    check = np.concatenate([hold.inputs, judged.inputs.astype(hold.inputs.dtype)])
-    return _export(trained, spec.input, recipe, calib, check, bundle, "quality", entry)
+        def entry(int8_scores: np.ndarray) -> dict[str, Any]:
+            n = len(hold.inputs)
+            flips = Judged(judged, int8_scores[n:], judged.group >= len(split.unseen))
+            save_judged(frames, flips)
+            return {**floor_entry(hold, int8_scores[:n], spec, flips),
+                    "validation": {"held_out_images": len(hold_imgs),
+                                   "pairwise_accuracy_int8": _pair_accuracy(hold, int8_scores[:n], column),
+                                   "pairwise_accuracy_fp32": fp32_val}}
+
+        check = np.concatenate([hold.inputs, judged.inputs.astype(hold.inputs.dtype)])
+        return _export(trained, spec.input, recipe, calib, check, bundle, "quality", entry,
+                       {"calibration_frames": frames})
+
+
+def save_judged(path: Path, j: Judged) -> None:
+    """The verdict-flip calibration frames, kept in the bundle (``rankers.quality.calibration_frames``) so that
+    the floors and guard can be audited, or recalibrated for another target, without judging again."""
+    p = j.pool
+    np.savez_compressed(path, z=p.z.astype(np.float32), group=p.group, kind=p.kind, level=p.level, defect=j.defect,
+                        scores=j.scores.astype(np.float32), kinds=np.array(p.kinds))
 
 
 def bundle_recipe(b: Bundle) -> Recipe:
