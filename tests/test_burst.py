@@ -46,6 +46,14 @@ def gated(tiny_bundle, tiny_line, tmp_path_factory):
     return dst
 
 
+@pytest.fixture(scope="module")
+def floors_gated(gated, tmp_path_factory):
+    """The gated bundle gating by its floors alone. The burst tests are about which frame is judged; a gate
+    trained for seconds on the tiny line also retakes most clean test frames by its verdict guard (its
+    dozen calibration frames do not show their spread), which test_quality_gate covers."""
+    return calibrated_the_old_way(gated, tmp_path_factory.mktemp("floors") / "bundle")
+
+
 def blurred(rgb: np.ndarray) -> np.ndarray:
     """Heavy defocus, no training involved: a part the lens lost."""
     return cv2.GaussianBlur(rgb, (0, 0), 6)
@@ -111,11 +119,11 @@ def run_triggers(cfg, n: int) -> tuple[Station, list, dict]:
     return st, sorted(recs, key=lambda r: r.trigger_id), status
 
 
-def test_a_burst_of_three_is_judged_on_the_clean_frame_of_each_part(gated, tiny_line, tmp_path, monkeypatch):
-    gate = QualityGate.from_bundle(load_bundle(gated))
+def test_a_burst_of_three_is_judged_on_the_clean_frame_of_each_part(floors_gated, tiny_line, tmp_path, monkeypatch):
+    gate = QualityGate.from_bundle(load_bundle(floors_gated))
     cleans = degraded_replay(tiny_line, tmp_path / "replay", gate)
     judged = judged_frames(monkeypatch)
-    st, recs, status = run_triggers(station_config(tmp_path, gated, tmp_path / "replay", mode="software",
+    st, recs, status = run_triggers(station_config(tmp_path, floors_gated, tmp_path / "replay", mode="software",
                                                    extra="trigger: {mode: software, burst: 3}"), len(cleans))
     assert len(judged) >= 4 and all(np.array_equal(j, c) for j, c in zip(judged[-4:], cleans))
     for rec, clean in zip(recs, cleans):
@@ -129,12 +137,12 @@ def test_a_burst_of_three_is_judged_on_the_clean_frame_of_each_part(gated, tiny_
         assert [r.frames for r in store.query(limit=10)] == [3] * 4
 
 
-def test_burst_one_judges_each_trigger_on_its_one_frame_as_before(gated, tiny_line, tmp_path, monkeypatch):
-    gate = QualityGate.from_bundle(load_bundle(gated))
+def test_burst_one_judges_each_trigger_on_its_one_frame_as_before(floors_gated, tiny_line, tmp_path, monkeypatch):
+    gate = QualityGate.from_bundle(load_bundle(floors_gated))
     cleans = degraded_replay(tiny_line, tmp_path / "replay", gate)
     frames = [read_rgb(p) for p in list_images(tmp_path / "replay")]
     judged = judged_frames(monkeypatch)
-    st, recs, status = run_triggers(station_config(tmp_path, gated, tmp_path / "replay", mode="software"), 12)
+    st, recs, status = run_triggers(station_config(tmp_path, floors_gated, tmp_path / "replay", mode="software"), 12)
     assert all(np.array_equal(j, f) for j, f in zip(judged[-12:], frames))
     assert all(r.frames == 1 for r in recs)
     assert [r.verdict == "retake" for r in recs] == [not gate.passes(gate.score(f)) for f in frames]

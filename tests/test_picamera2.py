@@ -187,6 +187,9 @@ class RecordingGate:
     def passes(self, quality: float) -> bool:
         return quality >= self.floor
 
+    def retakes(self, quality: float, z: float) -> bool:  # floors only: no verdict guard
+        return not self.passes(quality)
+
     def assess(self, frame: np.ndarray, bits: int | None = None) -> tuple[float, str]:
         self.seen.append((frame.copy(), bits))
         return float(frame.mean() / (2 ** (bits or frame.dtype.itemsize * 8) - 1)), "dark"

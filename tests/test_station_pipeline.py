@@ -220,6 +220,9 @@ class FakeGate:
     def passes(self, quality):
         return quality >= self.floor
 
+    def retakes(self, quality, z):  # floors only: no verdict guard
+        return not self.passes(quality)
+
     def assess(self, rgb, bits=None):
         full = 2 ** (bits or rgb.dtype.itemsize * 8) - 1
         return float(rgb.mean() / full), "dark"

@@ -85,12 +85,25 @@ def choose_guard(quality: np.ndarray, z: np.ndarray, flips: np.ndarray, clean: n
         for band in bands:
             g = VerdictGuard(margin, float(np.nextafter(band, np.inf)))  # the quantile's frame itself included
             o = outcome(guarded(quality, z, g), flips, clean)
-            if o.clean_retaken <= budget:
+            if max(o.clean_retaken, _normal_clean(quality[clean], z[clean], g)) <= budget:
                 feasible.append((g, o))
     recall = lambda o: 0.0 if np.isnan(o.flipped_retaken) else o.flipped_retaken  # noqa: E731
     top = max(recall(o) for _, o in feasible)
     near = [(g, o) for g, o in feasible if recall(o) >= top - RECALL_SLACK]
     return min(near, key=lambda go: (np.nan_to_num(go[1].unflipped_retaken), -recall(go[1])))
+
+
+def _normal_clean(quality: np.ndarray, z: np.ndarray, g: VerdictGuard) -> float:
+    """Clean frames the guard would retake, estimated from a normal fit of their quality (as the floors'
+    tail is): a few hundred clean frames, let alone a dozen, say little about a 1-in-50 tail, and
+    the empirical share alone lets a guard reach into it. Quality and |z| are taken as independent."""
+    from scipy.stats import norm
+
+    sd = float(quality.std())
+    if not sd > 0 or len(quality) < 2:
+        return float(np.mean((quality < g.margin) & (np.abs(z) < g.band)))
+    tail = float(norm.cdf((g.margin - float(quality.mean())) / sd))
+    return tail * float(np.mean(np.abs(z) < g.band))
 
 
 def flip_summary(quality: np.ndarray, z: np.ndarray, group: np.ndarray, kind: np.ndarray, defect: np.ndarray,
