@@ -107,10 +107,14 @@ def _normal_clean(quality: np.ndarray, z: np.ndarray, g: VerdictGuard) -> float:
 
 
 def flip_summary(quality: np.ndarray, z: np.ndarray, group: np.ndarray, kind: np.ndarray, defect: np.ndarray,
-                 guard: VerdictGuard, share: float, floors_only: Outcome, chosen: Outcome) -> dict[str, Any]:
+                 guard: VerdictGuard, share: float, floors_only: Outcome, chosen: Outcome,
+                 target: float) -> dict[str, Any]:
     """The manifest's ``verdict_flips`` entry: the rule, the frames it was set on, and what it does there."""
     flips = flipped(z, group, kind)
     return {"rule": guard.to_dict(), "floor_budget_share": share,
             "frames": int(len(z)), "clean_frames": int(np.sum(kind < 0)),
             "defect_frames": int(np.sum(defect)), "flipped_frames": int(flips.sum()),
-            "with_rule": chosen.to_dict(), "floors_only": floors_only.to_dict()}
+            "with_rule": chosen.to_dict(), "floors_only": floors_only.to_dict(),
+            # False when even the floors alone retake more clean frames (synthetic defects included) than the
+            # target: the gate reads some defects as bad captures, and no guard was added
+            "within_target": bool(chosen.clean_retaken <= target)}

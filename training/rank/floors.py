@@ -1,6 +1,7 @@
 """The quality gate's floors: set from held-out clean frames at a target false-retake rate."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,8 @@ from training.rank.degrade import TRAIN_GRID
 from training.rank.flips import FLOOR_SHARES, RECALL_SLACK, choose_guard, flip_summary, flipped, guarded, outcome
 from training.rank.pairs import QualityPool
 from training.rank.recipe import QualitySpec
+
+log = logging.getLogger(__name__)
 
 
 def family_floors(clean: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +61,13 @@ def _with_flips(clean_good: np.ndarray, judged: Judged, target: float) -> tuple[
         if best is None or key > best[0]:
             floors_only = outcome(guarded(quality, p.z, None), flips, clean)
             best = (key, floors, scale, flip_summary(quality, p.z, p.group, p.kind, judged.defect, guard, share,
-                                                     floors_only, chosen))
+                                                     floors_only, chosen, target))
     _, floors, scale, summary = best
+    if not summary["within_target"]:
+        log.warning("quality gate: the floors alone retake %.1f %% of the held-out clean frames (good and synthetic "
+                    "defects), above the %.1f %% target: the gate reads some defects as bad captures; no verdict guard "
+                    "added (see rankers.quality.calibration.verdict_flips)",
+                    100 * summary["with_rule"]["clean_retaken"], 100 * target)
     return floors, scale, summary
 
 
