@@ -18,18 +18,8 @@ from device.quality import QualityGate
 from device.station.config import parse_config
 from device.station.station import Station
 from device.station.store import VerdictStore
+from kenpin.bench_inputs import TINY_RANKER_RECIPE
 from tests.station_helpers import station_config
-
-RECIPE = """
-quality:
-  input: {size: 32, crops: 2, stats: true}
-  images: 0
-  holdout_fraction: 0.4
-  train: {steps: 300, batch_pairs: 16, width: 8}
-export:
-  quant_images: 16
-  quant_methods: [MinMax]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def gated(tiny_bundle, tiny_line, tmp_path_factory):
     from kenpin.cli import main
 
     work = tmp_path_factory.mktemp("gated")
-    (work / "recipe.yaml").write_text(RECIPE)
+    (work / "recipe.yaml").write_text(TINY_RANKER_RECIPE)
     dst = work / "bundle"
     shutil.copytree(tiny_bundle, dst)
     assert main(["train-ranker", "--bundle", str(dst), "--data", str(tiny_line), "--recipe",
