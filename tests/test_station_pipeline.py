@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from device.errors import KenpinError
+from device.images import list_images, read_rgb
 from device.station.camera import CameraLost, ReplayCamera
 from device.station.station import Station
 from tests.station_helpers import replay_folder, station_config, wait_for
@@ -275,6 +276,30 @@ def test_free_run_skips_a_frame_the_gate_would_retake_without_a_verdict_or_a_pul
     assert len(recs) == 6 and all(r.verdict == "defect" and r.quality >= 0.2 for r in recs)
     assert status["counters"]["gate_skipped_frames"] == 1 and status["counters"]["retake"] == 0
     assert status["counters"]["triggers"] == 6 and fired == ["defect"] * 6
+
+
+class GuardingGate(FakeGate):
+    """A gate that follows verdicts: it also retakes a passing frame whose score lies near the threshold
+    (here: every frame darker than mid-grey, wherever its score is, to make the point)."""
+
+    def retakes(self, quality, z):
+        return not self.passes(quality) or quality < 0.5
+
+
+def test_free_run_skips_a_frame_the_verdict_guard_retakes_once_judged(tiny_bundle, replay, tmp_path, monkeypatch):
+    import device.runtime as runtime
+
+    monkeypatch.setattr(runtime, "load_rankers", lambda bundle: (GuardingGate(), None))
+    _dark_first(replay)
+    frames = [read_rgb(p) for p in list_images(replay)]
+    guarded = sum(0.2 <= f.mean() / 255 < 0.5 for f in frames)  # past the floor, retaken by the guard
+    assert guarded and sum(f.mean() / 255 < 0.2 for f in frames) == 1
+    st = run_replay_once(station_config(tmp_path, tiny_bundle, replay))
+    recs, status = st.store.query(limit=100), st.status()
+    st.stop()
+    c = status["counters"]
+    assert all(r.verdict != "retake" and r.quality >= 0.5 for r in recs) and len(recs) == len(frames) - 1 - guarded
+    assert c["gate_skipped_frames"] == 1 + guarded and c["triggers"] == len(recs) and c["retake"] == 0
 
 
 class FakeGrader:
