@@ -42,6 +42,11 @@ def _encode(rgb: np.ndarray) -> np.ndarray:
     return buf.reshape(-1)
 
 
+def encoded_bytes(rgb: np.ndarray) -> int:
+    """Bytes one probe image takes in the probe file (lossless WebP; zip entry overhead not counted)."""
+    return int(_encode(rgb).size)
+
+
 def write_probes(path: Path, good: list[np.ndarray], defect: list[np.ndarray]) -> None:
     """Store probe images (HxWx3 uint8 RGB, already at the model's input size)."""
     arrays = {f"good_{i:04d}": _encode(im) for i, im in enumerate(good)}

@@ -21,6 +21,7 @@ from device.session import OnnxModel
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
 from export.parity import Parity, compare, pick_best
+from export.probe_set import choose_probes
 from export.quantize import quantize_int8
 from training.coreset import greedy_coreset
 from training.dataset import stack_inputs
@@ -74,16 +75,14 @@ def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
     split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     pre = recipe.preprocess
     syn = synthetic_defects(split.holdout, recipe.export.synthetic_defects_per_image, recipe.seed)
-    rng = np.random.default_rng(recipe.seed + 104729)
-    good = [split.holdout[i] for i in np.sort(rng.permutation(len(split.holdout))[: recipe.export.probe_good])]
-    bad = [syn[i] for i in np.sort(rng.permutation(len(syn))[: recipe.export.probe_defects])]
+    good, bad = choose_probes(split.holdout, syn, recipe.export, recipe.seed, pre.resize)
     return Inputs(
         bank=stack_inputs(_bank_views(split.bank, recipe), pre),
         holdout=stack_inputs(split.holdout, pre),
         synthetic=stack_inputs(syn, pre),
         n_skipped=split.n_skipped,
-        probe_good=[pre.resize(im) for im in good],
-        probe_defect=[pre.resize(im) for im in bad],
+        probe_good=good,
+        probe_defect=bad,
     )
 
 
@@ -249,6 +248,7 @@ def _body(staged: Path, inputs: Inputs, recipe: Recipe, about: str, grid: tuple[
         "variants": variants,
         "int8_default": default.name,
         "probes": {"file": PROBES_FILE, "n_good": n_good, "n_defect": len(inputs.probe_defect),
+                   "bytes": (staged / PROBES_FILE).stat().st_size, "max_mb": ex.probe_max_mb,
                    "what": "held-out good images (calibration) and synthetic defects (parity) at the model input "
                            "size, lossless WebP; each variant records its raw scores of them here"},
         "calibration": {"target_false_reject_rate": recipe.calibration.target_false_reject_rate,

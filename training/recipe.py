@@ -105,6 +105,8 @@ class ExportSpec(QuantSpec):
     int8_weights: tuple[int, ...] = (8, 7)
     probe_good: int = 40  # held-out good images stored in the bundle for the station's own check
     probe_defects: int = 24  # synthetic-defect images stored with them
+    # the probe set's size limit: large inputs keep fewer probes (both kinds in proportion)
+    probe_max_mb: float = 5.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +115,7 @@ class ExportSpec(QuantSpec):
              "list 8 and/or 7 (weight bits), each once")
         need(self.probe_good >= 4, "probe_good", self.probe_good, "need at least 4 good probes")
         need(self.probe_defects >= 1, "probe_defects", self.probe_defects, "need at least 1 defect probe")
+        need(self.probe_max_mb > 0, "probe_max_mb", self.probe_max_mb, "must be > 0 (megabytes)")
 
 
 @dataclass(frozen=True)
