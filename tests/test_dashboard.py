@@ -243,7 +243,8 @@ def test_bundle_upload_is_verified_before_activation(client, station, tiny_bundl
     before = station.status()["bundle"]["id"]
     files = {"file": ("bundle.tar.gz", _tar(tiny_bundle), "application/gzip")}
     assert client.post("/api/bundle", files=files).status_code == 401
-    r = client.post("/api/bundle", files=files, headers=AUTH)
+    # Activation runs the station's self-check on every variant: tens of seconds under emulation.
+    r = client.post("/api/bundle", files=files, headers=AUTH, timeout=180)
     assert r.status_code == 200, r.text
     assert station.status()["previous_bundle"] == before
     events = [a["event"] for a in client.get("/api/audit").json()["items"]]
@@ -255,7 +256,7 @@ def test_bundle_upload_is_verified_before_activation(client, station, tiny_bundl
     assert evil.status_code == 400
     junk = client.post("/api/bundle", files={"file": ("b.zip", b"not an archive at all")}, headers=AUTH)
     assert junk.status_code == 400 and "neither" in junk.json()["detail"]
-    assert client.post("/api/bundle/rollback", headers=AUTH).status_code == 200
+    assert client.post("/api/bundle/rollback", headers=AUTH, timeout=180).status_code == 200
 
 
 def test_request_sizes_are_bounded(client, station):
