@@ -1,9 +1,9 @@
 """Prometheus metrics of one station, read at scrape time (no threads, no global registry).
 
 Counters and gauges come from ``station.status()`` (the pipeline's own exact counters). The score
-and latency histograms follow the verdict log: each scrape reads the rows recorded since the last
-one (by id), so no verdict is missed however slowly Prometheus scrapes, and nothing runs between
-scrapes. Counters restart with the daemon; Prometheus' rate() handles that.
+and latency histograms, per product, follow the verdict log: each scrape reads the rows recorded
+since the last one (by id), so no verdict is missed however slowly Prometheus scrapes, and nothing
+runs between scrapes. Counters restart with the daemon; Prometheus' rate() handles that.
 """
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ class StationMetrics:
         self.registry.register(self)
         self._lock = threading.Lock()  # concurrent scrapes must not count rows twice
         self._last_id: int | None = None
-        self._scores = {v: _Histogram(SCORE_BUCKETS) for v in VERDICTS}
-        self._latency = _Histogram(LATENCY_BUCKETS)
+        # product label ("0" without products, as kenpin_verdicts) -> histograms
+        self._scores: dict[str, dict[str, _Histogram]] = {}
+        self._latency: dict[str, _Histogram] = {}
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition (serve with ``CONTENT_TYPE``)."""
@@ -66,8 +67,18 @@ class StationMetrics:
         status = self.station.status()
         yield from _status_metrics(self.station.name, status)
         with self._lock:
+            # Every configured product gets its series even before its first part, like its counters.
+            for p in status.get("products", []):
+                self._product(str(p["number"]))
             self._follow_log()
             yield from self._histograms()
+
+    def _product(self, label: str) -> tuple[dict[str, _Histogram], _Histogram]:
+        """The score histograms (by verdict) and the latency histogram of one product, made on first use."""
+        if label not in self._latency:
+            self._scores[label] = {v: _Histogram(SCORE_BUCKETS) for v in VERDICTS}
+            self._latency[label] = _Histogram(LATENCY_BUCKETS)
+        return self._scores[label], self._latency[label]
 
     def _follow_log(self) -> None:
         store = self.station.store
@@ -77,21 +88,32 @@ class StationMetrics:
                 return  # nothing recorded since start yet: begin with the first row that is
             self._last_id = first - 1
         while rows := store.observations_after(self._last_id):
-            verdicts = np.array([r[1] for r in rows])
-            scores = np.array([r[2] for r in rows], np.float64)
-            for v, hist in self._scores.items():
-                hist.observe(scores[verdicts == v])
-            self._latency.observe(np.array([r[3] for r in rows], np.float64) / 1000.0)
+            self._observe(rows)
             self._last_id = rows[-1][0]
 
+    def _observe(self, rows: list[tuple[int, str, float, float, int]]) -> None:
+        """Add rows of (id, verdict, score, latency_ms, product) to their product's histograms."""
+        verdicts = np.array([r[1] for r in rows])
+        scores = np.array([r[2] for r in rows], np.float64)
+        latency = np.array([r[3] for r in rows], np.float64) / 1000.0
+        products = np.array([str(r[4]) for r in rows])
+        for label in dict.fromkeys(products.tolist()):  # first-seen order
+            mine = products == label
+            by_verdict, lat = self._product(label)
+            for v, hist in by_verdict.items():
+                hist.observe(scores[mine & (verdicts == v)])
+            lat.observe(latency[mine])
+
     def _histograms(self) -> Iterator[Metric]:
-        score = HistogramMetricFamily("kenpin_score", "Normalized anomaly score of recorded verdicts "
-                                      "(decision threshold at 0.5 unless changed)", labels=["verdict"])
-        for v, hist in self._scores.items():
-            score.add_metric([v], hist.family_buckets(), hist.sum)
+        score = HistogramMetricFamily("kenpin_score", "Normalized anomaly score of recorded verdicts, by product "
+                                      "(decision threshold at 0.5 unless changed)", labels=["product", "verdict"])
+        lat = HistogramMetricFamily("kenpin_latency_seconds", "Capture-to-verdict latency of recorded verdicts, "
+                                    "by product", labels=["product"])
+        for label, by_verdict in self._scores.items():
+            for v, hist in by_verdict.items():
+                score.add_metric([label, v], hist.family_buckets(), hist.sum)
+            lat.add_metric([label], self._latency[label].family_buckets(), self._latency[label].sum)
         yield score
-        lat = HistogramMetricFamily("kenpin_latency_seconds", "Capture-to-verdict latency of recorded verdicts")
-        lat.add_metric([], self._latency.family_buckets(), self._latency.sum)
         yield lat
 
 

@@ -259,8 +259,8 @@ class VerdictStore:
         """The id of the first verdict captured at or after ``since`` (None if there is none yet)."""
         return queries.first_id_since(self._reader(), since)
 
-    def observations_after(self, after_id: int, limit: int = 10_000) -> list[tuple[int, str, float, float]]:
-        """(id, verdict, score, latency_ms) of verdicts with id > ``after_id``, oldest first."""
+    def observations_after(self, after_id: int, limit: int = 10_000) -> list[tuple[int, str, float, float, int]]:
+        """(id, verdict, score, latency_ms, product) of verdicts with id > ``after_id``, oldest first."""
         return queries.observations_after(self._reader(), after_id, limit)
 
     def export_csv(self, fh: TextIO, since: float | None = None, until: float | None = None) -> int:

@@ -49,10 +49,11 @@ def first_id_since(db: sqlite3.Connection, since: float) -> int | None:
     return row[0] if row else None
 
 
-def observations_after(db: sqlite3.Connection, after_id: int, limit: int = 10_000) -> list[tuple[int, str, float, float]]:
-    """(id, verdict, score, latency_ms) of verdicts with id > ``after_id``, oldest first: lets a
-    reader (metrics) follow the log incrementally without missing a row."""
-    return db.execute("SELECT id, verdict, score, latency_ms FROM verdicts WHERE id > ? "
+def observations_after(db: sqlite3.Connection, after_id: int,
+                       limit: int = 10_000) -> list[tuple[int, str, float, float, int]]:
+    """(id, verdict, score, latency_ms, product) of verdicts with id > ``after_id``, oldest first:
+    lets a reader (metrics) follow the log incrementally without missing a row."""
+    return db.execute("SELECT id, verdict, score, latency_ms, product FROM verdicts WHERE id > ? "
                       "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
 
 
