@@ -419,6 +419,8 @@ def test_the_plc_switches_products_through_the_holding_register_and_an_unknown_n
         refused = c.write_register(0, 9, device_id=UNIT)  # no product 9: refused, the station stays on 2
         assert refused.isError() and refused.exception_code == 3
         assert st.active_product.number == 2 and results(c)["error_code"] == ErrorCode.PRODUCT_REFUSED
+        refusal = next(a for a in st.store.audit_log() if a["event"] == "product_switch_refused")  # as code 4 says
+        assert refusal["who"].startswith("modbus 127.0.0.1") and refusal["detail"]["to"] == 9
         c.close()
     finally:
         srv.stop()

@@ -88,6 +88,25 @@ def test_a_switch_to_an_unknown_number_is_refused_and_the_product_stays(bundles,
         st.stop()
 
 
+def test_a_refused_switch_is_audited_with_who_asked_and_why_and_the_product_stays(bundles, replay, tmp_path):
+    st = start(tmp_path, bundles, replay, start_product=2)
+    try:
+        for _ in range(3):  # a PLC writing the unknown number every scan: one audit row, not one per scan
+            with pytest.raises(KenpinError, match="product 7: no such product"):
+                st.switch_product(7, who="modbus 10.0.0.5")
+        with pytest.raises(KenpinError, match="product 8: no such product"):
+            st.switch_product(8, who="opcua line-1")
+        assert st.active_product.number == 2
+        audit = st.store.audit_log(20)
+        refused = [a for a in audit if a["event"] == "product_switch_refused"]
+        assert [(a["who"], a["detail"]["to"], a["detail"]["active"]) for a in refused] == \
+            [("opcua line-1", 8, 2), ("modbus 10.0.0.5", 7, 2)]  # newest first
+        assert refused[1]["detail"]["reason"].startswith("product 7: no such product on this station; it knows 1 (bolt)")
+        assert "product_switch" not in [a["event"] for a in audit]
+    finally:
+        st.stop()
+
+
 class GatedCamera(ReplayCamera):
     """A replay camera whose frames wait for ``gate``: triggers stay queued until the test opens it."""
 

@@ -78,6 +78,7 @@ class Station:
         self._overrides = OverrideFile(config.station.data_dir)
         self._kept = self._overrides.load(configured(config), config.start_product)
         self._products: ProductTable | None = None  # loaded at start
+        self._last_refusal: tuple[str, str, int] | None = None  # (who, number, active): last audited refusal
         self.counters = Counters()
         self.camera_state = CameraState(self._camera.description)
         self.triggers = TriggerQueue(config.trigger.max_backlog, bind=self._bind_if_started)
@@ -214,11 +215,14 @@ class Station:
         """Make product ``number`` active: parts announced from now on are judged with its bundle,
         threshold and pulse; parts already announced keep theirs. Audited and kept across a restart.
         Switching to the active product changes nothing and is not audited (a PLC may write the
-        same number every scan). An unknown number raises KenpinError and the product stays."""
+        same number every scan). An unknown number raises KenpinError, the product stays, and the
+        refusal is audited (``product_switch_refused``) with who asked and why."""
+        table = self._table()
         try:
-            old, new = self._table().switch(number)
+            old, new = table.switch(number)
         except KenpinError as e:
             log.warning("product switch by %s refused: %s", who, e)
+            self._audit_refused_switch(number, who, table.active.number, e)
             raise
         if old.number != new.number:
             self.store.audit("product_switch", {"from": old.number, "to": new.number, "name": new.name,
@@ -226,6 +230,14 @@ class Station:
             log.info("product %d (%s) active, switched by %s from %d", new.number, new.name, who, old.number)
             self._keep_overrides()
         return new.to_dict()
+
+    def _audit_refused_switch(self, number: Any, who: str, active: int, why: KenpinError) -> None:
+        """Audit a refused switch once for a run of identical ones: a PLC writing an unknown number
+        every scan must not add a durable row per scan (a racing duplicate is harmless)."""
+        key = (who, repr(number), active)
+        if key != self._last_refusal:
+            self.store.audit("product_switch_refused", {"to": number, "active": active, "reason": str(why)}, who)
+            self._last_refusal = key  # after the write: a refusal that could not be audited is tried again
 
     def _keep_overrides(self) -> None:
         """Write each product's threshold and bundle and the active product, so a restart or power cut keeps them."""
