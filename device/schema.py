@@ -104,14 +104,23 @@ def read_yaml(path: str | Path, what: str) -> Document:
     return parse_yaml(text, str(path))
 
 
-def load(cls: type, doc: Document, base: Any = None) -> Any:
-    """Build dataclass ``cls`` from ``doc``; keys it leaves out keep ``base``'s values (or the defaults)."""
-    return _Builder(doc).dataclass(cls, doc.data, (), base)
+def load(cls: type, doc: Document, base: Any = None, folder: Path | None = None) -> Any:
+    """Build dataclass ``cls`` from ``doc``; keys it leaves out keep ``base``'s values (or the defaults).
+
+    A relative path written in a :func:`file_path` field is joined to ``folder`` (the file's own
+    folder) before the dataclass checks it; without ``folder`` it stays as written."""
+    return _Builder(doc, folder).dataclass(cls, doc.data, (), base)
 
 
 def internal(default: Any = None) -> Any:
     """A dataclass field the loader never reads from a file (set by the program, e.g. the file's path)."""
     return dataclasses.field(default=default, metadata={"internal": True})
+
+
+def file_path(default: str = "") -> Any:
+    """A string field naming a file or folder ("" = none): relative to the YAML file's folder
+    when :func:`load` is given it, so a config means the same whatever the working directory."""
+    return dataclasses.field(default=default, metadata={"file_path": True})
 
 
 def per_kind(registry: dict[str, Any], settings_of: Any = lambda kind: kind.Settings) -> Any:
@@ -131,8 +140,9 @@ def per_kind(registry: dict[str, Any], settings_of: Any = lambda kind: kind.Sett
 class _Builder:
     """Walks a schema and a document side by side, converting and naming what is wrong."""
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, folder: Path | None = None) -> None:
         self.doc = doc
+        self.folder = folder
 
     def fail(self, path: Key, value: Any, right: str) -> KenpinError:
         return KenpinError(f"{self.doc.where(path)} = {value!r}: {right}")
@@ -144,6 +154,7 @@ class _Builder:
             at = self.doc.where(path) if path else self.doc.source
             raise KenpinError(f"{at}: expected a mapping of keys, got {data!r}")
         fields = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
+        by_name = {f.name: f for f in fields}
         kinds = {name: (f.name, block) for f in fields if "kinds" in f.metadata
                  for name, block in f.metadata["kinds"]().items()}
         known = {f.name for f in fields if "kinds" not in f.metadata} | set(kinds)
@@ -164,12 +175,20 @@ class _Builder:
                 blocks[k] = self.dataclass(block, v, path + (k,), blocks.get(k))
             else:
                 kwargs[k] = self.value(v, hints[k], path + (k,), getattr(defaults, k, None))
+                if by_name[k].metadata.get("file_path"):
+                    kwargs[k] = self.relative(kwargs[k])
         try:
             return dataclasses.replace(defaults, **kwargs) if defaults is not None else cls(**kwargs)
         except Invalid as e:
             raise self.fail(path + key_path(e.key), e.value, e.right) from None
         except KenpinError as e:  # a check that names its own key: add where the section is
             raise KenpinError(f"{self.doc.where(path) if path else self.doc.source}: {e}") from None
+
+    def relative(self, value: str) -> str:
+        """A file_path value joined to the file's folder when relative ("" stays: no file)."""
+        if not value or self.folder is None or Path(value).is_absolute():
+            return value
+        return str(self.folder / value)
 
     def value(self, value: Any, hint: Any, path: Key, base: Any) -> Any:
         origin, args = get_origin(hint), get_args(hint)

@@ -1,6 +1,7 @@
 """The station config: every documented key parses; mistakes are one sentence naming key and line."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,29 @@ def test_product_mistakes_are_one_sentence_naming_the_item_key_and_line(text, me
     with pytest.raises(KenpinError, match=message) as e:
         parse_config(text, "st.yaml")
     assert "\n" not in str(e.value)
+
+
+# ---- files named in the opcua and mqtt sections ----------------------------------------------
+
+def test_opcua_and_mqtt_files_are_relative_to_the_config_file_not_the_working_directory(tmp_path, monkeypatch):
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    for name in ("certs/server.pem", "certs/server.key", "clients/plc.der", "secrets/mqtt.pw"):
+        (etc / name).parent.mkdir(parents=True, exist_ok=True)
+        (etc / name).write_text("x")
+    ca = tmp_path / "ca.pem"  # absolute: kept as written
+    ca.write_text("x")
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as a service started from / would be
+    text = ("opcua:\n  security: [sign]\n  certificate: certs/server.pem\n  private_key: ./certs/server.key\n"
+            "  trusted_certs: clients\n"
+            f"mqtt:\n  password_file: secrets/mqtt.pw\n  tls_ca_file: {ca}\n")
+    (etc / "st.yaml").write_text(text)
+    cfg = load_config(Path("../etc/st.yaml"))  # a relative --config too
+    o, m = cfg.opcua, cfg.mqtt
+    assert [Path(p).resolve() for p in (o.certificate, o.private_key, o.trusted_certs, m.password_file)] == \
+        [etc / "certs/server.pem", etc / "certs/server.key", etc / "clients", etc / "secrets/mqtt.pw"]
+    assert m.tls_ca_file == str(ca)
+    (etc / "st.yaml").write_text(text.replace("secrets/mqtt.pw", "secrets/missing.pw"))
+    missing = re.escape(repr(str(etc / "secrets/missing.pw")))
+    with pytest.raises(KenpinError, match=rf"line 7: mqtt\.password_file = {missing}: must be an existing file$"):
+        load_config(etc / "st.yaml")

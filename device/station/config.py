@@ -182,7 +182,8 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
 
 
 def _from_document(doc: Document, base: Path | None) -> StationConfig:
-    cfg = load(StationConfig, doc)
+    # The opcua/mqtt files are joined to ``base`` while loading: their sections check that they exist.
+    cfg = load(StationConfig, doc, folder=base)
     return cfg if base is None else _resolve_paths(cfg, base)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.schema import need
+from device.schema import file_path, need
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,9 @@ class MqttSettings:
     topic_prefix: str = "kenpin"
     client_id: str = ""  # "" → kenpin-<station name>
     username: str = ""
-    password_file: str = ""  # a file holding the password, so the config itself carries no secret
-    tls_ca_file: str = ""  # CA certificate: connect with TLS when set
+    # Both relative to the config file's folder (device.schema.file_path).
+    password_file: str = file_path()  # a file holding the password, so the config itself carries no secret
+    tls_ca_file: str = file_path()  # CA certificate: connect with TLS when set
     keepalive_s: int = 30
     status_interval_s: float = 10.0
     buffer: int = 10_000

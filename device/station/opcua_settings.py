@@ -10,7 +10,7 @@ from pathlib import Path
 
 from device.dashboard.auth import ALGO, check_hash_format
 from device.errors import KenpinError
-from device.schema import Invalid, need
+from device.schema import Invalid, file_path, need
 
 # The security policies offered, by their config name: Basic256Sha256 is the policy PLCs and SCADA
 # clients support most widely; "none" is the plain endpoint (anonymous reading on a closed LAN).
@@ -32,11 +32,12 @@ class OpcUaSettings:
     host: str = "0.0.0.0"  # every interface: the PLC is on the plant LAN
     port: int = 4840  # the IANA port of OPC UA TCP
     security: tuple[str, ...] = ("none",)
-    certificate: str = ""  # server certificate (DER or PEM)
-    private_key: str = ""  # its private key (PEM or DER, unencrypted)
+    # The files and the folder are relative to the config file's folder (device.schema.file_path).
+    certificate: str = file_path()  # server certificate (DER or PEM)
+    private_key: str = file_path()  # its private key (PEM or DER, unencrypted)
     anonymous: str = "read"
     users: dict[str, str] = field(default_factory=dict)
-    trusted_certs: str = ""  # folder of client certificates allowed to operate
+    trusted_certs: str = file_path()  # folder of client certificates allowed to operate
     max_connections: int = 10
     inspect_timeout_s: float = 3.0
     login_failures: int = 10  # wrong passwords per minute before logins pause for a minute
