@@ -28,7 +28,8 @@
 #
 # Environment: KENPIN_REF, KENPIN_TEST_PREBUILT as above; KENPIN_ARM64_TIME_BUNDLE=DIR also times
 # that bundle's int8 model and proves it with `kenpin verify`; KENPIN_ARM64_PYTEST_ARGS replaces the
-# test selection below. QEMU_CPU=cortex-a72 (default: a Pi 4, no dot-product instructions) or
+# test selection below; KENPIN_ARM64_REUSE_VENV=1 keeps the last run's venv (a rerun of a few tests
+# without minutes of downloads; the full check should start fresh). QEMU_CPU=cortex-a72 (default: a Pi 4, no dot-product instructions) or
 # cortex-a76 (a Pi 5, with them) picks the emulated core: onnxruntime picks its int8 kernels by it,
 # and step 6 prints each bundle's self-check table and the variant a station on that core runs.
 # Emulated timings say nothing about a Pi's speed (qemu-user translates every instruction).
@@ -145,9 +146,14 @@ if ! in_tree /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then die "pytho
 if ! in_tree sh -c 'command -v mosquitto || test -x /usr/sbin/mosquitto' >/dev/null; then
   { in_tree apt-get update -q && in_tree apt-get install -y -q mosquitto; } || echo "(no mosquitto: test_mqtt will skip)"
 fi
-rm -rf "${ROOT:?}$VENV"  # a fresh venv each time: what the install pulls in is what the tests get
-in_tree /usr/bin/python3 -m venv "$VENV"
-time in_tree "$VENV/bin/pip" install --progress-bar off "$CHECK/src[pi]" "pytest>=8" "httpx>=0.27"
+if [ "${KENPIN_ARM64_REUSE_VENV:-0}" = 1 ] && [ -x "$ROOT$VENV/bin/python" ]; then
+  # A rerun of a few tests: keep the last run's dependencies, replace only kenpin itself.
+  in_tree "$VENV/bin/pip" install --progress-bar off --no-deps --force-reinstall "$CHECK/src"
+else
+  rm -rf "${ROOT:?}$VENV"  # a fresh venv each time: what the install pulls in is what the tests get
+  in_tree /usr/bin/python3 -m venv "$VENV"
+  time in_tree "$VENV/bin/pip" install --progress-bar off "$CHECK/src[pi]" "pytest>=8" "httpx>=0.27"
+fi
 in_tree "$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md, platform, sys
 print("platform.machine():", platform.machine(), "| python", sys.version.split()[0])
