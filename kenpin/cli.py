@@ -43,7 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kenpin.pipeline import recipe_for, train_and_report
 
     embedder = Path(args.embedder) if args.embedder else None
-    train_and_report(Path(args.data), Path(args.out), recipe_for(args.recipe, embedder), embedder)
+    recipe = recipe_for(args.recipe, embedder)
+    if recipe is not None and args.max_pi4_ms is not None:
+        raise KenpinError("--max-pi4-ms limits the recipe chosen on validation: leave it out with --recipe or --embedder")
+    train_and_report(Path(args.data), Path(args.out), recipe, embedder, args.max_pi4_ms)
     return 0
 
 
@@ -220,6 +223,10 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--recipe", help="recipe YAML (default: chosen on validation among the default recipe at the "
                                     "frames' aspect, 224² or 384² pixels, with or without the texture score — "
                                     "never on test/; with --embedder: the recipe it was trained with)")
+    t.add_argument("--max-pi4-ms", type=float, help="with the recipe chosen on validation: leave out candidates "
+                                                     "whose model alone is estimated slower than this per frame on a "
+                                                     "Raspberry Pi 4 (ESTIMATE from MACs; the line's pace, e.g. 100 "
+                                                     "for 10 parts/s)")
     t.add_argument("--embedder", help="trained embedder (kenpin train-embedding's embedder.pt) instead of the frozen one")
     t.set_defaults(func=cmd_train)
 

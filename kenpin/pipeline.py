@@ -29,15 +29,16 @@ def recipe_for(path: str | None, embedder: Path | None) -> Recipe | None:
     return recipe_from_dict(saved, f"{embedder} (its recipe)")
 
 
-def train_and_report(data: Path, out: Path, recipe: Recipe | None, embedder: Path | None = None) -> dict[str, Any]:
+def train_and_report(data: Path, out: Path, recipe: Recipe | None, embedder: Path | None = None,
+                     max_pi4_ms: float | None = None) -> dict[str, Any]:
     """Build the bundle and print what was calibrated and how int8 compares; with no recipe, first
-    choose one on validation (``training.recipe_choice``)."""
+    choose one on validation (``training.recipe_choice``), among candidates within ``max_pi4_ms``."""
     choice = None
     if recipe is None:
         from training.recipe_choice import choose_recipe
 
         print("choosing the recipe on validation (held-out good, synthetic and train/ defects; never test/):")
-        recipe, choice = choose_recipe(data)
+        recipe, choice = choose_recipe(data, max_pi4_ms=max_pi4_ms)
         print(f"chose {choice['chosen']}: {choice['reason']}")
     body = build_bundle(data, out, recipe, embedder, choice)
     print(f"bundle written: {out} ({body['probes']['n_good']} good + {body['probes']['n_defect']} defect probes "

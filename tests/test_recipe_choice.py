@@ -80,3 +80,37 @@ def test_frames_much_larger_than_the_inputs_also_get_a_native_resolution_candida
     assert [n for n, _ in budgets_for(Frames(1.0, 314 * 314))] == ["224", "384"]  # small frames: no
     w, h = input_size(0.1, 4000 * 400)  # a very long part: both sides shrink, the aspect survives
     assert max(w, h) <= recipe_choice.MAX_SIDE and h / w == pytest.approx(10, rel=0.2)
+
+
+def _pi4_ms(budget: int) -> float:
+    """The Pi 4 ESTIMATE of the tiny recipe's model at a square input of ``budget`` pixels."""
+    from device.macs import pi_model_ms
+    from tests.conftest import tiny_recipe
+    from training.features import PatchEmbedder
+
+    c = next(c for c in candidates(tiny_recipe(), 1.0, (("b", budget),)))
+    return pi_model_ms(recipe_choice._gmacs(PatchEmbedder(c.recipe.features).eval(), c.recipe), "Raspberry Pi 4")
+
+
+def test_a_pace_limit_leaves_out_the_inputs_a_pi_could_not_keep_up_with(tiny_line):
+    from tests.conftest import tiny_recipe
+
+    limit = 1.5 * _pi4_ms(96 * 96)
+    assert _pi4_ms(160 * 160) > limit  # the larger input is over it
+    recipe, record = choose_recipe(tiny_line, tiny_recipe(), SMALL, max_pi4_ms=limit)
+    left_out = [r for r in record["candidates"] if r.get("over_cost")]
+    assert {r["input"] for r in left_out} == {"160x160"} and len(left_out) == 2
+    assert all("validation_auroc" not in r and r["pi4_model_ms_estimate"] > limit for r in left_out)
+    assert (recipe.preprocess.width, recipe.preprocess.height) == (96, 96)
+    assert record["max_pi4_ms"] == limit and "left out" in record["reason"]
+
+
+def test_a_pace_no_candidate_meets_is_one_sentence_before_any_fitting(tiny_line, capsys):
+    from tests.conftest import tiny_recipe
+
+    with pytest.raises(Exception, match=r"--max-pi4-ms .*the cheapest, 96"):
+        choose_recipe(tiny_line, tiny_recipe(), SMALL, max_pi4_ms=_pi4_ms(96 * 96) / 2)
+    assert "validation AUROC" not in capsys.readouterr().out
+    assert main(["train", "--data", str(tiny_line), "--out", "unused", "--recipe", "configs/recipe.yaml",
+                 "--max-pi4-ms", "50"]) != 0
+    assert "--max-pi4-ms limits the recipe chosen" in capsys.readouterr().err

@@ -120,32 +120,36 @@ def _real_defect_scores(model: Any, v: Any, recipe: Recipe, data: Path) -> np.nd
     return np.asarray(out, np.float64)
 
 
-def judge(c: Candidate, data: Path) -> dict[str, Any]:
-    """Fit one candidate in fp32 and measure it on validation."""
+def judge(c: Candidate, data: Path, max_pi4_ms: float | None = None) -> dict[str, Any]:
+    """Fit one candidate in fp32 and measure it on validation; a candidate whose model alone is
+    estimated above ``max_pi4_ms`` on a Pi 4 is recorded with its cost and not fitted."""
     from export.build import fit_fp32, prepare_inputs
+    from training.features import PatchEmbedder
 
     t0 = time.perf_counter()
+    gmacs = _gmacs(PatchEmbedder(c.recipe.features).eval(), c.recipe)
+    ms = None if gmacs is None else round(pi_model_ms(gmacs, "Raspberry Pi 4"), 1)
+    row = {"name": c.name, "input": f"{c.recipe.preprocess.width}x{c.recipe.preprocess.height}",
+           "texture": c.recipe.scoring.texture, "pixels": c.recipe.preprocess.width * c.recipe.preprocess.height,
+           "model_gmacs": gmacs, "pi4_model_ms_estimate": ms}
+    if max_pi4_ms is not None and ms is not None and ms > max_pi4_ms:
+        return {**row, "over_cost": True, "seconds": round(time.perf_counter() - t0, 1)}
     inputs = prepare_inputs(data, c.recipe)
     model, _, v = fit_fp32(inputs, c.recipe)
     real = _real_defect_scores(model, v, c.recipe, data)
-    gmacs = _gmacs(model, c.recipe)
     bad = np.r_[v.synthetic_scores, real]
     y = np.r_[np.zeros(len(v.holdout_scores)), np.ones(len(bad))]
     t = v.normalization.threshold
-    return {"name": c.name, "input": f"{c.recipe.preprocess.width}x{c.recipe.preprocess.height}",
-            "texture": c.recipe.scoring.texture,
-            "validation_auroc": float(roc_auc_score(y, np.r_[v.holdout_scores, bad])),
+    return {**row, "validation_auroc": float(roc_auc_score(y, np.r_[v.holdout_scores, bad])),
             "validation_escape_rate": float(np.mean(bad <= t)),
             "synthetic_escape_rate": float(np.mean(v.synthetic_scores <= t)),
             "real_defects": int(len(real)), "real_escape_rate": float(np.mean(real <= t)) if len(real) else None,
-            "pixels": c.recipe.preprocess.width * c.recipe.preprocess.height,
-            "model_gmacs": gmacs, "pi4_model_ms_estimate": None if gmacs is None else
-            round(pi_model_ms(gmacs, "Raspberry Pi 4"), 1),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _gmacs(model: Any, recipe: Recipe) -> float | None:
-    """The candidate's cost per frame: MACs of its model exported as the station would run it."""
+    """The candidate's cost per frame: MACs of its model exported as the station would run it
+    (counted before fitting, so a recipe's 1x1 reduction, a fraction of a percent, is left out)."""
     import tempfile
 
     from export.onnx_export import export_embedder
@@ -161,29 +165,45 @@ def _rank_key(row: dict[str, Any], best_auroc: float) -> tuple[bool, float, int]
     return (row["validation_auroc"] < best_auroc - AUROC_TIE, row["validation_escape_rate"], row["pixels"])
 
 
-def choose_recipe(data: Path, base: Recipe | None = None, budgets: tuple[tuple[str, int], ...] | None = None
-                  ) -> tuple[Recipe, dict[str, Any]]:
+def choose_recipe(data: Path, base: Recipe | None = None, budgets: tuple[tuple[str, int], ...] | None = None,
+                  max_pi4_ms: float | None = None) -> tuple[Recipe, dict[str, Any]]:
     """The candidate with the best validation AUROC (ties: fewer escapes, smaller input); the
-    record of every candidate and why."""
+    record of every candidate and why. ``max_pi4_ms``: leave out candidates whose model alone is
+    estimated slower than that per frame on a Raspberry Pi 4 (the line's pace)."""
+    if max_pi4_ms is not None and not max_pi4_ms > 0:
+        raise KenpinError(f"--max-pi4-ms {max_pi4_ms}: must be a positive number of milliseconds per frame")
     scan_mvtec(data)  # a folder that is not a dataset gets its one sentence before any fitting
     base = base if base is not None else Recipe()
     frames = frame_geometry(data)
     aspect = frames.aspect
     cands = candidates(base, aspect, budgets_for(frames, budgets))
-    rows = []
-    for c in cands:
-        log.info("recipe choice: fitting %s", c.name)
-        rows.append(judge(c, data))
-        r = rows[-1]
-        cost = "" if r["pi4_model_ms_estimate"] is None else f", model ESTIMATE {r['pi4_model_ms_estimate']:.0f} ms on a Pi 4"
-        print(f"  candidate {c.name}: validation AUROC {r['validation_auroc']:.4f}, escapes "
-              f"{r['validation_escape_rate']:.3f} ({r['seconds']:.0f} s{cost})", flush=True)
-    top = max(r["validation_auroc"] for r in rows)
-    best = min(range(len(rows)), key=lambda i: _rank_key(rows[i], top))
+    rows = [_judged(c, data, max_pi4_ms) for c in cands]
+    fitted = [i for i, r in enumerate(rows) if not r.get("over_cost")]
+    if not fitted:
+        cheapest = min(rows, key=lambda r: r["pi4_model_ms_estimate"])
+        raise KenpinError(f"--max-pi4-ms {max_pi4_ms:g}: every candidate's model is estimated slower on a Pi 4 "
+                          f"(the cheapest, {cheapest['name']}, {cheapest['pi4_model_ms_estimate']:.0f} ms); "
+                          "raise it or give a --recipe with a smaller input")
+    top = max(rows[i]["validation_auroc"] for i in fitted)
+    best = min(fitted, key=lambda i: _rank_key(rows[i], top))
     n_real = rows[best]["real_defects"]
+    limit = f"; candidates over {max_pi4_ms:g} ms on a Pi 4 (ESTIMATE) left out" if len(fitted) < len(rows) else ""
     reason = (f"highest validation AUROC ({rows[best]['validation_auroc']:.4f}; held-out good vs synthetic defects"
               f"{f' and {n_real} real ones from train/' if n_real else ''}; AUROCs within {AUROC_TIE} tie, then fewer "
-              f"escapes at the calibrated threshold, then the smaller input); never test/")
+              f"escapes at the calibrated threshold, then the smaller input{limit}); never test/")
     record = {"chosen": rows[best]["name"], "frame_aspect": round(aspect, 3), "frame_pixels": frames.pixels,
-              "reason": reason, "candidates": rows}
+              "max_pi4_ms": max_pi4_ms, "reason": reason, "candidates": rows}
     return cands[best].recipe, record
+
+
+def _judged(c: Candidate, data: Path, max_pi4_ms: float | None) -> dict[str, Any]:
+    """Judge one candidate, saying what it measured (or that it was left out for its cost)."""
+    log.info("recipe choice: candidate %s", c.name)
+    r = judge(c, data, max_pi4_ms)
+    cost = "" if r["pi4_model_ms_estimate"] is None else f"model ESTIMATE {r['pi4_model_ms_estimate']:.0f} ms on a Pi 4"
+    if r.get("over_cost"):
+        print(f"  candidate {c.name}: left out, {cost} > --max-pi4-ms {max_pi4_ms:g}", flush=True)
+    else:
+        print(f"  candidate {c.name}: validation AUROC {r['validation_auroc']:.4f}, escapes "
+              f"{r['validation_escape_rate']:.3f} ({r['seconds']:.0f} s{', ' + cost if cost else ''})", flush=True)
+    return r
