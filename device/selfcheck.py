@@ -39,6 +39,7 @@ log = logging.getLogger("kenpin.selfcheck")
 
 FP32_RTOL = 1e-4  # fp32 must reproduce its recorded scores this closely (relative)
 TIMED_FRAMES = 5  # probes timed per variant to rank them by speed
+FP32_PROBES = 2  # good and defect probes fp32 must reproduce at start-up (all of them in a full check)
 SAME_SPEED = 1.25  # int8 variants within this factor of the fastest count as equally fast: a few frames'
                    # timing cannot tell them apart, so the export's own choice goes first among them
 CHOICES = ("auto", "int8", "fp32")  # what a station may ask for: the fastest passing, int8 only, fp32
@@ -229,7 +230,7 @@ def self_check(bundle: Bundle, threads: int = 1, want: str = "auto", full: bool 
     pr, rules, fp32 = bundle.probes, _Rules.of(bundle), bundle.variant("fp32")
     probes = read_probes(pr.path, pr.n_good, pr.n_defect, (bundle.preprocess.width, bundle.preprocess.height))
     f32 = Inspector(bundle, fp32, threads)
-    runs = _fp32_reproduces(f32, probes, len(probes.all) if full else 2)
+    runs = _fp32_reproduces(f32, probes, len(probes.all) if full else FP32_PROBES)
     skipped, int8s = {}, []
     for v in bundle.int8_variants() if want != "fp32" else []:
         insp, why = _open(bundle, v, threads)
@@ -286,6 +287,13 @@ def open_checked(root: str | Path, want: str = "auto", threads: int = 2) -> tupl
         why = next((c.reason for c in check.checks if c.variant == want), f"it has {sorted(bundle.variants)}")
         raise BundleError(f"{bundle.root}: variant {want!r} cannot run on this CPU ({why})")
     return Inspector(bundle, check.checked[want], threads), check
+
+
+def startup_runs(n_good: int, n_defect: int, n_int8: int) -> int:
+    """Model runs of the start-up check (``auto``) on its usual path, where the fastest int8
+    variant passes: fp32 reproduces a few probes, every variant is timed, one scores them all."""
+    return (min(FP32_PROBES, n_good) + min(FP32_PROBES, n_defect) + min(TIMED_FRAMES, n_good) * (1 + n_int8)
+            + n_good + n_defect)
 
 
 def startup_estimate(bundle: Bundle, check: SelfCheck, board: str = "Raspberry Pi 4") -> float | None:

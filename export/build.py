@@ -5,7 +5,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from device.session import OnnxModel
 from export.bundle_writer import staging_dir, write_bundle
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
 from export.parity import Parity, compare, pick_best
-from export.probe_set import choose_probes
+from export.probe_set import choose_probes, subset, within_check_time
 from export.quantize import quantize_int8
 from training.coreset import greedy_coreset
 from training.dataset import stack_inputs
@@ -249,6 +249,7 @@ def _body(staged: Path, inputs: Inputs, recipe: Recipe, about: str, grid: tuple[
         "int8_default": default.name,
         "probes": {"file": PROBES_FILE, "n_good": n_good, "n_defect": len(inputs.probe_defect),
                    "bytes": (staged / PROBES_FILE).stat().st_size, "max_mb": ex.probe_max_mb,
+                   "max_pi4_s": ex.probe_max_pi4_s,
                    "what": "held-out good images (calibration) and synthetic defects (parity) at the model input "
                            "size, lossless WebP; each variant records its raw scores of them here"},
         "calibration": {"target_false_reject_rate": recipe.calibration.target_false_reject_rate,
@@ -259,6 +260,14 @@ def _body(staged: Path, inputs: Inputs, recipe: Recipe, about: str, grid: tuple[
                    "tolerance": {"min_spearman": ex.parity_min_spearman, "max_mean_abs_diff": ex.parity_max_mean_abs_diff}},
         "recipe": recipe.to_dict(),
     }
+
+
+def _probes_within_check_time(inputs: Inputs, gmacs: float | None, n_int8: int, recipe: Recipe) -> Inputs:
+    """``inputs`` with as many probes as keep the station's start-up check within its Pi 4 budget
+    (known only now: it needs the exported model's MAC count)."""
+    n_g, n_d = within_check_time(len(inputs.probe_good), len(inputs.probe_defect), n_int8, gmacs, recipe.export)
+    return replace(inputs, probe_good=subset(inputs.probe_good, n_g, recipe.seed),
+                               probe_defect=subset(inputs.probe_defect, n_d, recipe.seed + 1))
 
 
 def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path | None = None,
@@ -285,8 +294,10 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
             int8s, default = _int8_variants(fp32_onnx, inputs, coreset, fp32, recipe, Path(tmp))
             for v in int8s:
                 v.path.replace(staged / f"embedder_{v.name}.onnx")
+        gmacs = model_gmacs(fp32_onnx)
+        inputs = _probes_within_check_time(inputs, gmacs, len(int8s), recipe)
         body = _body(staged, inputs, recipe, about, grid, fp32, int8s, default)
-        body["model_gmacs"] = round(model_gmacs(fp32_onnx) or 0.0, 4)
+        body["model_gmacs"] = round(gmacs or 0.0, 4)
         if isinstance(model, ReducedEmbedder):
             body["reduction"] = model.about(recipe.reduction)
         body["training_seconds"] = round(time.perf_counter() - t0, 1)

@@ -107,6 +107,8 @@ class ExportSpec(QuantSpec):
     probe_defects: int = 24  # synthetic-defect images stored with them
     # the probe set's size limit: large inputs keep fewer probes (both kinds in proportion)
     probe_max_mb: float = 5.0
+    # and the start-up check's Pi 4 ESTIMATE limit: a large model keeps fewer probes
+    probe_max_pi4_s: float = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,6 +118,7 @@ class ExportSpec(QuantSpec):
         need(self.probe_good >= 4, "probe_good", self.probe_good, "need at least 4 good probes")
         need(self.probe_defects >= 1, "probe_defects", self.probe_defects, "need at least 1 defect probe")
         need(self.probe_max_mb > 0, "probe_max_mb", self.probe_max_mb, "must be > 0 (megabytes)")
+        need(self.probe_max_pi4_s > 0, "probe_max_pi4_s", self.probe_max_pi4_s, "must be > 0 (seconds)")
 
 
 @dataclass(frozen=True)
