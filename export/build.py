@@ -70,12 +70,14 @@ def _bank_views(images: list[np.ndarray], recipe: Recipe) -> list[np.ndarray]:
     return views
 
 
-def prepare_inputs(data_dir: Path, recipe: Recipe) -> Inputs:
-    """Read train/good, split off the calibration hold-out, paint synthetic defects on it."""
+def prepare_inputs(data_dir: Path, recipe: Recipe, probes: bool = True) -> Inputs:
+    """Read train/good, split off the calibration hold-out, paint synthetic defects on it.
+    ``probes=False``: no probe set (a fit that is only measured, e.g. a recipe candidate, skips
+    encoding the probes to size them)."""
     split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     pre = recipe.preprocess
     syn = synthetic_defects(split.holdout, recipe.export.synthetic_defects_per_image, recipe.seed)
-    good, bad = choose_probes(split.holdout, syn, recipe.export, recipe.seed, pre.resize)
+    good, bad = choose_probes(split.holdout, syn, recipe.export, recipe.seed, pre.resize) if probes else ([], [])
     return Inputs(
         bank=stack_inputs(_bank_views(split.bank, recipe), pre),
         holdout=stack_inputs(split.holdout, pre),

@@ -21,7 +21,7 @@ def tune(data: Path, recipe_paths: list[str]) -> list[dict]:
     for path in recipe_paths:
         r = load_recipe(path)
         t0 = time.perf_counter()
-        inputs = prepare_inputs(data, r)
+        inputs = prepare_inputs(data, r, probes=False)
         _, _, v = fit_fp32(inputs, r)
         rows.append({"recipe": path, "input": f"{r.preprocess.width}x{r.preprocess.height}",
                      "blocks": list(r.features.blocks), "bank": int(len(v.bank)),
@@ -40,7 +40,7 @@ def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple
     from training.reduction import sweep
 
     r = load_recipe(recipe_path)
-    inputs = prepare_inputs(data, r)
+    inputs = prepare_inputs(data, r, probes=False)
     embed = torch_embed_fn(PatchEmbedder(r.features).eval())
     maps = tuple(embed_all(embed, x, r.batch_size, what) for x, what in
                  ((inputs.bank, "bank"), (inputs.holdout, "held-out good"), (inputs.synthetic, "synthetic defects")))

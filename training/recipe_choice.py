@@ -134,7 +134,7 @@ def judge(c: Candidate, data: Path, max_pi4_ms: float | None = None) -> dict[str
            "model_gmacs": gmacs, "pi4_model_ms_estimate": ms}
     if max_pi4_ms is not None and ms is not None and ms > max_pi4_ms:
         return {**row, "over_cost": True, "seconds": round(time.perf_counter() - t0, 1)}
-    inputs = prepare_inputs(data, c.recipe)
+    inputs = prepare_inputs(data, c.recipe, probes=False)
     model, _, v = fit_fp32(inputs, c.recipe)
     real = _real_defect_scores(model, v, c.recipe, data)
     bad = np.r_[v.synthetic_scores, real]
