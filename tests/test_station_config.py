@@ -158,6 +158,7 @@ def test_without_products_the_station_is_its_one_product_zero():
      r"st.yaml, line 3: products\[1\]\.threshold = 1\.5: must be strictly between 0 and 1"),
     ("products:\n  - number: 1\n    bundel: a\n", r"st.yaml, line 3: products\[0\]\.bundel: unknown key"),
     ("products:\n  - 3\n", r"st.yaml, line 2: products\[0\]: expected a mapping of keys"),
+    ("record:\n  frame_format: tiff\n", r"st.yaml, line 2: record\.frame_format = 'tiff': use jpg or png"),
 ])
 def test_product_mistakes_are_one_sentence_naming_the_item_key_and_line(text, message):
     with pytest.raises(KenpinError, match=message) as e:

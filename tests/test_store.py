@@ -196,6 +196,22 @@ def test_image_path_refuses_traversal_and_missing_files(tmp_path):
     s.close()
 
 
+def test_png_frames_keep_the_part_exactly_as_judged_for_retraining(tmp_path):
+    part = frame(seed=3)
+    with VerdictStore(tmp_path / "png", ok_image_fraction=1.0, frame_format="png") as s:
+        out = s.record(rec("defect"), part, np.ones((8, 8), np.float32))
+        kept = cv2.cvtColor(cv2.imread(str(s.image_path(out.frame_ref))), cv2.COLOR_BGR2RGB)
+        assert out.frame_ref.endswith(".png") and np.array_equal(kept, part)  # lossless
+        assert out.heatmap_ref.endswith(".jpg")  # overlays are for eyes: JPEG
+    with VerdictStore(tmp_path / "png") as s:  # reopened: the PNG is ours, not swept as a stranger
+        assert s.image_path(out.frame_ref).is_file()
+    with VerdictStore(tmp_path / "jpg", ok_image_fraction=1.0) as s:  # the default stays JPEG (small)
+        out = s.record(rec("defect"), part)
+        assert out.frame_ref.endswith(".jpg")
+    with pytest.raises(KenpinError, match="frame_format='tiff'"):
+        VerdictStore(tmp_path / "bad", frame_format="tiff")
+
+
 def test_unusable_data_dir_or_database_is_one_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -232,7 +248,7 @@ def test_image_write_failure_degrades_but_records_the_verdict(tmp_path, monkeypa
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(s._images, "write_jpeg", full)
+    monkeypatch.setattr(s._images, "write_image", full)
     out = s.record(rec("defect", 0.9), frame(), np.ones((96, 96), np.float32))
     assert out.id == 1 and out.frame_ref is None and out.heatmap_ref is None
     h = s.health()

@@ -20,6 +20,7 @@ from device.station.camera import CAMERAS
 from device.station.modbus_settings import ModbusSettings
 from device.station.mqtt_settings import MqttSettings
 from device.station.product_settings import ProductSection, check_products
+from device.station.retention import FRAME_FORMATS
 from device.station.opcua_settings import OpcUaSettings
 from device.station.triggers import TriggerSection
 
@@ -112,11 +113,14 @@ class RecordSection:
     ok_image_fraction: float = 0.01
     seed: int = 0
     reserve_mb: float = 64.0
+    frame_format: str = "jpg"
 
     def __post_init__(self) -> None:
         need(self.image_budget_mb > 0, "image_budget_mb", self.image_budget_mb, "must be positive")
         need(0 <= self.ok_image_fraction <= 1, "ok_image_fraction", self.ok_image_fraction, "must be between 0 and 1")
         need(self.reserve_mb >= 0, "reserve_mb", self.reserve_mb, "must be 0 or positive")
+        need(self.frame_format in FRAME_FORMATS, "frame_format", self.frame_format,
+             f"use {' or '.join(FRAME_FORMATS)}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The station's image folder: kept frames and heat-map overlays as JPEGs, within a disk budget.
+"""The station's image folder: kept frames (JPEG, or PNG for lossless retraining data) and heat-map
+overlays (JPEG), within a disk budget.
 
 The verdict log (store.py) is the record; images are evidence attached to it. They are written
 before their row (so a row never names an image that was not written) and deleted only after the
@@ -19,10 +20,15 @@ import numpy as np
 from device.errors import KenpinError
 
 JPEG_QUALITY = 90
+PNG_COMPRESSION = 1  # fast: a Pi writes it between parts; level 9 saves ~10 % for several times the CPU
+# record.frame_format: JPEG is ~10x smaller; PNG keeps the frame exactly as judged — a JPEG copy of
+# a near-threshold part can score on the other side of the threshold, and retraining on it would
+# learn compression artefacts.
+FRAME_FORMATS = ("jpg", "png")
 # What new_ref() writes (and its temp file): the start-up sweep touches nothing else, so a data_dir
 # pointed at a folder with other images in it never loses them.
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-OUR_FILE = re.compile(r"\d{4}-\d{2}-\d{2}/\d{6}_\d{3}_\d+_\d+_(ok|defect|retake)_(frame|heat)\.jpg(\.part)?")
+OUR_FILE = re.compile(r"\d{4}-\d{2}-\d{2}/\d{6}_\d{3}_\d+_\d+_(ok|defect|retake)_(frame\.(jpg|png)|heat\.jpg)(\.part)?")
 OVERLAY_ALPHA = 0.55  # heat colour over the frame where it is hot: strong, since only hot places get it
 
 
@@ -54,7 +60,7 @@ def heat_overlay(heatmap: np.ndarray, frame_rgb: np.ndarray | None, full_scale: 
 
 
 class ImageFolder:
-    """JPEG files under ``root`` addressed by refs (paths relative to ``root``), with a byte count.
+    """Image files under ``root`` addressed by refs (paths relative to ``root``), with a byte count.
 
     Not thread-safe on its own: the store calls it under its writer lock.
     """
@@ -66,19 +72,22 @@ class ImageFolder:
         self.bytes = 0
         self._seq = 0
 
-    def new_ref(self, t: float, verdict: str, kind: str) -> str:
+    def new_ref(self, t: float, verdict: str, kind: str, ext: str = "jpg") -> str:
         """A unique ref for a frame/heat image of a part captured at ``t`` (one folder per UTC day)."""
         self._seq += 1
         tm = time.gmtime(t)
         ms = int((t % 1.0) * 1000)
         return (f"{time.strftime('%Y-%m-%d', tm)}/{time.strftime('%H%M%S', tm)}_{ms:03d}_"
-                f"{os.getpid()}_{self._seq:07d}_{verdict}_{kind}.jpg")
+                f"{os.getpid()}_{self._seq:07d}_{verdict}_{kind}.{ext}")
 
-    def write_jpeg(self, ref: str, bgr: np.ndarray) -> int:
-        """Encode and write atomically (temp file + rename); returns the bytes written. Raises OSError."""
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    def write_image(self, ref: str, bgr: np.ndarray) -> int:
+        """Encode (JPEG or PNG, by the ref's suffix) and write atomically (temp file + rename); returns
+        the bytes written. Raises OSError."""
+        png = ref.endswith(".png")
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION] if png else [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        ok, buf = cv2.imencode(".png" if png else ".jpg", bgr, params)
         if not ok:
-            raise OSError(f"OpenCV could not encode a {bgr.shape} image as JPEG")
+            raise OSError(f"OpenCV could not encode a {bgr.shape} image as {'PNG' if png else 'JPEG'}")
         path = self.root / ref
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")

@@ -71,7 +71,8 @@ class Station:
         self.name = config.station.name
         self.started_at = time.time()
         self.store = VerdictStore(config.station.data_dir, config.record.image_budget_mb,
-                                  config.record.ok_image_fraction, config.record.seed, config.record.reserve_mb)
+                                  config.record.ok_image_fraction, config.record.seed, config.record.reserve_mb,
+                                  config.record.frame_format)
         self._camera = camera if camera is not None else make_camera(config.camera.type, config.camera.settings)
         self._pin_factory = pin_factory
         self._lock = threading.Lock()

@@ -25,7 +25,7 @@ import numpy as np
 from device.errors import KenpinError
 from device.station import store_queries as queries
 from device.station.record import VerdictRecord
-from device.station.retention import ImageFolder, heat_overlay
+from device.station.retention import FRAME_FORMATS, ImageFolder, heat_overlay
 from device.station.store_schema import COLUMNS, KEPT, open_writer
 
 RETENTION_TARGET = 0.9  # retention frees down to 90 % of the budget, so it runs in batches
@@ -35,12 +35,16 @@ class VerdictStore:
     """The verdict log of one station in ``data_dir`` (verdicts.sqlite3 and images/)."""
 
     def __init__(self, data_dir: Path, image_budget_mb: float = 1024.0, ok_image_fraction: float = 0.01,
-                 seed: int = 0, reserve_mb: float = 64.0) -> None:
+                 seed: int = 0, reserve_mb: float = 64.0, frame_format: str = "jpg") -> None:
         """``reserve_mb``: free disk below which images are no longer written, so the verdict log
-        keeps room to grow when something else fills the disk."""
-        if image_budget_mb < 0 or not 0.0 <= ok_image_fraction <= 1.0 or reserve_mb < 0:
+        keeps room to grow when something else fills the disk. ``frame_format``: kept frames as
+        ``jpg`` or lossless ``png`` (heat overlays are always JPEG)."""
+        if (image_budget_mb < 0 or not 0.0 <= ok_image_fraction <= 1.0 or reserve_mb < 0
+                or frame_format not in FRAME_FORMATS):
             raise KenpinError(f"record settings out of range: image_budget_mb={image_budget_mb} (≥ 0), "
-                              f"ok_image_fraction={ok_image_fraction} (0..1), reserve_mb={reserve_mb} (≥ 0)")
+                              f"ok_image_fraction={ok_image_fraction} (0..1), reserve_mb={reserve_mb} (≥ 0), "
+                              f"frame_format={frame_format!r} ({' or '.join(FRAME_FORMATS)})")
+        self.frame_format = frame_format
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "verdicts.sqlite3"
         self.budget_bytes = int(image_budget_mb * 1024 * 1024)
@@ -150,9 +154,9 @@ class VerdictStore:
         return frame_ref, heatmap_ref
 
     def _write(self, rec: VerdictRecord, kind: str, make_bgr) -> str | None:
-        ref = self._images.new_ref(rec.time, rec.verdict, kind)
+        ref = self._images.new_ref(rec.time, rec.verdict, kind, self.frame_format if kind == "frame" else "jpg")
         try:
-            self._images.write_jpeg(ref, make_bgr())
+            self._images.write_image(ref, make_bgr())
         except (OSError, ValueError) as e:
             self._fail("images", f"{kind} image not kept in {self._images.root}: {e}")
             return None
