@@ -58,6 +58,15 @@ def cmd_train_embedding(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from kenpin.retrain import retrain
+    from training.recipe import load_recipe
+
+    retrain(Path(args.bundle), Path(args.feedback), Path(args.data), Path(args.out),
+            Path(args.eval) if args.eval else None, load_recipe(args.recipe) if args.recipe else None, args.precision)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from kenpin.pipeline import evaluate_and_report
 
@@ -92,6 +101,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.feedback_loop:
+        from kenpin.feedback_demo import run_feedback_loop
+
+        run_feedback_loop(Path(args.workdir), args.seed)
+        return 0
     from kenpin.demo import run_demo
 
     return run_demo(Path(args.workdir), args.seed)
@@ -238,6 +252,18 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     m.set_defaults(func=cmd_train_embedding)
 
+    rt = sub.add_parser("retrain", help="the feedback loop: the verdicts operators marked wrong join the running "
+                                        "bundle's dataset; a new bundle, judged beside the running one")
+    rt.add_argument("--bundle", required=True, help="the bundle the station runs (its recipe is reused)")
+    rt.add_argument("--feedback", required=True, help="the station's feedback folder (<station.data_dir>/feedback, or "
+                                                      "feedback/product-<n>): train/good/ and train/defect/")
+    rt.add_argument("--data", required=True, help="the dataset the running bundle was trained on (MVTec layout)")
+    rt.add_argument("--out", required=True, help="new bundle folder (must not exist)")
+    rt.add_argument("--eval", help="an MVTec-layout test set neither bundle trained on: both scored on it, side by side")
+    rt.add_argument("--recipe", help="recipe YAML instead of the running bundle's own")
+    rt.add_argument("--precision", default="auto", help="variant both bundles are judged with (as kenpin eval)")
+    rt.set_defaults(func=cmd_retrain)
+
 
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="score DATA/test with a bundle; metrics JSON and plots")
@@ -266,6 +292,9 @@ def _add_whole_runs(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole path on a generated sample line (no camera, no GPU, no data)")
     d.add_argument("--workdir", default="demo-run", help="where the line, bundle and report go")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--feedback-loop", action="store_true",
+                   help="instead: the feedback loop — the station judges a production shift, its wrong verdicts "
+                        "are marked, kenpin retrain, and both bundles on a later shift (minutes of CPU)")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compare", help="frozen vs metric-learned embedder on one dataset, in one run")

@@ -61,26 +61,30 @@ def replay_folder(line: Path, dest: Path, per_kind: int = 4) -> Path:
     return dest
 
 
-def station_yaml(workdir: Path, bundle: Path, replay: Path) -> Path:
+def station_yaml(workdir: Path, bundle: Path, replay: Path, ok_image_fraction: float = 0.1,
+                 frame_format: str = "jpg") -> Path:
     """The demo's station config (a replay camera that stops at its last image)."""
     path = workdir / "station.yaml"
     path.write_text(f"""# Written by `kenpin demo`; every key is documented in configs/station.yaml.
 station: {{name: demo-line, data_dir: {(workdir / 'station-data').resolve()}}}
 bundle: {{path: {bundle.resolve()}, precision: auto}}
 camera: {{type: replay, replay: {{folder: {replay.resolve()}, fps: 0, loop: false}}}}
-record: {{ok_image_fraction: 0.1}}
+record: {{ok_image_fraction: {ok_image_fraction}, frame_format: {frame_format}}}
 dashboard: {{enabled: false}}
 """)
     return path
 
 
-def run_station(workdir: Path, line: Path, bundle: Path) -> None:
-    """``kenpin run`` on the replay, in this process, until the replay ends; print its counts."""
+def run_station(workdir: Path, line: Path, bundle: Path, replay: Path | None = None,
+                ok_image_fraction: float = 0.1, frame_format: str = "jpg") -> Path:
+    """``kenpin run`` on a replay (default: a few of ``line``'s held-out parts of each kind), in this
+    process, until the replay ends; print its counts. Returns the station's data folder."""
     from device.station.config import load_config
     from device.station.service import RunOptions, serve
     from device.station.station import Station
 
-    config = station_yaml(workdir, bundle, replay_folder(line, workdir / "replay"))
+    replay = replay or replay_folder(line, workdir / "replay")
+    config = station_yaml(workdir, bundle, replay, ok_image_fraction, frame_format)
     cfg = load_config(config)
     station = Station(cfg)
     station.start()
@@ -89,3 +93,4 @@ def run_station(workdir: Path, line: Path, bundle: Path) -> None:
     print(f"station: {c['triggers']} parts inspected: {c['ok']} ok, {c['defect']} defect, {c['retake']} retake, "
           f"{c['trigger_errors']} errors; latency p50 {ms['p50']} ms; verdict log {cfg.station.data_dir}")
     print(f"next: kenpin run --config {config}   (set camera.replay.loop: true and dashboard.enabled: true to watch it)")
+    return cfg.station.data_dir

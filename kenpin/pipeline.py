@@ -112,11 +112,16 @@ def evaluate_and_report(bundle: Path, data: Path, precision: str, json_path: Pat
 
 
 def print_comparison(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> None:
-    """Image AUROC of two bundles side by side, overall and per defect type."""
+    """Two bundles side by side on the same images: AUROC, and false rejects and escapes at each
+    bundle's own threshold (what the line would see), overall and per defect type."""
     print(f"{'':<18} {name_a[:14]:>14} {name_b[:14]:>14}")
     print(f"{'image AUROC':<18} {_fmt(a['image_auroc']):>14} {_fmt(b['image_auroc']):>14}")
+    print(f"{'false rejects':<18} {a['false_reject_rate']:>14.3f} {b['false_reject_rate']:>14.3f}")
+    print(f"{'escapes':<18} {a['escape_rate']:>14.3f} {b['escape_rate']:>14.3f}")
     for d in b["per_defect"]:
-        print(f"  {d:<16} {_fmt(a['per_defect'][d]['auroc']):>14} {_fmt(b['per_defect'][d]['auroc']):>14}")
+        pa, pb = a["per_defect"][d], b["per_defect"][d]
+        print(f"  {d:<16} {_fmt(pa['auroc']):>14} {_fmt(pb['auroc']):>14}   escapes "
+              f"{pa['escape_rate']:.3f} → {pb['escape_rate']:.3f}")
 
 
 def _fmt(x: float | None) -> str:

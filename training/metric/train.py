@@ -45,6 +45,7 @@ from training.metric.losses import (
 )
 from training.metric.model import TrainedEmbedder, TrainingView, save_embedder
 from training.metric.pair_sampling import labeled_defects
+from training.metric.pseudo_masks import guess_masks
 from training.recipe import MetricSpec, Recipe
 
 log = logging.getLogger(__name__)
@@ -232,14 +233,29 @@ def _resume(out: Path, view: TrainingView, opt: torch.optim.Optimizer, rng: np.r
     return RunState(**ckpt["state"])
 
 
-def _few_shot(data_dir: Path, recipe: Recipe) -> list[FewShot]:
+def _few_shot(data_dir: Path, recipe: Recipe, model: TrainedEmbedder, train: list[np.ndarray],
+              device: torch.device) -> list[FewShot]:
+    """train/<defect>/ images at input size with their masks; a defect without a mask (an operator's
+    marked reject) gets the frozen model's multiple-instance guess (``pseudo_masks``)."""
     if not recipe.metric.few_shot:
         return []
     pre = recipe.preprocess
-    found = [d for d in labeled_defects(data_dir) if d.mask is not None]
+    found = labeled_defects(data_dir)
     # Nearest-neighbour for masks: an area resize would blur them into a halo of "defect" pixels.
-    return [FewShot(resize_all([d.image], pre)[0],
-                    cv2.resize(d.mask, (pre.width, pre.height), interpolation=cv2.INTER_NEAREST)) for d in found]
+    drawn = [FewShot(resize_all([d.image], pre)[0],
+                     cv2.resize(d.mask, (pre.width, pre.height), interpolation=cv2.INTER_NEAREST))
+             for d in found if d.mask is not None]
+    unmasked = resize_all([d.image for d in found if d.mask is None], pre)
+    if not unmasked:
+        return drawn
+    model.eval()
+    picks = np.random.default_rng(recipe.seed).permutation(len(train))[:recipe.metric.val_bank_images]
+    masks = guess_masks(lambda x: _embed(model, x, device, recipe.batch_size),
+                        normalize([train[i] for i in np.sort(picks)], pre), normalize(unmasked, pre),
+                        (pre.height, pre.width), recipe.seed)
+    log.info("%d defect image(s) without a mask: each trains on its peak patches (multiple-instance guess)",
+             len(unmasked))
+    return drawn + [FewShot(im, m) for im, m in zip(unmasked, masks)]
 
 
 def _record(out: Path, state: RunState, row: dict[str, Any]) -> None:
@@ -258,9 +274,9 @@ def train_embedding(data_dir: Path, out: Path, recipe: Recipe, resume: bool = Fa
     rng = np.random.default_rng(recipe.seed + ctx.rank)
     split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     train, holdout = resize_all(split.bank, pre), resize_all(split.holdout, pre)
-    few = _few_shot(data_dir, recipe)
     val = make_valset(train, holdout, recipe) if ctx.main else None
     model = TrainedEmbedder(recipe.features, spec.head).to(ctx.device)
+    few = _few_shot(data_dir, recipe, model, train, ctx.device)
     view = TrainingView(model).to(ctx.device)
     opt = _optimizer(model, spec)
     out.mkdir(parents=True, exist_ok=True)
