@@ -39,7 +39,8 @@ from training.fit import (
     torch_embed_fn,
 )
 from training.recipe import Recipe
-from training.reduction import ReducedEmbedder, fit_reduction
+from training.discriminant import fit_discriminant, paint_bank, residual_moments
+from training.reduction import ReducedEmbedder, Reduction, fit_reduction
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,15 @@ def probe_scores(embed: EmbedFn, v: FittedVariant, probes: np.ndarray, n_good: i
     return {"good": raw[:n_good], "defect": raw[n_good:]}
 
 
+def _fit_reduction(model: torch.nn.Module, bank_maps: np.ndarray, bank_inputs: np.ndarray, recipe: Recipe) -> Reduction:
+    """The recipe's reduction: PCA of the good bank patches, or the defect-discriminant directions."""
+    spec = recipe.reduction
+    if not spec.discriminant:
+        return fit_reduction(flatten_patches(bank_maps), spec.dim, spec.whiten, recipe.seed, spec.residual)
+    painted = paint_bank(bank_inputs, recipe.preprocess, torch_embed_fn(model), recipe.batch_size, recipe.seed)
+    return fit_discriminant(residual_moments(bank_maps, painted, recipe.seed), spec.dim, spec.ridge)
+
+
 def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = None
              ) -> tuple[torch.nn.Module, np.ndarray, FittedVariant]:
     """The PyTorch model (default: the frozen patch embedder), the coreset indices and the
@@ -181,8 +191,7 @@ def fit_fp32(inputs: Inputs, recipe: Recipe, model: torch.nn.Module | None = Non
     model = (model if model is not None else PatchEmbedder(recipe.features)).eval()
     bank_maps = embed_all(torch_embed_fn(model), inputs.bank, recipe.batch_size, "fp32 bank features")
     if recipe.reduction.dim:  # the model outputs the reduced embedding from here on
-        reduction = fit_reduction(flatten_patches(bank_maps), recipe.reduction.dim, recipe.reduction.whiten, recipe.seed,
-                                  recipe.reduction.residual)
+        reduction = _fit_reduction(model, bank_maps, inputs.bank, recipe)
         model, bank_maps = ReducedEmbedder(model, reduction).eval(), reduction.apply(bank_maps)
     embed = torch_embed_fn(model)
     coreset = greedy_coreset(flatten_patches(bank_maps), recipe.bank.coreset_size,

@@ -126,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from kenpin.tune import run_tune
 
-    return run_tune(Path(args.data), args.recipe, args.reduction_dims, tuple(args.reduction_methods))
+    return run_tune(Path(args.data), args.recipe, args.reduction_dims, tuple(args.reduction_methods),
+                    tuple(args.ridges))
 
 
 def cmd_split_defects(args: argparse.Namespace) -> int:
@@ -312,8 +313,12 @@ def _add_recipes_and_datasets(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
     u.add_argument("--reduction-dims", type=int, nargs="+", metavar="DIM",
                    help="instead: each recipe at these reduction.dim values (0 = full), one embedding pass")
-    u.add_argument("--reduction-methods", nargs="+", default=["pca"], choices=["pca", "whiten", "residual"],
-                   help="with --reduction-dims: PCA, whitened PCA, PCA + the residual distance as a channel")
+    u.add_argument("--reduction-methods", nargs="+", default=["pca"],
+                   choices=["pca", "whiten", "residual", "discriminant"],
+                   help="with --reduction-dims: PCA, whitened PCA, PCA + the residual distance as a channel, or "
+                        "the directions where synthetic defects on bank images leave their nearest good patch")
+    u.add_argument("--ridges", type=float, nargs="+", default=[1.0],
+                   help="with the discriminant method: reduction.ridge values to try (each a row)")
     u.set_defaults(func=cmd_tune)
 
     sd = sub.add_parser("split-defects", help="a new dataset folder (links) with K defective images per type "

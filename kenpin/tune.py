@@ -33,19 +33,23 @@ def tune(data: Path, recipe_paths: list[str]) -> list[dict]:
     return rows
 
 
-def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple[str, ...]) -> list[dict]:
+def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple[str, ...],
+                   ridges: tuple[float, ...] = (1.0,)) -> list[dict]:
     """Validation figures of the recipe at each reduction dim (0 = full), from one embedding pass."""
+    from training.discriminant import paint_bank
     from training.fit import embed_all, torch_embed_fn
     from training.features import PatchEmbedder
-    from training.reduction import sweep
+    from training.reduction_sweep import sweep
 
     r = load_recipe(recipe_path)
     inputs = prepare_inputs(data, r, probes=False)
     embed = torch_embed_fn(PatchEmbedder(r.features).eval())
     maps = tuple(embed_all(embed, x, r.batch_size, what) for x, what in
                  ((inputs.bank, "bank"), (inputs.holdout, "held-out good"), (inputs.synthetic, "synthetic defects")))
+    painted = (paint_bank(inputs.bank, r.preprocess, embed, r.batch_size, r.seed)
+               if "discriminant" in methods else None)
     rows = sweep(maps, dims, r.bank.coreset_size, r.scoring.texture, r.calibration.target_false_reject_rate,
-                 r.seed, methods)
+                 r.seed, methods, painted, ridges)
     print(f"{recipe_path} on {data} (validation: held-out good vs synthetic defects, never test/)")
     print("| dim | method | variance kept | synthetic AUROC | escapes at threshold | search ms (1 thread) |\n"
           "|---|---|---|---|---|---|")
@@ -56,11 +60,11 @@ def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple
 
 
 def run_tune(data: Path, recipes: list[str], reduction_dims: list[int] | None = None,
-             methods: tuple[str, ...] = ("pca",)) -> int:
+             methods: tuple[str, ...] = ("pca",), ridges: tuple[float, ...] = (1.0,)) -> int:
     torch.set_num_threads(2)
     if reduction_dims:
         for path in recipes:
-            tune_reduction(data, path, reduction_dims, methods)
+            tune_reduction(data, path, reduction_dims, methods, ridges)
     else:
         tune(data, recipes)
     return 0

@@ -56,6 +56,48 @@ def reduced_bundle(tiny_line, tmp_path_factory):
     return out
 
 
+def test_the_discriminant_keeps_the_direction_defects_move_in_where_pca_drops_it():
+    from training.discriminant import PaintedBank, fit_discriminant, residual_moments
+
+    rng = np.random.default_rng(0)
+    c, n, h, w = 40, 30, 6, 6
+    basis = np.linalg.qr(rng.standard_normal((c, c)))[0]
+    good_dirs, defect_dir = basis[:, :3], basis[:, 3]
+    # Good patches vary a lot along three directions and barely along the rest.
+    coords = rng.standard_normal((n * h * w, 3)) * [5.0, 3.0, 2.0]
+    rows = coords @ good_dirs.T + 0.05 * rng.standard_normal((n * h * w, c))
+    bank = rows.reshape(n, h, w, c).transpose(0, 3, 1, 2).astype(np.float32)
+    sources = np.arange(10)
+    painted = bank[sources].copy()
+    labels = np.zeros((10, h, w), np.int64)
+    labels[:, 2:4, 2:4] = 1
+    painted += (labels[:, None] * 1.5 * defect_dir[None, :, None, None]).astype(np.float32)  # small, off-manifold
+    red = fit_discriminant(residual_moments(bank, PaintedBank(painted, labels.reshape(-1), sources), 0), 3, 1.0)
+    pca = fit_reduction(bank.transpose(0, 2, 3, 1).reshape(-1, c), 3, False, 0)
+
+    def kept(components: np.ndarray) -> float:  # share of the defect direction inside the kept span
+        q = np.linalg.qr(components.T.astype(np.float64))[0]
+        return float(np.linalg.norm(q.T @ defect_dir))
+
+    assert kept(red.components) > 0.9 and kept(pca.components) < 0.1
+    assert red.apply(painted).shape == (10, 3, h, w)
+    labels[1:] = 0  # the defect on one image only: 4 patches cannot fit 5 directions
+    with pytest.raises(KenpinError, match="the synthetic defects cover only 4 patches"):
+        fit_discriminant(residual_moments(bank, PaintedBank(painted, labels.reshape(-1), sources), 0), 5, 1.0)
+
+
+def test_a_discriminant_bundle_is_fitted_on_painted_bank_images_and_scores_as_trained(tiny_line, tmp_path):
+    from export.build import build_bundle
+    from kenpin.bench_inputs import tiny_recipe
+    from training.recipe import ReductionSpec
+
+    build_bundle(tiny_line, tmp_path / "b", replace(tiny_recipe(), reduction=ReductionSpec(dim=24, discriminant=True)))
+    b = load_bundle(tmp_path / "b")
+    assert b.manifest["reduction"]["dim"] == 24 and b.manifest["reduction"]["method"].startswith("defect-discriminant")
+    check = self_check(b, 1, full=True)
+    assert check.verified and check.chosen in b.manifest["variants"]
+
+
 def test_a_reduced_bundle_searches_in_the_reduced_space_and_scores_as_trained(reduced_bundle):
     b = load_bundle(reduced_bundle)
     assert b.manifest["reduction"]["dim"] == 32 and b.manifest["reduction"]["from_dim"] == 304
@@ -78,6 +120,9 @@ def test_the_recipe_key_is_checked_where_it_is_written(tmp_path):
         load_recipe(f)
     f.write_text("reduction:\n  dim: 64\n  whiten: true\n")
     assert load_recipe(f).reduction.dim == 64
+    f.write_text("reduction:\n  dim: 64\n  whiten: true\n  discriminant: true\n")
+    with pytest.raises(KenpinError, match=r"reduction\.discriminant = True: is a reduction of its own"):
+        load_recipe(f)
 
 
 def test_the_residual_channel_is_the_distance_to_the_kept_subspace():

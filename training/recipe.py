@@ -51,9 +51,17 @@ class ReductionSpec:
     # One of the ``dim`` channels carries each patch's distance to the kept subspace: a defect
     # often lives in the directions good parts hardly vary in, which PCA drops.
     residual: bool = False
+    # Instead of PCA: the directions where synthetic defects' nearest-good residuals are largest
+    # against good patches' own (a generalized eigenproblem); ``ridge`` shrinks the good residuals'
+    # covariance toward its mean variance (large: the defects' residual directions alone).
+    discriminant: bool = False
+    ridge: float = 1.0
 
     def __post_init__(self) -> None:
         need(self.dim >= 0, "dim", self.dim, "use 0 (the full embedding) or the number of dimensions kept")
+        need(self.ridge > 0, "ridge", self.ridge, "must be > 0")
+        need(not (self.discriminant and (self.whiten or self.residual)), "discriminant", self.discriminant,
+             "is a reduction of its own; leave whiten and residual false with it")
 
 
 @dataclass(frozen=True)

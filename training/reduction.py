@@ -110,6 +110,8 @@ class ReducedEmbedder(nn.Module):
 
     def about(self, spec: object) -> dict[str, object]:
         """The manifest's ``reduction`` entry."""
+        if getattr(spec, "discriminant", False):
+            return self.reduction.about(f"defect-discriminant (ridge {spec.ridge})")
         return self.reduction.about("whitened PCA" if getattr(spec, "whiten", False) else "PCA")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,32 +139,3 @@ def search_ms(bank: np.ndarray, patches: np.ndarray, repeat: int = 50) -> float:
             scorer.distances(patches)
             times.append(time.perf_counter() - t0)
     return 1000.0 * float(np.median(times))
-
-
-METHODS = {"pca": (False, False), "whiten": (True, False), "residual": (False, True)}  # (whiten, residual)
-
-
-def sweep(maps: tuple[np.ndarray, np.ndarray, np.ndarray], dims: list[int], coreset_size: int, texture: bool,
-          target_frr: float, seed: int, methods: tuple[str, ...] = ("pca",)) -> list[dict[str, object]]:
-    """Validation figures of each reduction dim (0 = full) and method, from one embedding pass.
-
-    ``maps``: full-dimension feature maps of the bank, held-out good and synthetic-defect images.
-    Each gets its own reduction, coreset, threshold and fusion, as a bundle would."""
-    from training.coreset import greedy_coreset
-    from training.fit import fit_maps, flatten_patches
-
-    bank_maps, hold_maps, syn_maps = maps
-    combos = [(0, "full")] if 0 in dims else []
-    combos += [(d, m) for d in dims if d for m in methods]
-    rows: list[dict[str, object]] = []
-    for dim, method in combos:
-        b, h, s, kept = bank_maps, hold_maps, syn_maps, 1.0
-        if dim:
-            whiten, residual = METHODS[method]
-            red = fit_reduction(flatten_patches(bank_maps), dim, whiten, seed, residual)
-            b, h, s, kept = red.apply(bank_maps), red.apply(hold_maps), red.apply(syn_maps), red.explained
-        v = fit_maps(b, greedy_coreset(flatten_patches(b), coreset_size, 128, seed), h, s, target_frr, texture)
-        rows.append({"dim": int(b.shape[1]), "method": method, "explained_variance": float(kept),
-                     "synthetic_auroc": v.synthetic_auroc, "synthetic_escape_rate": v.synthetic_escape_rate,
-                     "search_ms": search_ms(v.bank, flatten_patches(h[:1]))})
-    return rows
