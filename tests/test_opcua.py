@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import socket
 import sqlite3
 import threading
@@ -301,12 +303,16 @@ def test_the_service_serves_while_the_station_runs_and_closes_with_it(tiny_line,
             seen.update(name=await st_nodes.read("Name"), ok=await st_nodes.read("Counters.Triggers"))
 
     def reader() -> None:
-        assert wait_for(lambda: _listening(port), 30)
-        asyncio.run(read())
+        try:
+            assert wait_for(lambda: _listening(port), 30)
+            asyncio.run(read())
+        finally:  # stop as systemd would; a fixed run length lost the race on a loaded CPU
+            os.kill(os.getpid(), signal.SIGTERM)
 
     t = threading.Thread(target=reader)
     t.start()
-    assert serve(st, cfg, RunOptions(duration_s=4, with_dashboard=False)) == 0  # in the main thread: signals
+    # In the main thread (signals); its SIGTERM handler is in place before the OPC UA server listens.
+    assert serve(st, cfg, RunOptions(duration_s=120, with_dashboard=False)) == 0
     t.join(10)
     assert seen.get("name") == "test-line" and seen.get("ok", 0) > 0
     assert not _listening(port)
