@@ -20,7 +20,7 @@ import numpy as np
 from device.errors import KenpinError
 
 JPEG_QUALITY = 90
-PNG_COMPRESSION = 1  # fast: a Pi writes it between parts; level 9 saves ~10 % for several times the CPU
+PNG_COMPRESSION = 1  # the fastest zlib level: a Pi writes it between parts
 # record.frame_format: JPEG is several times smaller; PNG keeps the frame exactly as judged — a JPEG copy of
 # a near-threshold part can score on the other side of the threshold, and retraining on it would
 # learn compression artefacts.
