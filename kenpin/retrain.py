@@ -35,14 +35,7 @@ def marked_verdicts(bundle: Path, feedback: Feedback, precision: str) -> dict[st
     """How a bundle judges the marked images themselves: good ones passed, defects rejected."""
     inspector, _ = open_checked(bundle, precision)
 
-    def verdicts(paths: list[Path]) -> list[str]:
-        out = []
-        for p in paths:
-            rgb = read_rgb(p)
-            out.append(inspector.judge(rgb, inspector.embed(rgb)).verdict)
-        return out
-
-    good, bad = verdicts(feedback.good), verdicts(feedback.defect)
+    good, bad = ([inspector.judge(read_rgb(p)).verdict for p in paths] for paths in (feedback.good, feedback.defect))
     return {"bundle": str(bundle), "variant": inspector.variant.name,
             "good_passed": good.count("ok"), "n_good": len(good),
             "defects_rejected": bad.count("defect"), "n_defect": len(bad)}
