@@ -112,6 +112,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.per_type is not None:
+        if args.train_images is not None or args.resume:
+            raise KenpinError("--per-type runs the curve from scratch on all train/good: leave out --train-images "
+                              "and --resume")
+        from kenpin.curve import run_curve
+
+        run_curve(Path(args.data), args.recipe, Path(args.workdir), args.per_type, args.seed)
+        return 0
     from kenpin.compare import run_compare
 
     return run_compare(Path(args.data), args.recipe, Path(args.workdir), args.train_images, args.resume)
@@ -126,8 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from kenpin.tune import run_tune
 
+    if any(n < 1 for n in args.coreset_sizes or ()):
+        raise KenpinError(f"--coreset-sizes {' '.join(map(str, args.coreset_sizes))}: each bank size must be "
+                          "at least 1 (bank.coreset_size)")
     return run_tune(Path(args.data), args.recipe, args.reduction_dims, tuple(args.reduction_methods),
-                    tuple(args.ridges))
+                    tuple(args.ridges), tuple(args.coreset_sizes or ()))
 
 
 def cmd_split_defects(args: argparse.Namespace) -> int:
@@ -304,6 +315,10 @@ def _add_whole_runs(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--workdir", default="compare-run")
     c.add_argument("--train-images", type=int, help="use only this many train/good images (few-shot)")
     c.add_argument("--resume", action="store_true", help="resume the embedding training in WORKDIR/embedding")
+    c.add_argument("--per-type", type=int, nargs="+", metavar="K",
+                   help="instead: the curve — K real defects per type moved to train/ (kenpin split-defects), "
+                        "trained per K, frozen once, all scored on the test images left at the largest K")
+    c.add_argument("--seed", type=int, default=0, help="with --per-type: seed of the defects' pick")
     c.set_defaults(func=cmd_compare)
 
 
@@ -319,6 +334,9 @@ def _add_recipes_and_datasets(sub: argparse._SubParsersAction) -> None:
                         "the directions where synthetic defects on bank images leave their nearest good patch")
     u.add_argument("--ridges", type=float, nargs="+", default=[1.0],
                    help="with the discriminant method: reduction.ridge values to try (each a row)")
+    u.add_argument("--coreset-sizes", type=int, nargs="+", metavar="N",
+                   help="instead: each recipe at these bank.coreset_size values (with --reduction-dims, at each "
+                        "dim), one embedding pass and one coreset selection")
     u.set_defaults(func=cmd_tune)
 
     sd = sub.add_parser("split-defects", help="a new dataset folder (links) with K defective images per type "

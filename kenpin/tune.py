@@ -34,8 +34,10 @@ def tune(data: Path, recipe_paths: list[str]) -> list[dict]:
 
 
 def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple[str, ...],
-                   ridges: tuple[float, ...] = (1.0,)) -> list[dict]:
-    """Validation figures of the recipe at each reduction dim (0 = full), from one embedding pass."""
+                   ridges: tuple[float, ...] = (1.0,), coreset_sizes: tuple[int, ...] = ()) -> list[dict]:
+    """Validation figures of the recipe at each reduction dim (0 = full) and bank size, from one embedding pass.
+
+    ``coreset_sizes`` empty: the recipe's own ``bank.coreset_size``."""
     from training.discriminant import paint_bank
     from training.fit import embed_all, torch_embed_fn
     from training.features import PatchEmbedder
@@ -48,23 +50,26 @@ def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple
                  ((inputs.bank, "bank"), (inputs.holdout, "held-out good"), (inputs.synthetic, "synthetic defects")))
     painted = (paint_bank(inputs.bank, r.preprocess, embed, r.batch_size, r.seed)
                if "discriminant" in methods else None)
-    rows = sweep(maps, dims, r.bank.coreset_size, r.scoring.texture, r.calibration.target_false_reject_rate,
+    rows = sweep(maps, dims, coreset_sizes or (r.bank.coreset_size,), r.scoring.texture, r.calibration.target_false_reject_rate,
                  r.seed, methods, painted, ridges)
     print(f"{recipe_path} on {data} (validation: held-out good vs synthetic defects, never test/)")
-    print("| dim | method | variance kept | synthetic AUROC | escapes at threshold | search ms (1 thread) |\n"
-          "|---|---|---|---|---|---|")
+    print("| dim | method | bank | variance kept | synthetic AUROC | escapes at threshold | search ms (1 thread) |\n"
+          "|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['dim']} | {row['method']} | {row['explained_variance']:.3f} | {row['synthetic_auroc']:.4f} | "
+        print(f"| {row['dim']} | {row['method']} | {row['bank']} | {row['explained_variance']:.3f} | "
+              f"{row['synthetic_auroc']:.4f} | "
               f"{row['synthetic_escape_rate']:.3f} | {row['search_ms']:.2f} |", flush=True)
     return rows
 
 
 def run_tune(data: Path, recipes: list[str], reduction_dims: list[int] | None = None,
-             methods: tuple[str, ...] = ("pca",), ridges: tuple[float, ...] = (1.0,)) -> int:
+             methods: tuple[str, ...] = ("pca",), ridges: tuple[float, ...] = (1.0,),
+             coreset_sizes: tuple[int, ...] = ()) -> int:
+    """Print each recipe's validation figures (with dims or bank sizes: one embedding pass per recipe); exit 0."""
     torch.set_num_threads(2)
-    if reduction_dims:
+    if reduction_dims or coreset_sizes:
         for path in recipes:
-            tune_reduction(data, path, reduction_dims, methods, ridges)
+            tune_reduction(data, path, reduction_dims or [0], methods, ridges, coreset_sizes)
     else:
         tune(data, recipes)
     return 0

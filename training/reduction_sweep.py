@@ -22,14 +22,16 @@ def _reduction(bank_maps: np.ndarray, dim: int, method: str, seed: int, moments:
     return fit_reduction(flatten_patches(bank_maps), dim, whiten, seed, residual)
 
 
-def sweep(maps: tuple[np.ndarray, np.ndarray, np.ndarray], dims: list[int], coreset_size: int, texture: bool,
-          target_frr: float, seed: int, methods: tuple[str, ...] = ("pca",), painted: PaintedBank | None = None,
-          ridges: tuple[float, ...] = (1.0,)) -> list[dict[str, object]]:
-    """Validation figures of each reduction dim (0 = full) and method, from one embedding pass.
+def sweep(maps: tuple[np.ndarray, np.ndarray, np.ndarray], dims: list[int], coreset_sizes: tuple[int, ...],
+          texture: bool, target_frr: float, seed: int, methods: tuple[str, ...] = ("pca",),
+          painted: PaintedBank | None = None, ridges: tuple[float, ...] = (1.0,)) -> list[dict[str, object]]:
+    """Validation figures of each reduction dim (0 = full), method and bank size, from one embedding pass.
 
     ``maps``: full-dimension feature maps of the bank, held-out good and synthetic-defect images;
     ``painted``: the bank images with a defect each that the discriminant method fits on (one row
-    per ``ridges`` value). Each row gets its own reduction, coreset, threshold and fusion, as a bundle would."""
+    per ``ridges`` value). Each row gets its own reduction, coreset, threshold and fusion, as a bundle
+    would. The greedy coreset picks in order, so one selection of the largest size gives every
+    smaller one as its prefix: the same bank a recipe of that ``coreset_size`` would build."""
     bank_maps, hold_maps, syn_maps = maps
     combos = [(0, "full", 0.0)] if 0 in dims else []
     combos += [(d, m, r) for d in dims if d for m in methods for r in (ridges if m == "discriminant" else (0.0,))]
@@ -40,9 +42,11 @@ def sweep(maps: tuple[np.ndarray, np.ndarray, np.ndarray], dims: list[int], core
         if dim:
             red = _reduction(bank_maps, dim, method, seed, moments, ridge)
             b, h, s, kept = red.apply(bank_maps), red.apply(hold_maps), red.apply(syn_maps), red.explained
-        v = fit_maps(b, greedy_coreset(flatten_patches(b), coreset_size, 128, seed), h, s, target_frr, texture)
-        rows.append({"dim": int(b.shape[1]), "method": method + (f" ridge {ridge:g}" if ridge else ""),
-                     "explained_variance": float(kept), "synthetic_auroc": v.synthetic_auroc,
-                     "synthetic_escape_rate": v.synthetic_escape_rate,
-                     "search_ms": search_ms(v.bank, flatten_patches(h[:1]))})
+        order = greedy_coreset(flatten_patches(b), max(coreset_sizes), 128, seed)
+        for size in sorted(coreset_sizes):
+            v = fit_maps(b, order[:size], h, s, target_frr, texture)
+            rows.append({"dim": int(b.shape[1]), "method": method + (f" ridge {ridge:g}" if ridge else ""),
+                         "bank": int(len(v.bank)), "explained_variance": float(kept),
+                         "synthetic_auroc": v.synthetic_auroc, "synthetic_escape_rate": v.synthetic_escape_rate,
+                         "search_ms": search_ms(v.bank, flatten_patches(h[:1]))})
     return rows
