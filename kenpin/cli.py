@@ -27,6 +27,7 @@ from pathlib import Path
 
 from device.errors import KenpinError
 from kenpin.bench_cli import add_bench
+from kenpin.dataset_cli import add_recipes_and_datasets
 
 
 def _threads(n: int) -> None:
@@ -131,26 +132,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_service(Path(args.config), RunOptions(args.duration, not args.no_dashboard))
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    from kenpin.tune import run_tune
-
-    if any(n < 1 for n in args.coreset_sizes or ()):
-        raise KenpinError(f"--coreset-sizes {' '.join(map(str, args.coreset_sizes))}: each bank size must be "
-                          "at least 1 (bank.coreset_size)")
-    return run_tune(Path(args.data), args.recipe, args.reduction_dims, tuple(args.reduction_methods),
-                    tuple(args.ridges), tuple(args.coreset_sizes or ()))
-
-
-def cmd_split_defects(args: argparse.Namespace) -> int:
-    from training.split_defects import SplitSpec, split_defects
-
-    rec = split_defects(Path(args.data), Path(args.out), SplitSpec(args.per_type, args.seed))
-    moved = ", ".join(f"{d} {len(v)}" for d, v in rec["moved_to_train"].items())
-    print(f"{args.out}: train/<defect>/ holds {moved or 'nothing'} (seed {args.seed}); test/ keeps "
-          + ", ".join(f"{d} {n}" for d, n in rec["left_in_test"].items()) + "; report on test/ only")
-    return 0
-
-
 def cmd_modbus_map(args: argparse.Namespace) -> int:
     from device.station.modbus_map import Layout
 
@@ -236,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     _add_evaluation(sub)
     _add_whole_runs(sub)
     add_bench(sub)
-    _add_recipes_and_datasets(sub)
+    add_recipes_and_datasets(sub)
     _add_station(sub)
     _add_ranker(sub)
     return p
@@ -320,32 +301,6 @@ def _add_whole_runs(sub: argparse._SubParsersAction) -> None:
                         "trained per K, frozen once, all scored on the test images left at the largest K")
     c.add_argument("--seed", type=int, default=0, help="with --per-type: seed of the defects' pick")
     c.set_defaults(func=cmd_compare)
-
-
-def _add_recipes_and_datasets(sub: argparse._SubParsersAction) -> None:
-    u = sub.add_parser("tune", help="compare recipes on held-out good vs synthetic defects (never test/)")
-    u.add_argument("--data", required=True)
-    u.add_argument("--recipe", nargs="+", required=True, help="recipe YAML files to compare")
-    u.add_argument("--reduction-dims", type=int, nargs="+", metavar="DIM",
-                   help="instead: each recipe at these reduction.dim values (0 = full), one embedding pass")
-    u.add_argument("--reduction-methods", nargs="+", default=["pca"],
-                   choices=["pca", "whiten", "residual", "discriminant"],
-                   help="with --reduction-dims: PCA, whitened PCA, PCA + the residual distance as a channel, or "
-                        "the directions where synthetic defects on bank images leave their nearest good patch")
-    u.add_argument("--ridges", type=float, nargs="+", default=[1.0],
-                   help="with the discriminant method: reduction.ridge values to try (each a row)")
-    u.add_argument("--coreset-sizes", type=int, nargs="+", metavar="N",
-                   help="instead: each recipe at these bank.coreset_size values (with --reduction-dims, at each "
-                        "dim), one embedding pass and one coreset selection")
-    u.set_defaults(func=cmd_tune)
-
-    sd = sub.add_parser("split-defects", help="a new dataset folder (links) with K defective images per type "
-                                              "moved from test/ to train/<defect>/, masks with them")
-    sd.add_argument("--data", required=True, help="MVTec-layout dataset folder (read only)")
-    sd.add_argument("--per-type", type=int, required=True, help="defective images moved per defect type (K)")
-    sd.add_argument("--seed", type=int, default=0, help="seed of the pick")
-    sd.add_argument("--out", required=True, help="new dataset folder to create (must not exist)")
-    sd.set_defaults(func=cmd_split_defects)
 
 
 def _add_station(sub: argparse._SubParsersAction) -> None:
