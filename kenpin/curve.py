@@ -19,7 +19,7 @@ from typing import Any
 from device.errors import KenpinError
 from device.selfcheck import open_checked
 from kenpin.pipeline import train_and_report, train_embedding_and_report
-from training.evaluate import metrics, score_test_set
+from training.evaluate import metrics, score_test_set, write_json
 from training.recipe import load_recipe
 from training.split_defects import SplitSpec, split_defects
 
@@ -38,12 +38,16 @@ def _point(m: dict[str, Any]) -> dict[str, Any]:
     return {"image_auroc": m["image_auroc"],
             "auroc_se": auroc_standard_error(m["image_auroc"], m["n_defective"], m["n_good"]),
             "escapes_at_1pct_frr": op["escape_rate"], "frr_at_1pct_frr": op["false_reject_rate"],
-            "pixel_aupro": m.get("pixel_aupro"), "bundle_id": m["bundle_id"], "precision": m["precision"]}
+            "pixel_aupro": m.get("pixel_aupro"), "per_defect": m["per_defect"], "bundle_id": m["bundle_id"],
+            "precision": m["precision"]}
 
 
 def _evaluate(bundle: Path, test_data: Path) -> dict[str, Any]:
+    """Score ``bundle`` (int8, as the station would pick) on ``test_data``; the full metrics land beside it."""
     inspector, _ = open_checked(bundle, "int8")
-    return _point(metrics(score_test_set(inspector, test_data)))
+    m = metrics(score_test_set(inspector, test_data))
+    write_json(bundle.parent / f"{bundle.name}-eval.json", m)  # every image's score, for a later look
+    return _point(m)
 
 
 def _split(data: Path, workdir: Path, k: int, seed: int) -> Path:

@@ -25,10 +25,14 @@ def test_the_curve_scores_frozen_and_each_k_on_the_images_left_at_the_largest_k(
     moved = {(d.name, p.name) for d in (w / "K1" / "data" / "train").iterdir() if d.name != "good"
              for p in d.iterdir()}
     left = {(d.name, p.name) for d in test_dir.iterdir() if d.name != "good" for p in d.iterdir()}
+    kept = {d.name: len(list(d.iterdir())) for d in test_dir.iterdir()}
     assert moved and not moved & left  # no point is scored on a defect some K trained on
     assert not any((w / "K0" / "data" / "train").glob("[!g]*/*"))  # K=0 trains on good images only
     for p in [curve["frozen"], *curve["points"]]:
         assert 0 <= p["image_auroc"] <= 1 and p["auroc_se"] > 0
+        assert {d: v["n"] for d, v in p["per_defect"].items()} == {d: n for d, n in kept.items() if d != "good"}
+    scored = json.loads((w / "K1" / "trained-eval.json").read_text())["images"]  # each point's scores kept
+    assert len(scored) == sum(kept.values())
     assert "| frozen | — |" in out and "| trained | 1 |" in out
     # the same folder with another seed would mix two protocols: refused, nothing touched
     before = sorted(str(p) for p in w.rglob("*"))
