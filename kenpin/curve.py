@@ -11,7 +11,6 @@ Then the points differ only by what training saw::
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,9 @@ from typing import Any
 from device.errors import KenpinError
 from device.selfcheck import open_checked
 from kenpin.pipeline import train_and_report, train_embedding_and_report
-from training.evaluate import metrics, score_test_set, write_json
+from training.evaluate import auroc_standard_error, metrics, score_test_set, write_json
 from training.recipe import load_recipe
 from training.split_defects import SplitSpec, split_defects
-
-
-def auroc_standard_error(auroc: float, n_pos: int, n_neg: int) -> float:
-    """Hanley & McNeil (1982) standard error of an AUROC from ``n_pos`` defective and ``n_neg`` good images."""
-    a = min(max(auroc, 1e-9), 1 - 1e-9)
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
-    return math.sqrt(max(var, 0.0))
 
 
 def _point(m: dict[str, Any]) -> dict[str, Any]:
@@ -65,15 +56,15 @@ def _split(data: Path, workdir: Path, k: int, seed: int) -> Path:
 
 def run_curve(data: Path, recipe_path: str | None, workdir: Path, ks: list[int], seed: int) -> dict[str, Any]:
     """Frozen once, trained per K, all scored on the test images left at the largest K; writes curve.json."""
-    if sorted(set(ks)) != sorted(ks) or any(k < 0 for k in ks):
+    if len(set(ks)) != len(ks) or any(k < 0 for k in ks):
         raise KenpinError(f"--per-type {' '.join(map(str, ks))}: give distinct whole numbers ≥ 0")
     t0, recipe, ks = time.perf_counter(), load_recipe(recipe_path), sorted(ks)
     workdir.mkdir(parents=True, exist_ok=True)
-    test_data = _split(data, workdir, ks[-1], seed)  # fails early, naming the type, if K is too large
-    splits = {k: _split(data, workdir, k, seed) for k in ks}
+    # Largest K first: a K too large for some type fails before anything is built, naming the type.
+    splits = {k: _split(data, workdir, k, seed) for k in reversed(ks)}
+    test_data = splits[ks[-1]]
     print(f"[frozen] train/good only → int8 bundle; every point scored on {test_data}/test", flush=True)
-    if not (workdir / "frozen" / "manifest.json").exists():
-        train_and_report(data, workdir / "frozen", recipe)
+    train_and_report(data, workdir / "frozen", recipe)
     curve: dict[str, Any] = {"data": str(data), "seed": seed, "test_set": str(test_data / "test"),
                              "frozen": _evaluate(workdir / "frozen", test_data), "points": []}
     for k in ks:

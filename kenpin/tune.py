@@ -50,15 +50,14 @@ def tune_reduction(data: Path, recipe_path: str, dims: list[int], methods: tuple
                  ((inputs.bank, "bank"), (inputs.holdout, "held-out good"), (inputs.synthetic, "synthetic defects")))
     painted = (paint_bank(inputs.bank, r.preprocess, embed, r.batch_size, r.seed)
                if "discriminant" in methods else None)
-    rows = sweep(maps, dims, coreset_sizes or (r.bank.coreset_size,), r.scoring.texture, r.calibration.target_false_reject_rate,
-                 r.seed, methods, painted, ridges)
+    rows = sweep(maps, dims, coreset_sizes or (r.bank.coreset_size,), r.scoring.texture,
+                 r.calibration.target_false_reject_rate, r.seed, methods, painted, ridges)
     print(f"{recipe_path} on {data} (validation: held-out good vs synthetic defects, never test/)")
     print("| dim | method | bank | variance kept | synthetic AUROC | escapes at threshold | search ms (1 thread) |\n"
           "|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['dim']} | {row['method']} | {row['bank']} | {row['explained_variance']:.3f} | "
-              f"{row['synthetic_auroc']:.4f} | "
-              f"{row['synthetic_escape_rate']:.3f} | {row['search_ms']:.2f} |", flush=True)
+              f"{row['synthetic_auroc']:.4f} | {row['synthetic_escape_rate']:.3f} | {row['search_ms']:.2f} |", flush=True)
     return rows
 
 

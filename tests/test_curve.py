@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kenpin.cli import main
-from kenpin.curve import auroc_standard_error
+from training.evaluate import auroc_standard_error
 from test_metric_training import TINY_YAML
 
 

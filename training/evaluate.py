@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,14 @@ def _operating_point(ev: Evaluation, y: np.ndarray, s: np.ndarray) -> dict[str, 
     if t is not None:
         out.update(false_reject_rate=float(np.mean(s[~y] > t)), escape_rate=float(np.mean(s[y] <= t)))
     return out
+
+
+def auroc_standard_error(auroc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUROC from ``n_pos`` defective and ``n_neg`` good images."""
+    a = min(max(auroc, 1e-9), 1 - 1e-9)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
 
 
 def metrics(ev: Evaluation) -> dict[str, Any]:
