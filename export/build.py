@@ -229,6 +229,8 @@ def load_trained(path: Path, recipe: Recipe) -> tuple[torch.nn.Module, str]:
     about = (f"EfficientNet-Lite0, ImageNet weights, metric-learned ({recipe.metric.loss}, head {recipe.metric.head.level} "
              f"level, step {info.get('step')}, validation AUROC {info.get('val_auroc', float('nan')):.4f} vs frozen "
              f"{info.get('frozen_val_auroc', float('nan')):.4f}; {Path(path).name} sha256 {sha256_file(Path(path))[:16]})")
+    if recipe.metric.head.out_dim:
+        about += f"; trained projection to {recipe.metric.head.out_dim} dimensions (started as their PCA)"
     return model, about
 
 

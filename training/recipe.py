@@ -199,6 +199,8 @@ class Recipe:
         need(self.train_images == 0 or self.train_images >= 4, "train_images", self.train_images,
              "use 0 (all) or at least 4")
         need(self.bank.coreset_size >= 1, "bank.coreset_size", self.bank.coreset_size, "must be ≥ 1")
+        need(self.metric.head.out_dim < self.features.dim, "metric.head.out_dim", self.metric.head.out_dim,
+             f"must be below the embedding's {self.features.dim} dimensions (0 keeps them all)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest and checkpoints."""

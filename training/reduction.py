@@ -57,13 +57,13 @@ class Reduction:
                 "explained_variance": round(float(self.explained), 4)}
 
 
-def check_dim(dim: int, embedding_dim: int, n_patches: int) -> None:
+def check_dim(dim: int, embedding_dim: int, n_patches: int, key: str = "reduction.dim") -> None:
     """A reduction must be smaller than the embedding and than the patches it is fitted on."""
     if dim >= embedding_dim:
-        raise KenpinError(f"reduction.dim = {dim}: must be below the embedding's {embedding_dim} dimensions "
+        raise KenpinError(f"{key} = {dim}: must be below the embedding's {embedding_dim} dimensions "
                           f"(0 keeps the full embedding)")
     if dim > n_patches:
-        raise KenpinError(f"reduction.dim = {dim}: larger than the {n_patches} bank patches it would be fitted on; "
+        raise KenpinError(f"{key} = {dim}: larger than the {n_patches} good patches it would be fitted on; "
                           f"use at most {n_patches} or more good images")
 
 

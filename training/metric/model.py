@@ -5,6 +5,10 @@ embedder *is* the frozen one (up to one constant scale, which changes no nearest
 ranking): step 0 of every run is the frozen baseline, and model selection can only keep training
 that beat it on validation. BatchNorm statistics stay frozen (small crop batches would otherwise
 drag them off ImageNet's), so ``train()`` leaves the backbone in eval mode.
+
+With ``head.out_dim`` the head ends in a trained 1x1 projection to fewer dimensions, started as the
+PCA of good patches (``init_projection``): step 0 is then the compact (PCA) embedding, and training
+moves the projection towards what separates the line's defects, in the space the bank is built in.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +33,12 @@ class HeadSpec:
     hidden: int = 256  # width of the head's 1x1 conv layer
     finetune_from_block: int = 16  # backbone blocks >= this are trained too (16: backbone frozen)
     level: str = "patch"  # "patch": one embedding per patch; "image": one per image (mean-pooled)
+    out_dim: int = 0  # >0: a trained projection to this many dimensions (0: the embedding's own)
 
     def __post_init__(self) -> None:
+        if self.out_dim < 0:
+            raise KenpinError(f"metric.head.out_dim = {self.out_dim}: use 0 (the embedding's own dimensions) "
+                              "or the number of dimensions to project to")
         if self.hidden < 1:
             raise KenpinError(f"metric.head.hidden = {self.hidden}: must be ≥ 1")
         if not 0 <= self.finetune_from_block <= 16:
@@ -70,6 +79,8 @@ class TrainedEmbedder(nn.Module):
             for p in block.parameters():
                 p.requires_grad_(i >= head.finetune_from_block)
         self.head = ResidualHead(features.dim, head.hidden)
+        # Old checkpoints have no projection: it exists only when asked for, so they load unchanged.
+        self.project = nn.Conv2d(features.dim, head.out_dim, 1) if head.out_dim else None
         self.register_buffer("scale", torch.ones(()))
 
     def train(self, mode: bool = True) -> "TrainedEmbedder":
@@ -81,9 +92,14 @@ class TrainedEmbedder(nn.Module):
         """The (partly trained) backbone's patch features, before the head."""
         return self.frozen(x)
 
+    def projected(self, f: torch.Tensor) -> torch.Tensor:
+        """Head and projection (when there is one) applied to :meth:`features`, before the scale."""
+        h = self.head(f)
+        return h if self.project is None else self.project(h)
+
     def embed_features(self, f: torch.Tensor) -> torch.Tensor:
-        """Head, scale and (image level) pooling applied to :meth:`features`."""
-        e = self.head(f) / self.scale
+        """Head, projection, scale and (image level) pooling applied to :meth:`features`."""
+        e = self.projected(f) / self.scale
         return e.mean((2, 3), keepdim=True) if self.head_spec.level == "image" else e
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,13 +117,31 @@ class TrainedEmbedder(nn.Module):
     def trains_backbone(self) -> bool:
         return self.head_spec.finetune_from_block < len(self.frozen.backbone._blocks)
 
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The head's and the projection's parameters (the backbone's trained blocks aside)."""
+        return [*self.head.parameters(), *([] if self.project is None else self.project.parameters())]
+
+
+def init_projection(model: TrainedEmbedder, good_patches: np.ndarray, seed: int) -> None:
+    """Start ``model``'s projection as the PCA of good patches (PxC, the frozen features), so that
+    before training the model outputs exactly what a ``reduction.dim`` bundle's PCA would."""
+    from training.reduction import check_dim, fit_reduction
+
+    dim = model.head_spec.out_dim
+    check_dim(dim, good_patches.shape[1], good_patches.shape[0], "metric.head.out_dim")
+    r = fit_reduction(good_patches, dim, whiten=False, seed=seed)
+    with torch.no_grad():
+        model.project.weight.copy_(torch.from_numpy(r.weight).view(dim, -1, 1, 1))
+        model.project.bias.copy_(torch.from_numpy(r.bias))
+
 
 class TrainingView(nn.Module):
     """What one training step runs, as a single forward (DistributedDataParallel only syncs
     gradients of what goes through ``forward``): (embeddings, frozen reference embeddings).
 
     The reference is what the untrained embedder gives for the same input (for the drift penalty):
-    the head's input when only the head trains, else a frozen copy of the backbone.
+    the head's input when only the head trains, else a frozen copy of the backbone; with a
+    projection, that through a frozen copy of the projection as it started (the PCA).
     """
 
     def __init__(self, model: TrainedEmbedder) -> None:
@@ -117,6 +151,9 @@ class TrainingView(nn.Module):
         if self.reference is not None:
             for p in self.reference.parameters():
                 p.requires_grad_(False)
+        self.start = None if model.project is None else copy.deepcopy(model.project)
+        if self.start is not None:
+            self.start.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "TrainingView":
         super().train(mode)
@@ -127,9 +164,9 @@ class TrainingView(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.model.features(x)
         with torch.no_grad():
-            ref = (f if self.reference is None else self.reference(x)).detach() / self.model.scale
-        e = self.model.head(f) / self.model.scale
-        return e, ref
+            ref = (f if self.reference is None else self.reference(x)).detach()
+            ref = (ref if self.start is None else self.start(ref)) / self.model.scale
+        return self.model.projected(f) / self.model.scale, ref
 
 
 def save_embedder(path: Path, model: TrainedEmbedder, recipe: dict[str, Any], info: dict[str, Any]) -> None:
@@ -148,6 +185,10 @@ def load_embedder(path: Path, features: FeatureSpec, head: HeadSpec) -> tuple[Tr
         raise KenpinError(f"{path}: not a readable kenpin embedder checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "kenpin-trained-embedder":
         raise KenpinError(f"{path}: not a kenpin embedder checkpoint (written by kenpin train-embedding)")
+    theirs = ckpt.get("recipe", {}).get("metric", {}).get("head", {}).get("out_dim", 0)
+    if theirs != head.out_dim:  # else load_state_dict's shape error: say which key instead
+        raise KenpinError(f"{path}: trained with metric.head.out_dim = {theirs}, but the recipe says {head.out_dim}; "
+                          "train with the recipe the embedder was trained with")
     model = TrainedEmbedder(features, head)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval(), ckpt

@@ -43,7 +43,7 @@ from training.metric.losses import (
     mine_semi_hard,
     triplet_margin_loss,
 )
-from training.metric.model import TrainedEmbedder, TrainingView, save_embedder
+from training.metric.model import TrainedEmbedder, TrainingView, init_projection, save_embedder
 from training.metric.pair_sampling import labeled_defects
 from training.metric.pseudo_masks import guess_masks
 from training.recipe import MetricSpec, Recipe
@@ -177,8 +177,9 @@ def loss_on(emb: torch.Tensor, ref: torch.Tensor, batch: Batch, spec: MetricSpec
 
 @torch.no_grad()
 def nuisance_scale(model: TrainedEmbedder, batch: Batch, device: torch.device) -> float:
-    """Mean distance between the two views of one good place, under the frozen embedder."""
-    rows = _rows(model.features(torch.from_numpy(batch.inputs).to(device)).float())
+    """Mean distance between the two views of one good place, under the untrained embedder (frozen
+    features, through the starting projection when there is one)."""
+    rows = _rows(model.projected(model.features(torch.from_numpy(batch.inputs).to(device))).float())
     labels = batch.labels
     half = len(labels) // 2
     same = (labels[:half] == labels[half:]) & (labels[:half] >= 0) & ~batch.negatives[half:]
@@ -187,7 +188,7 @@ def nuisance_scale(model: TrainedEmbedder, batch: Batch, device: torch.device) -
 
 
 def _optimizer(model: TrainedEmbedder, spec: MetricSpec) -> torch.optim.Optimizer:
-    head = list(model.head.parameters())
+    head = model.trained_parameters()
     backbone = [p for p in model.frozen.parameters() if p.requires_grad]
     groups = [{"params": head, "lr": spec.lr}]
     if backbone:
@@ -233,6 +234,18 @@ def _resume(out: Path, view: TrainingView, opt: torch.optim.Optimizer, rng: np.r
     return RunState(**ckpt["state"])
 
 
+@torch.no_grad()
+def _good_patches(model: TrainedEmbedder, train: list[np.ndarray], recipe: Recipe, device: torch.device) -> np.ndarray:
+    """Frozen features (PxC) of the validation bank's worth of training images, a seeded pick: what
+    the starting projection's PCA is fitted on."""
+    model.eval()
+    picks = np.random.default_rng(recipe.seed + 7).permutation(len(train))[:recipe.metric.val_bank_images]
+    x = normalize([train[i] for i in np.sort(picks)], recipe.preprocess)
+    b = recipe.batch_size
+    maps = [model.features(torch.from_numpy(x[i:i + b]).to(device)).float().cpu().numpy() for i in range(0, len(x), b)]
+    return flatten_patches(np.concatenate(maps))
+
+
 def _few_shot(data_dir: Path, recipe: Recipe, model: TrainedEmbedder, train: list[np.ndarray],
               device: torch.device) -> list[FewShot]:
     """train/<defect>/ images at input size with their masks; a defect without a mask (an operator's
@@ -276,6 +289,8 @@ def train_embedding(data_dir: Path, out: Path, recipe: Recipe, resume: bool = Fa
     train, holdout = resize_all(split.bank, pre), resize_all(split.holdout, pre)
     val = make_valset(train, holdout, recipe) if ctx.main else None
     model = TrainedEmbedder(recipe.features, spec.head).to(ctx.device)
+    if model.project is not None:  # every rank fits the same PCA (same images, same seed)
+        init_projection(model, _good_patches(model, train, recipe, ctx.device), recipe.seed)
     few = _few_shot(data_dir, recipe, model, train, ctx.device)
     view = TrainingView(model).to(ctx.device)
     opt = _optimizer(model, spec)
