@@ -38,7 +38,7 @@ def _evaluate(bundle: Path, test_data: Path) -> dict[str, Any]:
     inspector, _ = open_checked(bundle, "int8")
     m = metrics(score_test_set(inspector, test_data))
     write_json(bundle.parent / f"{bundle.name}-eval.json", m)  # every image's score, for a later look
-    return _point(m)
+    return {**_point(m), "dim": inspector.variant.dim}  # the embedding's dims (metric.head.out_dim shrinks it)
 
 
 def _split(data: Path, workdir: Path, k: int, seed: int) -> Path:
@@ -88,6 +88,6 @@ def print_curve(curve: dict[str, Any]) -> None:
     rows = [("frozen", "—", curve["frozen"])] + [("trained", str(p["per_type"]), p) for p in curve["points"]]
     for name, k, p in rows:
         aupro = "—" if p["pixel_aupro"] is None else f"{p['pixel_aupro']:.4f}"
-        print(f"| {name} | {k} | {p['image_auroc']:.4f} ({p['auroc_se']:.3f}) | {p['escapes_at_1pct_frr']:.3f} "
+        print(f"| {name} {p['dim']}-d | {k} | {p['image_auroc']:.4f} ({p['auroc_se']:.3f}) | {p['escapes_at_1pct_frr']:.3f} "
               f"({p['frr_at_1pct_frr']:.3f}) | {aupro} |")
     print(f"curve finished in {curve['seconds']:.0f} s")

@@ -33,7 +33,7 @@ def test_the_curve_scores_frozen_and_each_k_on_the_images_left_at_the_largest_k(
         assert {d: v["n"] for d, v in p["per_defect"].items()} == {d: n for d, n in kept.items() if d != "good"}
     scored = json.loads((w / "K1" / "trained-eval.json").read_text())["images"]  # each point's scores kept
     assert len(scored) == sum(kept.values())
-    assert "| frozen | — |" in out and "| trained | 1 |" in out
+    assert "| frozen 304-d | — |" in out and "| trained 304-d | 1 |" in out
     # the same folder with another seed would mix two protocols: refused, nothing touched
     before = sorted(str(p) for p in w.rglob("*"))
     assert main(["compare", "--data", str(tiny_line), "--recipe", str(tmp_path / "tiny.yaml"), "--workdir", str(w),
