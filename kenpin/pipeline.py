@@ -65,11 +65,11 @@ def train_embedding_and_report(data: Path, out: Path, recipe: Recipe, resume: bo
     if s["rank"] != 0:  # under torchrun, rank 0 validates and reports
         return s
     if s["best_step"] == 0:
-        print(f"training did not beat the frozen embedder on validation (AUROC {s['frozen_val_auroc']:.4f}); "
-              f"{s['embedder']} is the frozen embedder")
+        print(f"training did not beat step 0 ({s['start']}) on validation (AUROC {s['frozen_val_auroc']:.4f}); "
+              f"{s['embedder']} is that step 0")
     else:
         print(f"selected step {s['best_step']}: validation AUROC {s['best_val_auroc']:.4f} "
-              f"(frozen {s['frozen_val_auroc']:.4f}); {s['steps']} steps in {s['seconds']:.0f} s on {s['device']}")
+              f"({s['start']} {s['frozen_val_auroc']:.4f}); {s['steps']} steps in {s['seconds']:.0f} s on {s['device']}")
     print(f"next: kenpin train --data {data} --embedder {s['embedder']} --out BUNDLE")
     return s
 

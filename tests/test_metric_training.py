@@ -163,14 +163,19 @@ def test_the_trained_embedder_goes_through_the_same_bundle_path(trained_run, tin
     recipe = metric_recipe()
     body = build_bundle(tiny_line, tmp_path / "b", recipe, out / "embedder.pt")
     assert "metric-learned" in body["backbone"]
-    station = Inspector.open(tmp_path / "b", "fp32")
     model, _ = load_embedder(out / "embedder.pt", recipe.features, recipe.metric.head)
-    scorer = NearestNeighbourScorer(np.load(tmp_path / "b" / "bank_fp32.npy"))
-    for p in list_images(tiny_line / "test" / "good")[:2] + list_images(tiny_line / "test" / "crack")[:2]:
+    assert_the_station_scores_as_training(tmp_path / "b", model, tiny_line)
+
+
+def assert_the_station_scores_as_training(bundle, model, line) -> None:
+    """The station's fp32 score of a few test images is the training side's, and int8 judges them."""
+    station = Inspector.open(bundle, "fp32")
+    scorer = NearestNeighbourScorer(np.load(bundle / "bank_fp32.npy"))
+    for p in list_images(line / "test" / "good")[:2] + list_images(line / "test" / "crack")[:2]:
         rgb = read_rgb(p)
         train_side = image_scores(scorer, torch_embed_fn(model)(station.preprocess(rgb)))[0]
         assert abs(station.inspect(rgb).raw_score - train_side) <= 1e-4 * abs(train_side)
-    assert Inspector.open(tmp_path / "b", "int8").inspect(rgb).verdict in ("ok", "defect")
+    assert Inspector.open(bundle, "int8").inspect(rgb).verdict in ("ok", "defect")
 
 
 def test_an_embedder_trained_at_another_input_size_is_refused_by_name(trained_run, tiny_line, tmp_path, capsys):

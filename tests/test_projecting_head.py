@@ -7,13 +7,10 @@ import json
 import numpy as np
 import torch
 
-from device.images import list_images, read_rgb
-from device.runtime import Inspector
-from device.scoring import NearestNeighbourScorer
 from tests.conftest import tiny_recipe
-from test_metric_training import metric_recipe
+from test_metric_training import assert_the_station_scores_as_training, metric_recipe
 from training.features import PatchEmbedder
-from training.fit import flatten_patches, image_scores, torch_embed_fn
+from training.fit import flatten_patches
 from training.metric.model import HeadSpec, TrainedEmbedder, init_projection, load_embedder
 from training.reduction import fit_reduction
 
@@ -46,13 +43,7 @@ def test_a_projecting_head_trains_and_its_bundle_scores_in_its_space_at_the_stat
     assert "projection to 16 dimensions" in body["backbone"]
     assert np.load(tmp_path / "b" / "bank_fp32.npy").shape[1] == 16  # the bank lives in the projected space
     model, _ = load_embedder(tmp_path / "run" / "embedder.pt", recipe.features, recipe.metric.head)
-    station = Inspector.open(tmp_path / "b", "fp32")
-    scorer = NearestNeighbourScorer(np.load(tmp_path / "b" / "bank_fp32.npy"))
-    for p in list_images(tiny_line / "test" / "good")[:2] + list_images(tiny_line / "test" / "crack")[:2]:
-        rgb = read_rgb(p)
-        train_side = image_scores(scorer, torch_embed_fn(model)(station.preprocess(rgb)))[0]
-        assert abs(station.inspect(rgb).raw_score - train_side) <= 1e-4 * abs(train_side)
-    assert Inspector.open(tmp_path / "b", "int8").inspect(rgb).verdict in ("ok", "defect")
+    assert_the_station_scores_as_training(tmp_path / "b", model, tiny_line)  # the parity the bundle's gate holds
 
 
 def test_out_dim_at_or_above_the_embedding_names_the_key_and_the_limit(tiny_line, tmp_path, capsys):

@@ -334,7 +334,7 @@ def train_embedding(data_dir: Path, out: Path, recipe: Recipe, resume: bool = Fa
     bar.close()
     if ctx.world > 1:
         dist.destroy_process_group()
-    return _summary(out, state, time.perf_counter() - t0, ctx)
+    return _summary(out, state, time.perf_counter() - t0, ctx, recipe)
 
 
 def _checkpoint(out: Path, ctx: Dist, model: TrainedEmbedder, view: TrainingView, opt: torch.optim.Optimizer,
@@ -352,15 +352,22 @@ def _checkpoint(out: Path, ctx: Dist, model: TrainedEmbedder, view: TrainingView
             save_embedder(out / "embedder.pt", model, recipe.to_dict(),
                           {"step": state.step, "val_auroc": v["val_auroc"], "frozen_val_auroc": state.frozen_auroc})
         _record(out, state, {"step": state.step, "seconds": round(elapsed, 1), **v})
-        log.info("step %d: validation AUROC %.4f (frozen %.4f), effective rank %.1f%s", state.step, v["val_auroc"],
-                 state.frozen_auroc, v["val_effective_rank"], " — kept" if better else "")
+        log.info("step %d: validation AUROC %.4f (%s %.4f), effective rank %.1f%s", state.step, v["val_auroc"],
+                 start_name(recipe), state.frozen_auroc, v["val_effective_rank"], " — kept" if better else "")
         _save_last(out, view, opt, state, rng)
     if ctx.world > 1:
         dist.barrier()
 
 
-def _summary(out: Path, state: RunState, seconds: float, ctx: Dist) -> dict[str, Any]:
+def start_name(recipe: Recipe) -> str:
+    """What step 0 is: the frozen embedder, or with a projecting head the frozen one's PCA."""
+    n = recipe.metric.head.out_dim
+    return f"frozen + PCA to {n} dims" if n else "frozen"
+
+
+def _summary(out: Path, state: RunState, seconds: float, ctx: Dist, recipe: Recipe) -> dict[str, Any]:
     s = {"best_step": state.best_step, "best_val_auroc": state.best_auroc, "frozen_val_auroc": state.frozen_auroc,
+         "start": start_name(recipe),
          "steps": state.step, "seconds": round(seconds, 1), "device": str(ctx.device), "processes": ctx.world,
          "gpu": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None,
          "embedder": str(out / "embedder.pt"), "rank": ctx.rank}
