@@ -29,6 +29,7 @@ def _point(m: dict[str, Any]) -> dict[str, Any]:
     return {"image_auroc": m["image_auroc"],
             "auroc_se": auroc_standard_error(m["image_auroc"], m["n_defective"], m["n_good"]),
             "escapes_at_1pct_frr": op["escape_rate"], "frr_at_1pct_frr": op["false_reject_rate"],
+            "escapes_at_1pct_test_frr": m["escapes_at_test_frr"],
             "pixel_aupro": m.get("pixel_aupro"), "per_defect": m["per_defect"], "bundle_id": m["bundle_id"],
             "precision": m["precision"]}
 

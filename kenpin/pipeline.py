@@ -6,7 +6,7 @@ from typing import Any
 
 from device.selfcheck import open_checked
 from export.build import build_bundle
-from training.evaluate import metrics, score_test_set, write_json
+from training.evaluate import OPERATING_FRR, metrics, score_test_set, write_json
 from device.errors import KenpinError
 from training.recipe import Recipe, load_recipe
 
@@ -139,6 +139,9 @@ def print_summary(m: dict[str, Any]) -> None:
               f"escapes {op['escape_rate']:.3f}, false rejects on test/good {op['false_reject_rate']:.3f}")
     elif op:
         print(f"  at {op['target_false_reject_rate']:.0%} false rejects: n/a, {op['threshold_from']}")
+    if m.get("escapes_at_test_frr") is not None:
+        print(f"  with the threshold at {OPERATING_FRR:.0%} false rejects on test/good itself (to compare bundles): "
+              f"escapes {m['escapes_at_test_frr']:.3f}")
     v = m["verdicts"]
     print(f"  verdicts: good parts {v['good']['ok']} ok / {v['good']['defect']} rejected; "
           f"defective parts {v['defective']['defect']} rejected / {v['defective']['ok']} passed (escapes)")

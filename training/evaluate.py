@@ -121,6 +121,16 @@ def _operating_point(ev: Evaluation, y: np.ndarray, s: np.ndarray) -> dict[str, 
     return out
 
 
+def escapes_at_test_frr(y: np.ndarray, s: np.ndarray, frr: float = OPERATING_FRR) -> float | None:
+    """Escapes with the threshold where at most ``frr`` of test/good is rejected: for comparing bundles
+    without the held-out threshold's noise (it sets no threshold a station uses)."""
+    good, bad = np.sort(s[~y]), s[y]
+    if not len(good) or not len(bad):
+        return None
+    t = good[max(int(math.ceil((1 - frr) * len(good))) - 1, 0)]
+    return float(np.mean(bad <= t))
+
+
 def auroc_standard_error(auroc: float, n_pos: int, n_neg: int) -> float:
     """Hanley & McNeil (1982) standard error of an AUROC from ``n_pos`` defective and ``n_neg`` good images."""
     a = min(max(auroc, 1e-9), 1 - 1e-9)
@@ -151,6 +161,7 @@ def metrics(ev: Evaluation) -> dict[str, Any]:
         "pixel_auroc": pixel,
         "pixel_aupro": pro,
         "operating_point": _operating_point(ev, y, s),
+        "escapes_at_test_frr": escapes_at_test_frr(y, s),
         "false_reject_rate": float(np.mean(flagged[~y])),
         "escape_rate": float(np.mean(~flagged[y])),
         "per_defect": per_defect,
