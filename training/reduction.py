@@ -63,7 +63,7 @@ def check_dim(dim: int, embedding_dim: int, n_patches: int, key: str = "reductio
         raise KenpinError(f"{key} = {dim}: must be below the embedding's {embedding_dim} dimensions "
                           f"(0 keeps the full embedding)")
     if dim > n_patches:
-        raise KenpinError(f"{key} = {dim}: larger than the {n_patches} good patches it would be fitted on; "
+        raise KenpinError(f"{key} = {dim}: larger than the {n_patches} bank patches it would be fitted on; "
                           f"use at most {n_patches} or more good images")
 
 
