@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -110,7 +110,7 @@ def make_valset(train: list[np.ndarray], holdout: list[np.ndarray], recipe: Reci
 
 
 @torch.no_grad()
-def _embed(model: TrainedEmbedder, x: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+def _embed(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
     out = [model(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu().numpy() for i in range(0, len(x), batch)]
     return np.concatenate(out)
 
@@ -241,9 +241,7 @@ def _good_patches(model: TrainedEmbedder, train: list[np.ndarray], recipe: Recip
     model.eval()
     picks = np.random.default_rng(recipe.seed + 7).permutation(len(train))[:recipe.metric.val_bank_images]
     x = normalize([train[i] for i in np.sort(picks)], recipe.preprocess)
-    b = recipe.batch_size
-    maps = [model.features(torch.from_numpy(x[i:i + b]).to(device)).float().cpu().numpy() for i in range(0, len(x), b)]
-    return flatten_patches(np.concatenate(maps))
+    return flatten_patches(_embed(model.features, x, device, recipe.batch_size))
 
 
 def _few_shot(data_dir: Path, recipe: Recipe, model: TrainedEmbedder, train: list[np.ndarray],
