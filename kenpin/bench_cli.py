@@ -9,6 +9,7 @@
     kenpin bench products [--bundles B1 B2 --replay DIR]            # 100 product switches under load; none misjudged
     kenpin bench burst [--bundle B --replay DIR] [--burst 3]        # trigger → verdict of N frames a trigger vs one
     kenpin bench profile --bundle B --data DIR                      # where a frame's station-path time goes
+    kenpin bench search --bundle B --data DIR                       # the station's search vs faiss-cpu / usearch
     kenpin bench modbus [--bundle B --replay DIR] [--parts 1000]    # PLC over Modbus TCP: handshake, fuzz, polling
     kenpin bench opcua [--bundle B --replay DIR] [--parts 1000]     # Inspect() over OPC UA, bad requests, polling
 
@@ -25,7 +26,7 @@ from pathlib import Path
 def add_bench(sub: argparse._SubParsersAction) -> None:
     """``kenpin bench``; its first word says what to measure, and without one (flags first) it is ``models``."""
     b = sub.add_parser("bench", help="benchmarks: models (the default: kenpin bench --data …), station, store, "
-                                     "dashboard, durability, products, burst, profile, modbus, opcua",
+                                     "dashboard, durability, products, burst, profile, search, modbus, opcua",
                        description="Benchmarks. `kenpin bench --data …` is `kenpin bench models --data …`.")
     b.implied = "models"  # kenpin.cli.Parser: arguments that start with a flag go to `models`
     what = b.add_subparsers(dest="what", required=True)
@@ -37,6 +38,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_products(what)
     _add_burst(what)
     _add_profile(what)
+    _add_search(what)
     _add_modbus(what)
     _add_opcua(what)
 
@@ -159,6 +161,15 @@ def _add_profile(what: argparse._SubParsersAction) -> None:
     p.add_argument("--cv-threads", type=int, help="cv2.setNumThreads before timing (default: OpenCV's)")
     p.add_argument("--repeat", type=int, default=3)
     p.set_defaults(func=cmd_bench_profile)
+
+
+def _add_search(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser("search", help="the station's exact nearest-neighbour search beside faiss-cpu's and usearch's "
+                                       "(where installed): ms per frame on one thread, same patches and bank")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data", required=True, help="MVTec-layout dataset; its test/ images give the patches")
+    p.add_argument("--repeat", type=int, default=3)
+    p.set_defaults(func=cmd_bench_search)
 
 
 def _add_modbus(what: argparse._SubParsersAction) -> None:
@@ -307,6 +318,12 @@ def cmd_bench_profile(args: argparse.Namespace) -> int:
     from device.bench.profile import run_profile
 
     return run_profile(Path(args.bundle), Path(args.data), args.cv_threads, args.repeat)
+
+
+def cmd_bench_search(args: argparse.Namespace) -> int:
+    from device.bench.search_libraries import run_search_bench
+
+    return run_search_bench(Path(args.bundle), Path(args.data), args.repeat)
 
 
 def cmd_bench_modbus(args: argparse.Namespace) -> int:
