@@ -3,8 +3,11 @@ resumable, selected on validation, and exported through the same bundle path as 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +69,7 @@ def test_area_fraction_paints_area_wide_defects_that_flag_many_patches():
 
 
 def test_validation_defects_mix_local_and_area_wide_like_kenpin_tune():
-    from training.metric.train import make_valset
+    from training.metric.validation import make_valset
 
     r = replace(metric_recipe(), preprocess=replace(tiny_recipe().preprocess, width=128, height=128))
     good = _good(12)
@@ -246,3 +249,43 @@ def test_torchrun_trains_with_two_processes_and_one_report(tiny_line, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 6
     assert run.stdout.count("next: kenpin train") == 1  # rank 0 alone reports
+
+
+def test_real_defects_are_split_per_type_between_training_and_validation():
+    from training.metric.pair_sampling import LabeledDefect
+    from training.metric.validation import split_real
+
+    found = [LabeledDefect(Path(f"{kind}/{i}.png"), kind, np.zeros((4, 4, 3), np.uint8), None)
+             for kind, n in (("crack", 10), ("spot", 5), ("chip", 1)) for i in range(n)]
+    trained, held = split_real(found, 0.5, seed=0)
+    count = lambda ds, kind: sum(d.defect == kind for d in ds)  # noqa: E731
+    assert [count(held, k) for k in ("crack", "spot", "chip")] == [5, 2, 0]  # a lone image only trains
+    assert {d.path for d in trained} | {d.path for d in held} == {d.path for d in found}
+    assert not {d.path for d in trained} & {d.path for d in held}
+    assert [d.path for d in split_real(found, 0.5, seed=0)[1]] == [d.path for d in held]  # seeded
+    assert split_real(found, 0.0, seed=0) == (found, [])
+    with pytest.raises(KenpinError, match="val_real_fraction = 1"):
+        MetricSpec(val_real_fraction=1.0)
+
+
+def _with_train_defects(line: Path, out: Path, kinds: tuple[str, ...]) -> Path:
+    """A copy of ``line`` with every test image of ``kinds`` moved to train/<kind>/ (masks stay where they are)."""
+    shutil.copytree(line, out)
+    for kind in kinds:
+        shutil.move(out / "test" / kind, out / "train" / kind)
+    return out
+
+
+def test_held_out_real_defects_judge_each_step_beside_the_painted_ones(tiny_line, tmp_path, caplog):
+    from training.metric.train import train_embedding
+
+    data = _with_train_defects(tiny_line, tmp_path / "line", ("crack", "spot"))  # two images each
+    r = metric_recipe(steps=6)
+    caplog.set_level(logging.INFO, "training.metric.train")
+    summary = train_embedding(data, tmp_path / "run", replace(r, metric=replace(r.metric, val_real_fraction=0.5)))
+    vals = [h for h in json.loads((tmp_path / "run" / "history.json").read_text()) if "val_auroc" in h]
+    assert [h["step"] for h in vals] == [0, 6]
+    for h in vals:  # the step kept is chosen on both: painted defects alone rewarded what real ones did not follow
+        assert 0 <= h["val_real_auroc"] <= 1 and h["val_auroc"] == pytest.approx((h["val_synthetic_auroc"] + h["val_real_auroc"]) / 2)
+    assert summary["best_val_auroc"] == max(h["val_auroc"] for h in vals)
+    assert "2 few-shot images (2 real defects held out to validate)" in caplog.text  # one of each type trains

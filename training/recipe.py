@@ -155,6 +155,7 @@ class MetricSpec:
     val_images: int = 64  # held-out good images (and as many synthetic defects) validated on
     val_coreset: int = 1000
     few_shot: bool = True  # also use train/<defect>/ images when the dataset has them
+    val_real_fraction: float = 0.0  # of each type's train/<defect>/ images held out to validate on (0: none)
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     head: HeadSpec = field(default_factory=HeadSpec)
     nuisance: NuisanceSpec = field(default_factory=NuisanceSpec)
@@ -170,6 +171,8 @@ class MetricSpec:
         need(self.crop >= 0 and self.crop % 32 == 0, "crop", self.crop, "use 0 (whole input) or a multiple of 32")
         need(0 < self.defect_fraction < 1, "defect_fraction", self.defect_fraction, "use (0, 1)")
         need(0 <= self.area_fraction <= 1, "area_fraction", self.area_fraction, "use 0–1")
+        need(0 <= self.val_real_fraction < 1, "val_real_fraction", self.val_real_fraction,
+             "use 0 (train on every real defect) up to but not 1 (some must train)")
         for key in ("margin", "neg_margin", "lr", "defect_scale"):
             need(getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
 

@@ -6,8 +6,11 @@ the recipe's seed, so a run — and a resumed run — is repeatable on the same 
 
 Model selection never looks at ``test/``: validation is the hold-out of train/good (never trained
 on) against synthetic defects painted on it, scored exactly as the station scores (coreset bank,
-nearest-neighbour distance, max over patches). Step 0 is the frozen embedder, so the selected
-checkpoint is the frozen baseline unless training beat it on validation.
+nearest-neighbour distance, max over patches). With ``metric.val_real_fraction`` a share of the
+line's own defects in ``train/<defect>/`` is held out of training too, and the validation AUROC is
+the mean of the synthetic and the real one: painted defects alone have rewarded directions the
+real ones do not follow. Step 0 is the frozen embedder, so the selected checkpoint is the frozen
+baseline unless training beat it on validation.
 """
 from __future__ import annotations
 
@@ -18,23 +21,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from device.errors import KenpinError
-from device.scoring import ImageScorer, NearestNeighbourScorer
-from training.coreset import greedy_coreset
-from training.area_defects import validation_defect
-from training.fit import fit_fusion, fit_texture, flatten_patches, image_scores, read_good_split
+from training.fit import flatten_patches, read_good_split
 from training.metric.batches import Batch, FewShot, make_metric_batch, normalize, resize_all
 from training.metric.losses import (
-    collapse_stats,
     contrastive_loss,
     feature_drift_penalty,
     mine_all,
@@ -44,13 +42,13 @@ from training.metric.losses import (
     triplet_margin_loss,
 )
 from training.metric.model import TrainedEmbedder, TrainingView, init_projection, save_embedder
-from training.metric.pair_sampling import labeled_defects
+from training.metric.pair_sampling import LabeledDefect, labeled_defects
 from training.metric.pseudo_masks import guess_masks
+from training.metric.validation import ValSet, embed_batches, make_valset, split_real, validate
 from training.recipe import MetricSpec, Recipe
 
 log = logging.getLogger(__name__)
 MINERS = {"semi_hard": mine_semi_hard, "hard": mine_hard, "all": mine_all}
-VAL_FUSION_IMAGES = 16  # training images (outside the validation bank) that standardize a fused score
 
 
 @dataclass
@@ -79,60 +77,6 @@ def setup_distributed() -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return Dist(rank, world, device)
-
-
-@dataclass
-class ValSet:
-    """Validation inputs: a bank from training images, held-out good, synthetic defects on them, and
-    other training images that standardize the texture-fused score (``scoring.texture``)."""
-
-    bank: np.ndarray
-    good: np.ndarray
-    defects: np.ndarray
-    fusion: np.ndarray
-
-
-def make_valset(train: list[np.ndarray], holdout: list[np.ndarray], recipe: Recipe) -> ValSet:
-    """Fixed for the whole run (own seed), so every validation compares like with like.
-
-    The defects are the mix ``kenpin train`` and ``kenpin tune`` validate on (``validation_defect``:
-    local and area-wide, half each), so training is selected on what the frozen recipe was.
-    """
-    m, pre = recipe.metric, recipe.preprocess
-    rng = np.random.default_rng(recipe.seed + 104729)
-    order = rng.permutation(len(train))
-    bank = [train[i] for i in np.sort(order[: m.val_bank_images])]
-    # Training images outside the validation bank: their patches are not in it, like held-out ones.
-    fusion = [train[i] for i in np.sort(order[m.val_bank_images:][:VAL_FUSION_IMAGES])] or bank[:VAL_FUSION_IMAGES]
-    good = [holdout[i] for i in np.sort(rng.permutation(len(holdout))[: m.val_images])]
-    defects = [validation_defect(im, rng, donors=train)[0] for im in good]
-    return ValSet(*(normalize(x, pre) for x in (bank, good, defects, fusion)))
-
-
-@torch.no_grad()
-def _embed(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
-    out = [model(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu().numpy() for i in range(0, len(x), batch)]
-    return np.concatenate(out)
-
-
-def validate(model: TrainedEmbedder, val: ValSet, recipe: Recipe, device: torch.device) -> dict[str, float]:
-    """Synthetic-defect AUROC with the recipe's own image score, and the spread of good embeddings."""
-    model.eval()
-    spec, batch = recipe.metric, recipe.batch_size
-    bank_maps = _embed(model, val.bank, device, batch)
-    patches = flatten_patches(bank_maps)
-    scorer = ImageScorer(NearestNeighbourScorer(patches[greedy_coreset(patches, spec.val_coreset, 128, recipe.seed)]))
-    if recipe.scoring.texture:
-        texture = fit_texture(bank_maps)
-        fusion = fit_fusion(scorer.patch, texture, _embed(model, val.fusion, device, batch))
-        scorer = ImageScorer(scorer.patch, texture, fusion)
-    good = image_scores(scorer, _embed(model, val.good, device, batch))
-    bad = image_scores(scorer, _embed(model, val.defects, device, batch))
-    y = np.r_[np.zeros(len(good)), np.ones(len(bad))]
-    spread = collapse_stats(torch.from_numpy(patches))
-    return {"val_auroc": float(roc_auc_score(y, np.r_[good, bad])), "val_mean_distance": spread.mean_distance,
-            "val_effective_rank": spread.effective_rank, "val_variance": spread.variance,
-            "collapsed": spread.looks_collapsed()}
 
 
 def _rows(emb: torch.Tensor) -> torch.Tensor:
@@ -241,17 +185,16 @@ def _good_patches(model: TrainedEmbedder, train: list[np.ndarray], recipe: Recip
     model.eval()
     picks = np.random.default_rng(recipe.seed + 7).permutation(len(train))[:recipe.metric.val_bank_images]
     x = normalize([train[i] for i in np.sort(picks)], recipe.preprocess)
-    return flatten_patches(_embed(model.features, x, device, recipe.batch_size))
+    return flatten_patches(embed_batches(model.features, x, device, recipe.batch_size))
 
 
-def _few_shot(data_dir: Path, recipe: Recipe, model: TrainedEmbedder, train: list[np.ndarray],
+def _few_shot(found: list[LabeledDefect], recipe: Recipe, model: TrainedEmbedder, train: list[np.ndarray],
               device: torch.device) -> list[FewShot]:
-    """train/<defect>/ images at input size with their masks; a defect without a mask (an operator's
-    marked reject) gets the frozen model's multiple-instance guess (``pseudo_masks``)."""
+    """The real defects trained on, at input size with their masks; a defect without a mask (an
+    operator's marked reject) gets the frozen model's multiple-instance guess (``pseudo_masks``)."""
     if not recipe.metric.few_shot:
         return []
     pre = recipe.preprocess
-    found = labeled_defects(data_dir)
     # Nearest-neighbour for masks: an area resize would blur them into a halo of "defect" pixels.
     drawn = [FewShot(resize_all([d.image], pre)[0],
                      cv2.resize(d.mask, (pre.width, pre.height), interpolation=cv2.INTER_NEAREST))
@@ -261,7 +204,7 @@ def _few_shot(data_dir: Path, recipe: Recipe, model: TrainedEmbedder, train: lis
         return drawn
     model.eval()
     picks = np.random.default_rng(recipe.seed).permutation(len(train))[:recipe.metric.val_bank_images]
-    masks = guess_masks(lambda x: _embed(model, x, device, recipe.batch_size),
+    masks = guess_masks(lambda x: embed_batches(model, x, device, recipe.batch_size),
                         normalize([train[i] for i in np.sort(picks)], pre), normalize(unmasked, pre),
                         (pre.height, pre.width), recipe.seed)
     log.info("%d defect image(s) without a mask: each trains on its peak patches (multiple-instance guess)",
@@ -285,11 +228,13 @@ def train_embedding(data_dir: Path, out: Path, recipe: Recipe, resume: bool = Fa
     rng = np.random.default_rng(recipe.seed + ctx.rank)
     split = read_good_split(data_dir, recipe.train_images, recipe.calibration.holdout_fraction, recipe.seed)
     train, holdout = resize_all(split.bank, pre), resize_all(split.holdout, pre)
-    val = make_valset(train, holdout, recipe) if ctx.main else None
+    found = labeled_defects(data_dir) if spec.few_shot or spec.val_real_fraction > 0 else []
+    trained_on, held = split_real(found, spec.val_real_fraction, recipe.seed)
+    val = make_valset(train, holdout, recipe, resize_all([d.image for d in held], pre)) if ctx.main else None
     model = TrainedEmbedder(recipe.features, spec.head).to(ctx.device)
     if model.project is not None:  # every rank fits the same PCA (same images, same seed)
         init_projection(model, _good_patches(model, train, recipe, ctx.device), recipe.seed)
-    few = _few_shot(data_dir, recipe, model, train, ctx.device)
+    few = _few_shot(trained_on, recipe, model, train, ctx.device)
     view = TrainingView(model).to(ctx.device)
     opt = _optimizer(model, spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,8 +249,9 @@ def train_embedding(data_dir: Path, out: Path, recipe: Recipe, resume: bool = Fa
         view, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     amp = spec.amp and ctx.device.type == "cuda"
     t0 = time.perf_counter()
-    log.info("metric learning: %d train, %d held-out, %d few-shot images; %s on %s x%d; scale %.4f",
-             len(train), len(holdout), len(few), spec.loss, ctx.device, ctx.world, float(model.scale))
+    log.info("metric learning: %d train, %d held-out, %d few-shot images (%d real defects held out to validate); "
+             "%s on %s x%d; scale %.4f", len(train), len(holdout), len(few), len(held), spec.loss, ctx.device,
+             ctx.world, float(model.scale))
     bar = tqdm(total=spec.steps, initial=state.step, desc="train-embedding", unit="step", disable=not ctx.main)
     while state.step <= spec.steps:
         due = state.step % spec.val_every == 0 or state.step == spec.steps
@@ -350,7 +296,8 @@ def _checkpoint(out: Path, ctx: Dist, model: TrainedEmbedder, view: TrainingView
             save_embedder(out / "embedder.pt", model, recipe.to_dict(),
                           {"step": state.step, "val_auroc": v["val_auroc"], "frozen_val_auroc": state.frozen_auroc})
         _record(out, state, {"step": state.step, "seconds": round(elapsed, 1), **v})
-        log.info("step %d: validation AUROC %.4f (%s %.4f), effective rank %.1f%s", state.step, v["val_auroc"],
+        real = "" if v["val_real_auroc"] is None else f" = mean of synthetic {v['val_synthetic_auroc']:.4f}, real {v['val_real_auroc']:.4f}"
+        log.info("step %d: validation AUROC %.4f%s (%s %.4f), effective rank %.1f%s", state.step, v["val_auroc"], real,
                  start_name(recipe), state.frozen_auroc, v["val_effective_rank"], " — kept" if better else "")
         _save_last(out, view, opt, state, rng)
     if ctx.world > 1:
