@@ -92,6 +92,7 @@ class Variant:
     # raw scores of the held-out good images that set the threshold (as this CPU sees them once the
     # self-check has recalibrated); None in bundles from before they were recorded
     holdout_scores: np.ndarray | None = None
+    search: Path | None = None  # the bank search as an int8 graph (scoring.search: int8); None: fp32 GEMM
 
     def threshold_at(self, false_reject_rate: float) -> float | None:
         """The raw threshold at another false-reject budget, by the export's quantile rule on the
@@ -257,9 +258,12 @@ def _variant(root: Path, manifest: dict[str, Any], name: str, spec: dict[str, An
     floor = spec.get("heat_floor")  # optional: bundles exported before it have none
     if floor is not None and not (isinstance(floor, (int, float)) and np.isfinite(floor) and floor >= 0):
         raise BundleError(f"{where}.heat_floor = {floor!r}: must be a non-negative patch distance")
+    search = spec.get("search")  # optional: bundles exported before it, and fp32-search recipes, have none
+    if search is not None and search not in manifest["files"]:
+        raise BundleError(f"{where}.search = {search!r} is not a file listed in 'files'")
     return Variant(name, str(_precision(name, spec)), root / spec["model"], bank_path, norm, grid, dim, texture,
                    fusion, None if floor is None else float(floor), _probe_scores(where, spec, probes),
-                   _holdout_scores(where, spec))
+                   _holdout_scores(where, spec), None if search is None else root / search)
 
 
 def _probes(root: Path, manifest: dict[str, Any]) -> ProbeSpec | None:

@@ -11,8 +11,9 @@ import numpy as np
 from device.bundle import Bundle, Variant, load_bundle
 from device.errors import BundleError
 from device.quality import Grader, QualityGate
-from device.scoring import (NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, Normalization, heat_units,
-                            heatmap, patch_threshold, patches_from_map)
+from device.graph_search import bank_search
+from device.scoring import (NORMALIZED_THRESHOLD, ImageScorer, Normalization, heat_units, heatmap, patch_threshold,
+                            patches_from_map)
 from device.session import OnnxModel
 
 
@@ -66,7 +67,7 @@ class Inspector:
         self.variant: Variant = variant if isinstance(variant, Variant) else bundle.variant(variant)
         self.preprocess = bundle.preprocess
         self.embedder = OnnxModel(self.variant.model, threads)
-        self.scorer = NearestNeighbourScorer(np.load(self.variant.bank))
+        self.scorer = bank_search(self.variant.bank, self.variant.search)
         self.image_scorer = ImageScorer(self.scorer, self.variant.texture, self.variant.fusion)
         self._check_output_shape()
         self.gate, self.grader = load_rankers(bundle) if rankers else (None, None)

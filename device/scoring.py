@@ -11,6 +11,7 @@ surface as a whole (uneven shading or finish) that no single patch stands out in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -24,6 +25,16 @@ def patches_from_map(feature_map: np.ndarray) -> np.ndarray:
     fmap = feature_map[0] if feature_map.ndim == 4 else feature_map
     c = fmap.shape[0]
     return np.ascontiguousarray(fmap.reshape(c, -1).T, dtype=np.float32)
+
+
+class BankSearch(Protocol):
+    """What scores patches against a reference bank: this module's GEMM, or a bundle's search graph
+    (``device.graph_search``)."""
+
+    dim: int
+    size: int
+
+    def distances(self, patches: np.ndarray) -> np.ndarray: ...
 
 
 class NearestNeighbourScorer:
@@ -151,7 +162,7 @@ class ImageScorer:
     """The image score of the runtime contract: the worst patch's nearest-reference distance, or,
     with a texture model, that fused with the texture distance (``Fusion``)."""
 
-    def __init__(self, patch: NearestNeighbourScorer, texture: TextureModel | None = None,
+    def __init__(self, patch: BankSearch, texture: TextureModel | None = None,
                  fusion: Fusion | None = None) -> None:
         if (texture is None) != (fusion is None):
             raise ValueError("a texture model and its fusion come together")

@@ -14,6 +14,7 @@ import torch
 
 from device.bundle import sha256_file
 from device.errors import KenpinError
+from device.graph_search import GraphSearch
 from device.macs import model_gmacs
 from device.probes import PROBES_FILE, write_probes
 from device.scoring import NORMALIZED_THRESHOLD, ImageScorer, NearestNeighbourScorer, patches_from_map
@@ -23,6 +24,7 @@ from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_embedder
 from export.parity import Parity, compare, pick_best
 from export.probe_set import choose_probes, subset, within_check_time
 from export.quantize import quantize_int8
+from export.search_graph import write_int8_search
 from training.coreset import greedy_coreset
 from training.dataset import stack_inputs
 from training.features import PatchEmbedder
@@ -133,6 +135,7 @@ class Int8Variant:
     fitted: FittedVariant
     parity: Parity
     tried: list[Parity]
+    search: Path | None = None  # its bank search as an int8 graph (scoring.search: int8)
 
 
 def _quantize_variant(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: FittedVariant, recipe: Recipe,
@@ -140,19 +143,21 @@ def _quantize_variant(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32
     """Quantize with ``bits``-bit weights by each calibration method; keep the one closest to fp32 here."""
     ex, rng = recipe.export, np.random.default_rng(recipe.seed)
     calib = inputs.bank[rng.permutation(len(inputs.bank))[: ex.quant_images]]
-    tried: list[tuple[Path, FittedVariant, Parity]] = []
+    tried: list[tuple[Path, Path | None, FittedVariant, Parity]] = []
     for method in ex.quant_methods:
         path = work / f"embedder_int8_w{bits}_{method}.onnx"
         log.info("int8 quantization (%d-bit weights), %s calibration on %d good images", bits, method, len(calib))
         quantize_int8(fp32_onnx, path, calib, method, ex.fp32_leading_convs, reduce_range=bits == 7)
         embed = ort_embed_fn(path)
         bank_maps = embed_all(embed, inputs.bank, recipe.batch_size, f"int8 w{bits} bank ({method})")
+        search = work / f"search_int8_w{bits}_{method}.onnx" if recipe.scoring.search == "int8" else None
         v = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
-                        recipe.calibration.target_false_reject_rate, recipe.batch_size, recipe.scoring.texture)
-        tried.append((path, v, compare(f"w{bits} {method}", fp32.normalized(), v.normalized())))
-    path, v, parity = max(tried, key=lambda t: (t[2].passes(ex.parity_min_spearman, ex.parity_max_mean_abs_diff),
-                                                t[2].spearman, -t[2].mean_abs_diff))
-    return Int8Variant(f"int8-w{bits}", bits, path, v, parity, [t[2] for t in tried])
+                        recipe.calibration.target_false_reject_rate, recipe.batch_size, recipe.scoring.texture,
+                        None if search is None else lambda bank, p=search: write_int8_search(bank, p, bits == 7))
+        tried.append((path, search, v, compare(f"w{bits} {method}", fp32.normalized(), v.normalized())))
+    path, search, v, parity = max(tried, key=lambda t: (t[3].passes(ex.parity_min_spearman, ex.parity_max_mean_abs_diff),
+                                                        t[3].spearman, -t[3].mean_abs_diff))
+    return Int8Variant(f"int8-w{bits}", bits, path, v, parity, [t[3] for t in tried], search)
 
 
 def _int8_variants(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: FittedVariant, recipe: Recipe,
@@ -168,9 +173,12 @@ def _int8_variants(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32: F
     return variants, next(v for v in variants if v.parity is best)
 
 
-def probe_scores(embed: EmbedFn, v: FittedVariant, probes: np.ndarray, n_good: int) -> dict[str, list[float]]:
-    """A variant's raw scores of the probe tensors, one image per run as the station scores them."""
-    scorer = ImageScorer(NearestNeighbourScorer(v.bank), v.texture, v.fusion)
+def probe_scores(embed: EmbedFn, v: FittedVariant, probes: np.ndarray, n_good: int,
+                 search: Path | None = None) -> dict[str, list[float]]:
+    """A variant's raw scores of the probe tensors, one image per run as the station scores them
+    (``search``: its search graph, where it has one)."""
+    patch = NearestNeighbourScorer(v.bank) if search is None else GraphSearch(search, v.bank.shape[1], len(v.bank))
+    scorer = ImageScorer(patch, v.texture, v.fusion)
     raw = [float(scorer.score(patches_from_map(embed(probes[i : i + 1])))[0]) for i in range(len(probes))]
     return {"good": raw[:n_good], "defect": raw[n_good:]}
 
@@ -241,12 +249,14 @@ def _body(staged: Path, inputs: Inputs, recipe: Recipe, about: str, grid: tuple[
     write_probes(staged / PROBES_FILE, inputs.probe_good, inputs.probe_defect)
     tensors = stack_inputs([*inputs.probe_good, *inputs.probe_defect], pre)
     n_good = len(inputs.probe_good)
-    fitted = [("fp32", fp32, {}), *((v.name, v.fitted, {"weight_bits": v.weight_bits, "parity": v.parity.to_dict()})
+    fitted = [("fp32", fp32, {}), *((v.name, v.fitted, {"weight_bits": v.weight_bits, "parity": v.parity.to_dict(),
+                                                        **({"search": f"search_{v.name}.onnx"} if v.search else {})})
                                     for v in int8s)]
     variants = {}
     for name, v, extra in fitted:
         np.save(staged / f"bank_{name}.npy", v.bank)
-        scores = probe_scores(ort_embed_fn(staged / f"embedder_{name}.onnx"), v, tensors, n_good)
+        search = staged / extra["search"] if "search" in extra else None
+        scores = probe_scores(ort_embed_fn(staged / f"embedder_{name}.onnx"), v, tensors, n_good, search)
         variants[name] = _variant_entry(v, name, grid, shape, _save_texture(v, staged / f"texture_{name}.npz"),
                                         scores, extra)
     ex = recipe.export
@@ -307,6 +317,8 @@ def build_bundle(data_dir: Path, out_dir: Path, recipe: Recipe, embedder: Path |
             int8s, default = _int8_variants(fp32_onnx, inputs, coreset, fp32, recipe, Path(tmp))
             for v in int8s:
                 v.path.replace(staged / f"embedder_{v.name}.onnx")
+                if v.search is not None:
+                    v.search.replace(staged / f"search_{v.name}.onnx")
         gmacs = model_gmacs(fp32_onnx)
         inputs = _probes_within_check_time(inputs, gmacs, len(int8s), recipe)
         body = _body(staged, inputs, recipe, about, grid, fp32, int8s, default)

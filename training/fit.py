@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from device.errors import KenpinError
-from device.scoring import (HEAT_FLOOR_QUANTILE, Fusion, ImageScorer, NearestNeighbourScorer, Normalization,
+from device.scoring import (HEAT_FLOOR_QUANTILE, BankSearch, Fusion, ImageScorer, NearestNeighbourScorer, Normalization,
                             TextureModel, image_score, patches_from_map, texture_descriptor)
 from training.area_defects import validation_defect
 from device.calibrate import calibrate
@@ -23,6 +23,8 @@ from training.dataset import read_many, scan_mvtec
 from training.metric.pair_sampling import NuisanceSpec, nuisance
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+# bank rows → an object with the search's ``distances(patches)`` (NearestNeighbourScorer's contract)
+SearchFactory = Callable[[np.ndarray], BankSearch]
 
 
 def torch_embed_fn(model: torch.nn.Module) -> EmbedFn:
@@ -62,7 +64,7 @@ def fit_texture(bank_maps: np.ndarray) -> TextureModel:
     return TextureModel(lw.location_.astype(np.float64), lw.precision_.astype(np.float64))
 
 
-def fit_fusion(patch: NearestNeighbourScorer, texture: TextureModel, holdout_maps: np.ndarray) -> Fusion:
+def fit_fusion(patch: BankSearch, texture: TextureModel, holdout_maps: np.ndarray) -> Fusion:
     """Standardization of the patch and texture scores, from held-out good images."""
     parts = np.array([(image_score(patch.distances(p)), texture.distance(texture_descriptor(p)))
                       for p in map(patches_from_map, holdout_maps)], dtype=np.float64)
@@ -168,22 +170,24 @@ def fit_variant(
     target_frr: float,
     batch: int,
     texture: bool = False,
+    search: SearchFactory | None = None,
 ) -> FittedVariant:
     """Bank = the coreset patches of ``bank_maps``; threshold from the held-out good inputs.
 
     With ``texture``, the texture model is fitted on all bank images and the fusion on the
-    held-out good ones, which then also set the threshold on the fused score.
+    held-out good ones, which then also set the threshold on the fused score. ``search``: makes
+    the bank's search (default the fp32 GEMM), so calibration scores as the station will.
     """
     hold_maps = embed_all(embed, holdout, batch, "held-out good")
     syn_maps = embed_all(embed, synthetic, batch, "synthetic defects")
-    return fit_maps(bank_maps, coreset, hold_maps, syn_maps, target_frr, texture)
+    return fit_maps(bank_maps, coreset, hold_maps, syn_maps, target_frr, texture, search)
 
 
 def fit_maps(bank_maps: np.ndarray, coreset: np.ndarray, hold_maps: np.ndarray, syn_maps: np.ndarray,
-             target_frr: float, texture: bool = False) -> FittedVariant:
+             target_frr: float, texture: bool = False, search: SearchFactory | None = None) -> FittedVariant:
     """:func:`fit_variant` on feature maps already computed (one embedding pass, many fits)."""
     bank = flatten_patches(bank_maps)[coreset]
-    scorer = ImageScorer(NearestNeighbourScorer(bank))
+    scorer = ImageScorer((search or NearestNeighbourScorer)(bank))
     tex = fus = None
     if texture:
         tex = fit_texture(bank_maps)

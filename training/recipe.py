@@ -73,6 +73,12 @@ class ScoringSpec:
     # std of its patch embeddings) to the good images'; each standardized on held-out good images,
     # the larger of the two is the image score (local defects and area-wide surface changes).
     texture: bool = False
+    # The bank search of the int8 variants: "fp32" (one BLAS GEMM) or "int8" (a search graph per
+    # variant in the bundle, its product on the int8 kernels; device.graph_search says why).
+    search: str = "fp32"
+
+    def __post_init__(self) -> None:
+        need(self.search in ("fp32", "int8"), "search", self.search, "use 'fp32' or 'int8'")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,43 @@
+"""The reference-bank search as an ONNX Runtime graph (a bundle's ``search_<variant>.onnx``).
+
+``scoring.search: int8`` bundles carry, per int8 variant, the station's search formula with the
+bank inside the graph — patches centred on the bank's mean, ``min_j(|b_j|² - 2 x·b_j) + |x|²``,
+the product in int8 (onnxruntime's dynamic quantization, per-channel weights) — so the search runs
+on the int8 kernels the CNN already uses: on a VNNI CPU about 4x faster than the fp32 GEMM, the full
+embedding kept. The export calibrates each variant through its own search graph and records its
+probe scores with it, so the station's own check covers the search as it covers the model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from device.scoring import BankSearch, NearestNeighbourScorer
+
+
+class GraphSearch:
+    """Nearest-reference distances from a search graph: patches (PxC float32) → distances (P)."""
+
+    def __init__(self, path: Path, dim: int, size: int, threads: int = 1) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0].name
+        self.dim = dim
+        self.size = size
+
+    def distances(self, patches: np.ndarray) -> np.ndarray:
+        """Nearest-reference distance for each row of ``patches`` (PxC) → P float32."""
+        if patches.shape[1] != self.dim:
+            raise ValueError(f"patch dimension {patches.shape[1]} does not match the bank's {self.dim}")
+        return self.session.run(None, {self._input: np.ascontiguousarray(patches, dtype=np.float32)})[0]
+
+
+def bank_search(bank: Path, search: Path | None) -> BankSearch:
+    """A variant's search: its graph where the bundle has one, else the fp32 GEMM over its bank."""
+    rows = np.load(bank)
+    return NearestNeighbourScorer(rows) if search is None else GraphSearch(search, rows.shape[1], rows.shape[0])
