@@ -200,6 +200,14 @@ def variants_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _baseline(recipe: Recipe | None) -> Recipe | None:
+    """The same recipe with the full embedding and the fp32 GEMM search, benched beside a compact or
+    int8-search recipe; None where the recipe is that already."""
+    if recipe is None or (not recipe.reduction.dim and recipe.scoring.search == "fp32"):
+        return None
+    return replace(recipe, reduction=ReductionSpec(), scoring=replace(recipe.scoring, search="fp32"))
+
+
 def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path: str | None, n_images: int,
               reuse: bool = False) -> int:
     """Bench every dataset, print the table, write JSON (and markdown)."""
@@ -211,10 +219,10 @@ def run_bench(datasets: list[Path], work: Path, recipe_specs: list[str], md_path
         print(f"== {data.name}: recipe {recipes.get(data.name, 'chosen on validation (as kenpin train does)')}",
               flush=True)
         results.append(bench_dataset(data, work, recipe, n_images, reuse))
-        if recipe is not None and recipe.reduction.dim:  # the full embedding beside it, in the same run
-            print(f"== {data.name}: the same recipe with the full embedding", flush=True)
-            results.append(bench_dataset(data, work / "full-embedding", replace(recipe, reduction=ReductionSpec()),
-                                         n_images, reuse))
+        full = _baseline(recipe)
+        if full is not None:  # beside it in the same run
+            print(f"== {data.name}: the same recipe with the full embedding and the fp32 search", flush=True)
+            results.append(bench_dataset(data, work / "full-embedding", full, n_images, reuse))
         (work / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results) + variants_markdown(results)
     print(table)

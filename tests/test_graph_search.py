@@ -76,3 +76,13 @@ def test_a_search_file_the_manifest_does_not_list_is_refused(int8_search_bundle,
 def test_a_recipe_asking_for_another_search_is_refused():
     with pytest.raises(KenpinError, match="search = 'int4'.*use 'fp32' or 'int8'"):
         ScoringSpec(search="int4")
+
+
+def test_kenpin_bench_sets_a_compact_or_int8_search_recipe_beside_the_full_fp32_one():
+    from kenpin.bench import _baseline
+    from training.recipe import ReductionSpec
+
+    r = tiny_recipe()
+    int8 = replace(r, scoring=replace(r.scoring, search="int8"))
+    assert _baseline(None) is None and _baseline(r) is None  # nothing to compare against
+    assert _baseline(int8) == r and _baseline(replace(int8, reduction=ReductionSpec(dim=16))) == r
