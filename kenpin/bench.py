@@ -116,7 +116,7 @@ def bench_dataset(data: Path, work: Path, recipe: Recipe | None, n_images: int, 
         recipe = recipe_from_dict(body["recipe"], f"{bundle} (its chosen recipe)")
     res: dict[str, Any] = {"dataset": data.name, "input": f"{recipe.preprocess.width}x{recipe.preprocess.height}",
                            "embedding_dim": body["variants"]["fp32"]["output_shape"][1],
-                           "bank_size": body["variants"]["fp32"]["bank_size"],
+                           "bank_size": body["variants"]["fp32"]["bank_size"], "search": recipe.scoring.search,
                            "quant_method": body["parity"]["chosen"]["method"],
                            "recipe_choice": body.get("recipe_choice")}
     b = load_bundle(bundle)
@@ -169,7 +169,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         decide = lat.get("int8 search + decision")
         vs_torch = "n/a" if torch_ms is None else f"{torch_ms / lat['ORT int8']:.2f}×"
         lines.append(
-            f"| {r['dataset']} ({r.get('embedding_dim', '?')}-d) | {r['input']} | {a8:.4f} | {a32:.4f} | {abs(a8 - a32):.4f} | "
+            f"| {r['dataset']} ({r.get('embedding_dim', '?')}-d, {r.get('search', 'fp32')} search) | {r['input']} | {a8:.4f} | {a32:.4f} | {abs(a8 - a32):.4f} | "
             f"{r['global_embedding_auroc_fp32']:.4f} | {_f(r['int8']['pixel_auroc'])} | {_f(r['int8'].get('pixel_aupro'))} | "
             f"{_op(r['int8'])} | "
             f"{r['int8']['false_reject_rate']:.3f} / {r['int8']['escape_rate']:.3f} | "

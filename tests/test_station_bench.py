@@ -52,7 +52,8 @@ def test_kenpin_bench_table_has_a_cell_under_every_heading():
     header, rule, line = markdown([row]).splitlines()
     assert header.count("|") == rule.count("|") == line.count("|")
     assert "| 3.5 | 0.500 | 1.75 |" in line  # search, search + decision ÷ CNN, station ÷ bare model
-    assert line.startswith("| tile (64-d) |")
+    assert line.startswith("| tile (64-d, fp32 search) |")
+    assert markdown([{**row, "search": "int8"}]).splitlines()[2].startswith("| tile (64-d, int8 search) |")
     del lat["torch fp32"]  # a reduced bundle: torch has no model of its projection
     assert "| 1.43× / n/a |" in markdown([row]).splitlines()[2]
 
