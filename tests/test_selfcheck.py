@@ -170,3 +170,25 @@ def test_eval_opens_what_the_station_would_run_at_its_recalibrated_threshold(tin
     assert named.variant == full.checked["int8-w7"]
     with pytest.raises(BundleError, match="int8-w9"):
         open_checked(tiny_bundle, "int8-w9", threads=1)
+
+
+def test_fp32_near_a_zero_score_is_judged_against_the_spread_of_good_scores_not_the_score():
+    from types import SimpleNamespace
+
+    from device.bundle import ProbeScores
+    from device.selfcheck import _fp32_reproduces
+
+    def station(scored: list[float]):  # scores a good and a defect probe as given; recorded: -0.00045, 3.0
+        raw = iter(scored)
+        v = SimpleNamespace(model="embedder_fp32.onnx", normalization=Normalization(2.0, 0.8),
+                            probe_scores=ProbeScores(np.array([-0.00045]), np.array([3.0])))
+        return SimpleNamespace(variant=v, judge=lambda frame, heat: SimpleNamespace(raw_score=next(raw)))
+
+    probes = SimpleNamespace(good=["g"], defect=["d"])
+    # A texture-fused score is a z-score and can sit at 0: 1.5e-6 is 0.3 % of -0.00045 but 2e-6 of
+    # the good scores' spread (what an emulated Cortex-A72 moved one probe by).
+    assert _fp32_reproduces(station([-0.0004515, 3.0]), probes, 1) == 2
+    with pytest.raises(BundleError, match="runtime differs"):
+        _fp32_reproduces(station([-0.002, 3.0]), probes, 1)  # 0.2 % of the spread: another runtime
+    with pytest.raises(BundleError, match="runtime differs"):
+        _fp32_reproduces(station([-0.00045, 3.001]), probes, 1)  # relative to a large score as before
