@@ -24,7 +24,6 @@ class GraphSearch:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
         self.dim = dim
@@ -39,5 +38,7 @@ class GraphSearch:
 
 def bank_search(bank: Path, search: Path | None) -> BankSearch:
     """A variant's search: its graph where the bundle has one, else the fp32 GEMM over its bank."""
-    rows = np.load(bank)
-    return NearestNeighbourScorer(rows) if search is None else GraphSearch(search, rows.shape[1], rows.shape[0])
+    if search is None:
+        return NearestNeighbourScorer(np.load(bank))
+    size, dim = np.load(bank, mmap_mode="r").shape  # the graph holds the bank: only its shape is read here
+    return GraphSearch(search, dim, size)
