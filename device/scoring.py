@@ -81,6 +81,17 @@ def heat_units(distances: np.ndarray, threshold_distance: float, floor: float | 
     return (distances - np.float32(low)) / np.float32(max(threshold_distance - low, 1e-6))
 
 
+def search_parts(patch: BankSearch, texture: TextureModel | None,
+                 patches: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Per-patch distances and the texture distance (None without a texture model): in one call
+    where the search graph computes both (``scores_texture``), else the GEMM and this module's
+    texture statistics."""
+    if texture is not None and getattr(patch, "scores_texture", False):
+        return patch.search(patches)  # type: ignore[attr-defined]
+    distances = patch.distances(patches)
+    return distances, None if texture is None else texture.distance(texture_descriptor(patches))
+
+
 def image_score(patch_scores: np.ndarray) -> float:
     """Image anomaly score: the worst patch (a defect can be a single patch)."""
     return float(patch_scores.max())
@@ -174,8 +185,7 @@ class ImageScorer:
 
     def parts(self, patches: np.ndarray) -> tuple[float, float | None, np.ndarray]:
         """(worst-patch distance, texture distance or None, per-patch distances)."""
-        distances = self.patch.distances(patches)
-        tex = None if self.texture is None else self.texture.distance(texture_descriptor(patches))
+        distances, tex = search_parts(self.patch, self.texture, patches)
         return image_score(distances), tex, distances
 
     def score(self, patches: np.ndarray) -> tuple[float, np.ndarray]:

@@ -153,7 +153,7 @@ def _quantize_variant(fp32_onnx: Path, inputs: Inputs, coreset: np.ndarray, fp32
         search = work / f"search_int8_w{bits}_{method}.onnx" if recipe.scoring.search == "int8" else None
         v = fit_variant(embed, bank_maps, coreset, inputs.holdout, inputs.synthetic,
                         recipe.calibration.target_false_reject_rate, recipe.batch_size, recipe.scoring.texture,
-                        None if search is None else lambda bank, p=search: write_int8_search(bank, p, bits == 7))
+                        None if search is None else lambda bank, tex, p=search: write_int8_search(bank, p, bits == 7, tex))
         tried.append((path, search, v, compare(f"w{bits} {method}", fp32.normalized(), v.normalized())))
     path, search, v, parity = max(tried, key=lambda t: (t[3].passes(ex.parity_min_spearman, ex.parity_max_mean_abs_diff),
                                                         t[3].spearman, -t[3].mean_abs_diff))

@@ -14,7 +14,7 @@ from device.errors import BundleError, KenpinError
 from device.graph_search import GraphSearch
 from device.images import list_images, read_rgb
 from device.runtime import Inspector
-from device.scoring import NearestNeighbourScorer
+from device.scoring import NearestNeighbourScorer, texture_descriptor
 from device.selfcheck import self_check
 from tests.conftest import tiny_recipe
 from tests.test_selfcheck import resign
@@ -27,7 +27,7 @@ def int8_search_bundle(tiny_line, tmp_path_factory) -> Path:
 
     r = tiny_recipe()
     out = tmp_path_factory.mktemp("int8-search") / "bundle"
-    build_bundle(tiny_line, out, replace(r, scoring=replace(r.scoring, search="int8")))
+    build_bundle(tiny_line, out, replace(r, scoring=replace(r.scoring, texture=True, search="int8")))
     return out
 
 
@@ -55,6 +55,34 @@ def test_on_the_exporting_cpu_the_station_reproduces_the_calibration_through_the
         # recorded: unchanged here means it searched exactly as the calibration did.
         assert check.checked[name].normalization.threshold == pytest.approx(
             bundle.variant(name).normalization.threshold, abs=1e-9)
+
+
+def test_the_graph_also_gives_the_texture_distance_of_the_same_patches(int8_search_bundle, tiny_line):
+    bundle = load_bundle(int8_search_bundle)
+    insp = Inspector(bundle, "int8-w8", threads=1)
+    assert insp.scorer.scores_texture
+    for path in list_images(tiny_line / "test" / "good")[:2] + list_images(tiny_line / "test" / "scratch")[:2]:
+        patches = insp.embed(read_rgb(path))
+        distances, texture = insp.scorer.search(patches)
+        numpy_texture = insp.variant.texture.distance(texture_descriptor(patches))
+        assert texture == pytest.approx(numpy_texture, rel=1e-4)  # float32 in the graph, float64 in numpy
+        worst, tex, _ = insp.image_scorer.parts(patches)
+        assert (worst, tex) == (float(distances.max()), texture)  # the station takes the graph's
+
+
+def test_a_search_graph_without_the_texture_output_still_scores_texture_in_numpy(int8_search_bundle, tiny_line,
+                                                                                 tmp_path):
+    from export.search_graph import write_int8_search
+
+    root = Path(shutil.copytree(int8_search_bundle, tmp_path / "b"))
+    bank = np.load(root / "bank_int8-w8.npy")
+    write_int8_search(bank, root / "search_int8-w8.onnx", reduce_range=False)  # as exported before 2026-12-04
+    resign(root, lambda m: None)
+    insp = Inspector(load_bundle(root), "int8-w8", threads=1)
+    assert not insp.scorer.scores_texture
+    patches = insp.embed(read_rgb(list_images(tiny_line / "test" / "good")[0]))
+    _, tex, _ = insp.image_scorer.parts(patches)
+    assert tex == insp.variant.texture.distance(texture_descriptor(patches))
 
 
 def test_a_bundle_from_before_the_int8_search_still_searches_with_the_gemm(tiny_bundle):

@@ -16,15 +16,16 @@ from tqdm import tqdm
 
 from device.errors import KenpinError
 from device.scoring import (HEAT_FLOOR_QUANTILE, BankSearch, Fusion, ImageScorer, NearestNeighbourScorer, Normalization,
-                            TextureModel, image_score, patches_from_map, texture_descriptor)
+                            TextureModel, image_score, patches_from_map, search_parts, texture_descriptor)
 from training.area_defects import validation_defect
 from device.calibrate import calibrate
 from training.dataset import read_many, scan_mvtec
 from training.metric.pair_sampling import NuisanceSpec, nuisance
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
-# bank rows → an object with the search's ``distances(patches)`` (NearestNeighbourScorer's contract)
-SearchFactory = Callable[[np.ndarray], BankSearch]
+# (bank rows, texture model or None) → the bank's search (NearestNeighbourScorer's contract; a
+# search graph may also compute the texture distance, device.scoring.search_parts)
+SearchFactory = Callable[[np.ndarray, TextureModel | None], BankSearch]
 
 
 def torch_embed_fn(model: torch.nn.Module) -> EmbedFn:
@@ -66,8 +67,8 @@ def fit_texture(bank_maps: np.ndarray) -> TextureModel:
 
 def fit_fusion(patch: BankSearch, texture: TextureModel, holdout_maps: np.ndarray) -> Fusion:
     """Standardization of the patch and texture scores, from held-out good images."""
-    parts = np.array([(image_score(patch.distances(p)), texture.distance(texture_descriptor(p)))
-                      for p in map(patches_from_map, holdout_maps)], dtype=np.float64)
+    scored = (search_parts(patch, texture, p) for p in map(patches_from_map, holdout_maps))
+    parts = np.array([(image_score(d), tex) for d, tex in scored], dtype=np.float64)
     sd = np.maximum(parts.std(axis=0), 1e-9)
     return Fusion(float(parts[:, 0].mean()), float(sd[0]), float(parts[:, 1].mean()), float(sd[1]))
 
@@ -187,12 +188,10 @@ def fit_maps(bank_maps: np.ndarray, coreset: np.ndarray, hold_maps: np.ndarray, 
              target_frr: float, texture: bool = False, search: SearchFactory | None = None) -> FittedVariant:
     """:func:`fit_variant` on feature maps already computed (one embedding pass, many fits)."""
     bank = flatten_patches(bank_maps)[coreset]
-    scorer = ImageScorer((search or NearestNeighbourScorer)(bank))
-    tex = fus = None
-    if texture:
-        tex = fit_texture(bank_maps)
-        fus = fit_fusion(scorer.patch, tex, hold_maps)
-        scorer = ImageScorer(scorer.patch, tex, fus)
+    tex = fit_texture(bank_maps) if texture else None
+    patch = NearestNeighbourScorer(bank) if search is None else search(bank, tex)
+    fus = None if tex is None else fit_fusion(patch, tex, hold_maps)
+    scorer = ImageScorer(patch, tex, fus)
     # One search per held-out image gives both its score and its patches' distances.
     hold_parts = [scorer.score(patches_from_map(m)) for m in hold_maps]
     hold = np.array([raw for raw, _ in hold_parts], dtype=np.float64)
