@@ -27,7 +27,7 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"| bare ONNX Runtime (session.run only, best of: {bare}) | {res['ort_fps']:.1f} frames/s | — |",
              f"| bare inspector (preprocess + model + search, no pipeline; {layout}) | {res['inspector_fps']:.1f} frames/s | — |",
              f"| whole pipeline (capture → verdict → record) | {p['fps']:.1f} verdicts/s | — |",
-             f"| pipeline / bare ORT | {res['ratio_vs_ort']:.2f} | ≥ 0.90 |",
+             f"| pipeline / bare ORT | {res['ratio_vs_ort']:.2f} | ≥ 0.80 |",
              f"| pipeline / bare inspector | {res['ratio_vs_inspector']:.2f} | — |",
              f"| search + decision ÷ CNN, per frame on one thread ({res['embedding_dim']}-d) | "
              f"{res['cnn_and_search']['search_decision_ms']:.2f} / {res['cnn_and_search']['cnn_ms']:.2f} ms = "
