@@ -52,7 +52,7 @@ TESTS=(
   tests/test_bundle.py tests/test_station_pipeline.py tests/test_station_gpio.py
   tests/test_station_service.py tests/test_durability.py tests/test_mqtt.py tests/test_dashboard.py
   tests/test_station_bench.py tests/test_bundle_archive.py tests/test_body_limit.py tests/test_selfcheck.py
-  tests/test_picamera2.py
+  tests/test_picamera2.py tests/test_preprocess_exact.py
   --deselect tests/test_bundle.py::test_failed_training_leaves_the_previous_bundle_untouched
   --deselect tests/test_bundle.py::test_int8_model_keeps_the_stem_in_fp32_and_quantizes_the_rest
   --deselect tests/test_selfcheck.py::test_a_variant_with_corrupted_scales_is_refused_and_the_station_falls_back
