@@ -5,7 +5,7 @@ dot product), so an int8 model validated where it was exported can score differe
 runs. The bundle carries probe images with every variant's scores there; here, each variant
 scores them again and is judged by the export's own parity rule against the fp32 reference:
 
-1. fp32 must reproduce its recorded scores (1e-4 relative), or the runtime is not the one the
+1. fp32 must reproduce its recorded scores (2e-3 relative), or the runtime is not the one the
    bundle was built for and the bundle is refused.
 2. Each int8 variant that this CPU can run scores the probes; its threshold is recalibrated here
    from the good probes with the export's quantile rule (``device.calibrate``): the export's
@@ -37,7 +37,11 @@ from device.scoring import Normalization
 
 log = logging.getLogger("kenpin.selfcheck")
 
-FP32_RTOL = 1e-4  # fp32 must reproduce its recorded scores this closely (relative; see _fp32_reproduces)
+# fp32 must reproduce its recorded scores this closely (relative; see _fp32_reproduces). Not tighter:
+# fp32 kernels sum in another order on another instruction set, and a texture-fused score carries
+# it through a Mahalanobis distance (3.6e-4 measured, AVX-512 export on an emulated AVX2 Haswell);
+# still 40x below the int8 variants' parity rule (mean |Δ| 0.08 normalized).
+FP32_RTOL = 2e-3
 TIMED_FRAMES = 5  # probes timed per variant to rank them by speed
 FP32_PROBES = 2  # good and defect probes fp32 must reproduce at start-up (all of them in a full check)
 SAME_SPEED = 1.25  # int8 variants within this factor of the fastest count as equally fast: a few frames'
