@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -53,14 +54,15 @@ class Preprocess:
         # arithmetic ((x/255 - mean) / std, numpy, the same rounding on every CPU). One pass per
         # plane straight into the NCHW tensor, bit-identical to computing it (OpenCV's blob maker
         # rounds differently by CPU and moved fp32 probe scores on an emulated Haswell).
-        table = self._table()
+        table = self._table
         out = np.empty((1, 3, self.height, self.width), np.float32)
         for c, plane in enumerate(cv2.split(self.resize(rgb))):
             cv2.LUT(plane, table[c], dst=out[0, c])
         return out
 
+    @cached_property
     def _table(self) -> np.ndarray:
-        """3 x 256 float32: each channel's input value for each uint8 level."""
+        """3 x 256 float32: each channel's input value for each uint8 level (made once per instance)."""
         levels = np.repeat(np.arange(256, dtype=np.float32)[None], 3, axis=0)
         levels *= np.float32(1.0 / 255.0)
         levels -= np.asarray(self.mean, dtype=np.float32)[:, None]
