@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from asyncua import ua
 from device.dashboard.auth import hash_token
 from device.errors import KenpinError
 from device.station.config import parse_config
-from device.station.opcua import start_opcua
+from device.station.opcua import _check_port, start_opcua
 from device.station.opcua_settings import OpcUaSettings
 from device.station.service import RunOptions, serve
 from device.station.station import Station
@@ -320,10 +321,36 @@ def test_the_service_serves_while_the_station_runs_and_closes_with_it(tiny_line,
 
 def _listening(port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+            # A port from the ephemeral range can connect to itself while nobody listens (TCP
+            # simultaneous open): that is no server.
+            return c.getsockname() != c.getpeername()
     except OSError:
         return False
+
+
+def test_a_plc_connecting_while_the_station_checks_its_port_is_not_taken_in_and_dropped():
+    """CI once saw a client reset in its Hello: it had connected to the port check's socket, which then closed."""
+    port = free_port()
+    settings, accepted, done = OpcUaSettings(host="127.0.0.1", port=port), [], threading.Event()
+
+    def plc() -> None:
+        while not done.is_set():
+            if _listening(port):
+                accepted.append(1)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches between any two steps of the check, as on a loaded CPU
+    t = threading.Thread(target=plc)
+    t.start()
+    try:
+        for _ in range(3000):
+            _check_port(settings, "")
+    finally:
+        done.set()
+        t.join()
+        sys.setswitchinterval(old)
+    assert not accepted
 
 
 def test_config_mistakes_name_the_key_and_never_echo_a_password():

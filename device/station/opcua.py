@@ -296,10 +296,16 @@ def _port_message(s: OpcUaSettings, e: OSError, where: str) -> str:
 
 
 def _check_port(s: OpcUaSettings, where: str) -> None:
-    """Bind and release the port first, so that a taken port is one sentence, not asyncua's traceback."""
+    """Bind and release the port first, so that a taken port is one sentence, not asyncua's traceback.
+
+    Bound, never listening: a client connecting in that instant (a PLC polling for the station as
+    it starts) must not be accepted by a socket about to close, which resets it mid-handshake.
+    """
     family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
     try:
-        socket.create_server((s.host, s.port), family=family).close()  # SO_REUSEADDR, as asyncio sets it
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds: TIME_WAIT is no conflict
+            probe.bind((s.host, s.port))
     except socket.gaierror as e:
         raise KenpinError(f"{where}opcua.host = {s.host!r}: not a known address ({e.strerror})") from None
     except OSError as e:
